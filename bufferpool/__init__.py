@@ -1,0 +1,1 @@
+"""bufferpool: see SPEC §2."""

@@ -1,0 +1,1 @@
+"""index: see SPEC §2."""

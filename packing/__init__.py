@@ -1,0 +1,1 @@
+"""packing: see SPEC §2."""
