@@ -1,0 +1,34 @@
+"""tensorstore: a deduplicating storage engine for neural network weights.
+
+>>> import tensorstore as ts
+>>> with ts.open("models.ts", "a") as store:
+...     store.add_model("base", {"w": weights})
+...     tensors = store.load_model("base")
+"""
+
+from .errors import (
+    CorruptionError,
+    FileFormatError,
+    InvalidArgumentError,
+    InvalidTensorError,
+    ModelExistsError,
+    ModelNotFoundError,
+    NotAStoreError,
+    ReadOnlyError,
+    StoreClosedError,
+    StoreError,
+    StoreExistsError,
+    StoreFullError,
+    StoreNotFoundError,
+    TensorNotFoundError,
+)
+from .reports import StoreStats, VerifyReport
+from .store import Store, open
+
+__all__ = [
+    "open", "Store", "StoreStats", "VerifyReport",
+    "StoreError", "StoreNotFoundError", "StoreExistsError", "NotAStoreError", "ReadOnlyError",
+    "ModelNotFoundError", "ModelExistsError", "TensorNotFoundError", "InvalidTensorError",
+    "InvalidArgumentError", "FileFormatError", "CorruptionError", "StoreFullError", "StoreClosedError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,226 @@
+"""Block placement and reference counting inside one write transaction.
+
+A ``BlockWriter`` is made for one write transaction and thrown away after it. It
+references blocks (an existing block with the same content digest gets one more reference;
+a new one is placed in a page), drops references (a block nobody references leaves its
+page, and the page is compacted or freed), and at ``flush`` writes every page, block and
+page record it touched exactly once. Nothing outside the transaction is changed, so an
+aborted transaction leaves no trace.
+
+Placement is next-fit: pages that have room (after earlier deletes) first, then the
+partly filled last page, then new pages; a model's new blocks therefore lie together in
+the order they were added. ``repack`` replaces this with a layout chosen for reads.
+"""
+
+from __future__ import annotations
+
+import lmdb
+
+from index.exact import block_digest
+
+from .catalog import (
+    BlockRecord,
+    PageRecord,
+    StoreState,
+    decode_block,
+    decode_page,
+    encode_block,
+    encode_page,
+    id_key,
+)
+from .errors import CorruptionError
+from .pagefile import PageFile
+
+ALIGN = 8  # block offsets are multiples of the largest itemsize, so views are aligned
+# A page stays on the open list while this much room is left; less is not worth a rewrite.
+MIN_OPEN_ROOM = 4096
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+class _DirtyPage:
+    __slots__ = ("record", "buffer", "dead")
+
+    def __init__(self, record: PageRecord, buffer: bytearray) -> None:
+        self.record = record
+        self.buffer = buffer
+        self.dead: set[int] = set()
+
+
+class BlockWriter:
+    """References and places blocks within one LMDB write transaction."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict, pages: PageFile, state: StoreState) -> None:
+        self.txn = txn
+        self.dbs = dbs
+        self.pages = pages
+        self.state = state
+        self._blocks: dict[int, BlockRecord] = {}  # every block touched, as it now is
+        self._new_digests: dict[bytes, int] = {}
+        self._removed: dict[int, BlockRecord] = {}
+        self._dirty: dict[int, _DirtyPage] = {}
+        self._candidates = iter(list(state.open_pages))  # next-fit: open pages, then new ones
+        self._current: int | None = None
+
+    # -- references -----------------------------------------------------------------
+
+    def reference(self, data: memoryview, dtype_code: int) -> int:
+        """Return the id of the block holding ``data``, storing it if it is new."""
+        digest = block_digest(data, dtype_code)
+        block_id = self._new_digests.get(digest)
+        if block_id is None:
+            found = self.txn.get(digest, db=self.dbs["hashes"])
+            if found is not None:
+                block_id = int.from_bytes(found, "big")
+        if block_id is not None:
+            b = self.block(block_id)
+            if b.refs == 0:  # released earlier in this transaction: bring it back
+                self._revive(b)
+            self._blocks[block_id] = _with_refs(b, b.refs + 1)
+            self.state.blocks += 1
+            return block_id
+        return self._place(data, dtype_code, digest)
+
+    def release(self, block_id: int) -> None:
+        """Drop one reference; a block with none left leaves its page."""
+        b = self.block(block_id)
+        if b.refs <= 0:
+            raise AssertionError(f"block {block_id} released more often than referenced")
+        b = _with_refs(b, b.refs - 1)
+        self._blocks[block_id] = b
+        self.state.blocks -= 1
+        if b.refs == 0:
+            page = self._page(b.page_id)
+            page.dead.add(block_id)
+            page.record = PageRecord(page.record.page_id, page.record.used, page.record.live - b.nbytes, page.record.block_ids)
+            self._removed[block_id] = b
+            self.state.unique_blocks -= 1
+            self.state.unique_bytes -= b.nbytes
+
+    def _revive(self, b: BlockRecord) -> None:
+        page = self._page(b.page_id)
+        page.dead.discard(b.block_id)
+        page.record = PageRecord(page.record.page_id, page.record.used, page.record.live + b.nbytes, page.record.block_ids)
+        del self._removed[b.block_id]
+        self.state.unique_blocks += 1
+        self.state.unique_bytes += b.nbytes
+
+    def block(self, block_id: int) -> BlockRecord:
+        b = self._blocks.get(block_id)
+        if b is None:
+            value = self.txn.get(id_key(block_id), db=self.dbs["blocks"])
+            if value is None:
+                raise CorruptionError(f"block {block_id} is referenced but missing from the catalog")
+            b = decode_block(block_id, value)
+        return b
+
+    # -- placement ------------------------------------------------------------------
+
+    def _place(self, data: memoryview, dtype_code: int, digest: bytes) -> int:
+        n = len(data)
+        page = self._page_with_room(n)
+        rec = page.record
+        offset = _aligned(rec.used)
+        page.buffer[offset : offset + n] = data
+        block_id = self.state.next_block_id
+        self.state.next_block_id += 1
+        page.record = PageRecord(rec.page_id, offset + n, rec.live + n, rec.block_ids + (block_id,))
+        self._blocks[block_id] = BlockRecord(block_id, rec.page_id, offset, n, 1, dtype_code, digest)
+        self._new_digests[digest] = block_id
+        self.state.blocks += 1
+        self.state.unique_blocks += 1
+        self.state.unique_bytes += n
+        return block_id
+
+    def _page_with_room(self, n: int) -> _DirtyPage:
+        size = self.pages.page_size
+        while True:
+            if self._current is not None:
+                page = self._dirty[self._current]
+                if _aligned(page.record.used) + n <= size:
+                    return page
+            self._current = next(self._candidates, None)
+            if self._current is None:
+                self._current = self._new_page()
+            else:
+                self._page(self._current)
+
+    def _new_page(self) -> int:
+        page_id = self.state.next_page_id
+        self.state.next_page_id += 1
+        self.state.pages += 1
+        self._dirty[page_id] = _DirtyPage(PageRecord(page_id, 0, 0, ()), self.pages.new_buffer())
+        return page_id
+
+    def _page(self, page_id: int) -> _DirtyPage:
+        """The page as this transaction sees it, loaded into a writable buffer once."""
+        page = self._dirty.get(page_id)
+        if page is None:
+            value = self.txn.get(id_key(page_id), db=self.dbs["pagemeta"])
+            if value is None:
+                raise CorruptionError(f"page {page_id} is referenced but has no catalog record")
+            buffer = self.pages.new_buffer()
+            buffer[: self.pages.page_size] = self.pages.read(self.txn, page_id)
+            page = self._dirty[page_id] = _DirtyPage(decode_page(page_id, value), buffer)
+        return page
+
+    # -- commit ---------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every touched page, block and index entry; update the open-page list."""
+        txn, dbs = self.txn, self.dbs
+        for b in self._removed.values():
+            txn.delete(b.digest, db=dbs["hashes"])
+            txn.delete(id_key(b.block_id), db=dbs["blocks"])
+            del self._blocks[b.block_id]
+        for page_id, page in self._dirty.items():
+            if page.dead:
+                self._compact(page)
+            if not page.record.block_ids:
+                self.pages.delete(txn, page_id)
+                txn.delete(id_key(page_id), db=dbs["pagemeta"])
+                self.state.pages -= 1
+                continue
+            self.pages.write(txn, page_id, page.buffer)
+            txn.put(id_key(page_id), encode_page(page.record), db=dbs["pagemeta"])
+        for digest, block_id in self._new_digests.items():
+            if block_id in self._blocks:
+                txn.put(digest, id_key(block_id), db=dbs["hashes"])
+        for block_id, b in self._blocks.items():
+            txn.put(id_key(block_id), encode_block(b), db=dbs["blocks"])
+        self._update_open_pages()
+
+    def _compact(self, page: _DirtyPage) -> None:
+        """Slide the page's live blocks to its start, in their order; free the rest."""
+        old = bytes(page.buffer[: self.pages.page_size])
+        page.buffer[:] = bytes(len(page.buffer))
+        at, kept = 0, []
+        for block_id in page.record.block_ids:
+            if block_id in page.dead:
+                continue
+            b = self.block(block_id)
+            at = _aligned(at)
+            page.buffer[at : at + b.nbytes] = old[b.offset : b.offset + b.nbytes]
+            if at != b.offset:
+                self._blocks[block_id] = BlockRecord(block_id, b.page_id, at, b.nbytes, b.refs, b.dtype_code, b.digest)
+            at += b.nbytes
+            kept.append(block_id)
+        page.record = PageRecord(page.record.page_id, at, page.record.live, tuple(kept))
+        page.dead.clear()
+
+    def _update_open_pages(self) -> None:
+        size = self.pages.page_size
+        open_ = set(self.state.open_pages)
+        for page_id, page in self._dirty.items():
+            room = size - _aligned(page.record.used)
+            if page.record.block_ids and room >= MIN_OPEN_ROOM:
+                open_.add(page_id)
+            else:
+                open_.discard(page_id)
+        self.state.open_pages = sorted(open_)
+
+
+def _with_refs(b: BlockRecord, refs: int) -> BlockRecord:
+    return BlockRecord(b.block_id, b.page_id, b.offset, b.nbytes, refs, b.dtype_code, b.digest)

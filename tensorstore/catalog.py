@@ -1,0 +1,194 @@
+"""The catalog: the store's relational tables, kept in LMDB beside the pages.
+
+Tables (one LMDB database each) and their keys:
+
+``models``    model name (UTF-8)   -> the model's record: metadata and, per tensor, dtype,
+                                      shape and the ids of its blocks in order
+``blocks``    block id (u64)       -> where the block lives (page, offset, length), its
+                                      reference count, dtype code and content digest
+``hashes``    content digest (16B) -> block id: the exact-dedup index
+``pagemeta``  page id (u64)        -> bytes used and live in the page, ids of its blocks
+``meta``      a few fixed keys      -> store format, id counters, running totals, open pages
+
+Every record decodes through one function here, and a record that does not decode raises
+``CorruptionError``: the catalog is input like any other and is never trusted blindly.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import CorruptionError
+
+FORMAT_NAME = "tensorstore"
+FORMAT_VERSION = 1
+ID = struct.Struct(">Q")  # big-endian ids: LMDB key order is id order
+
+
+def id_key(n: int) -> bytes:
+    return ID.pack(n)
+
+
+# -- records --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRecord:
+    """One tensor of a model as stored: its blocks are ``block_ids`` in order."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    step: int  # bytes per full block; the last may be shorter
+    block_ids: np.ndarray  # uint64
+
+    def spans(self) -> list[tuple[int, int]]:
+        """Byte range ``(start, stop)`` of each block within the tensor."""
+        return [(s, min(s + self.step, self.nbytes)) for s in range(0, self.nbytes, self.step)]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    name: str
+    model_id: int
+    created: float
+    metadata: dict
+    tensors: tuple[TensorRecord, ...]
+
+    @property
+    def logical_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def tensor(self, name: str) -> TensorRecord | None:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        return None
+
+
+_MODEL_MAGIC = b"TSM1"
+_U32 = struct.Struct("<I")
+
+
+def encode_model(m: ModelRecord) -> bytes:
+    head = {
+        "id": m.model_id,
+        "created": m.created,
+        "metadata": m.metadata,
+        "tensors": [
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "nbytes": t.nbytes, "step": t.step, "blocks": len(t.block_ids)}
+            for t in m.tensors
+        ],
+    }
+    text = json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode()
+    ids = np.concatenate([t.block_ids for t in m.tensors]) if m.tensors else np.zeros(0, np.uint64)
+    return _MODEL_MAGIC + _U32.pack(len(text)) + text + ids.astype("<u8").tobytes()
+
+
+def decode_model(name: str, value) -> ModelRecord:
+    try:
+        value = bytes(value)
+        if value[:4] != _MODEL_MAGIC:
+            raise ValueError("bad magic")
+        (n,) = _U32.unpack_from(value, 4)
+        head = json.loads(value[8 : 8 + n])
+        ids = np.frombuffer(value, dtype="<u8", offset=8 + n).astype(np.uint64)
+        tensors, at = [], 0
+        for t in head["tensors"]:
+            count = int(t["blocks"])
+            shape = tuple(int(d) for d in t["shape"])
+            step, nbytes = int(t["step"]), int(t["nbytes"])
+            if count != (-(-nbytes // step) if nbytes else 0) or at + count > len(ids):
+                raise ValueError(f"tensor {t['name']!r} has {count} blocks for {nbytes} bytes")
+            tensors.append(TensorRecord(str(t["name"]), str(t["dtype"]), shape, nbytes, step, ids[at : at + count]))
+            at += count
+        if at != len(ids):
+            raise ValueError("trailing block ids")
+        return ModelRecord(name, int(head["id"]), float(head["created"]), dict(head["metadata"] or {}), tuple(tensors))
+    except Exception as exc:
+        raise CorruptionError(f"the catalog record of model {name!r} is damaged ({exc})") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRecord:
+    block_id: int
+    page_id: int
+    offset: int
+    nbytes: int
+    refs: int
+    dtype_code: int
+    digest: bytes
+
+
+_BLOCK = struct.Struct("<QIIIB16s")
+
+
+def encode_block(b: BlockRecord) -> bytes:
+    return _BLOCK.pack(b.page_id, b.offset, b.nbytes, b.refs, b.dtype_code, b.digest)
+
+
+def decode_block(block_id: int, value) -> BlockRecord:
+    try:
+        return BlockRecord(block_id, *_BLOCK.unpack(bytes(value)))
+    except struct.error as exc:
+        raise CorruptionError(f"the catalog record of block {block_id} is damaged ({exc})") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class PageRecord:
+    page_id: int
+    used: int  # the next free offset: blocks lie in [0, used)
+    live: int  # bytes of the blocks still referenced
+    block_ids: tuple[int, ...]
+
+
+_PAGE = struct.Struct("<II")
+
+
+def encode_page(p: PageRecord) -> bytes:
+    return _PAGE.pack(p.used, p.live) + np.asarray(p.block_ids, dtype="<u8").tobytes()
+
+
+def decode_page(page_id: int, value) -> PageRecord:
+    try:
+        value = bytes(value)
+        used, live = _PAGE.unpack_from(value)
+        if (len(value) - _PAGE.size) % 8:
+            raise ValueError("block id list is cut")
+        ids = np.frombuffer(value, dtype="<u8", offset=_PAGE.size)
+        return PageRecord(page_id, used, live, tuple(int(i) for i in ids))
+    except Exception as exc:
+        raise CorruptionError(f"the catalog record of page {page_id} is damaged ({exc})") from exc
+
+
+@dataclass(slots=True)
+class StoreState:
+    """Running totals, id counters and open pages, kept in ``meta`` so that ``stats()`` and
+    ingest never scan the store."""
+
+    models: int = 0
+    tensors: int = 0
+    logical_bytes: int = 0
+    blocks: int = 0
+    unique_blocks: int = 0
+    unique_bytes: int = 0
+    pages: int = 0
+    next_block_id: int = 1
+    next_page_id: int = 1
+    next_model_id: int = 1
+    open_pages: list[int] = field(default_factory=list)  # pages with free room, in id order
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, value) -> "StoreState":
+        try:
+            return cls(**json.loads(bytes(value)))
+        except Exception as exc:
+            raise CorruptionError(f"the store's state record is damaged ({exc})") from exc

@@ -1,0 +1,147 @@
+"""The LMDB environment under a store: opening, transactions, map growth, errors.
+
+Everything a store keeps lives in one LMDB environment (one directory, ``data.mdb`` and
+``lock.mdb``), so one write transaction covers every change of one operation: a crash at
+any instant leaves the store as it was before the operation or as it is after, never
+between. This module knows transactions and nothing of what is stored in them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, TypeVar
+
+import lmdb
+
+from .errors import CorruptionError, ReadOnlyError, StoreError, StoreFullError
+
+T = TypeVar("T")
+
+DATA_FILE = "data.mdb"
+DB_NAMES = ("meta", "models", "blocks", "hashes", "pages", "pagemeta")
+_MIN_MAP = 256 << 20
+_MAX_GROW_ATTEMPTS = 16
+
+
+class Environment:
+    """One LMDB environment with the store's named databases.
+
+    Parameters
+    ----------
+    path : Path
+        The store's directory.
+    readonly : bool
+        Open without write access; every write raises ``ReadOnlyError``.
+    create : bool
+        Create the directory's LMDB files if missing.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool, create: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        data = self.path / DATA_FILE
+        size = data.stat().st_size if data.exists() else 0
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=max(_MIN_MAP, 2 * size),
+                max_dbs=len(DB_NAMES),
+                readonly=readonly,
+                create=create,
+                # Many readers and one writer across processes: LMDB's own reader table.
+                lock=True,
+                max_readers=512,
+                # Pages are large values read whole; kernel readahead helps, not hurts.
+                readahead=True,
+            )
+        except lmdb.Error as exc:
+            raise _translate(exc, f"cannot open the store at {self.path}") from exc
+        self._write_lock = threading.Lock()
+        try:
+            if readonly:
+                with self.env.begin() as txn:
+                    self.dbs = {n: self.env.open_db(n.encode(), txn=txn, create=False) for n in DB_NAMES}
+            else:
+                self.dbs = {n: self.env.open_db(n.encode()) for n in DB_NAMES}
+        except lmdb.Error as exc:
+            self.env.close()
+            raise CorruptionError(f"{self.path} is an LMDB environment without the store's databases: {exc}") from exc
+
+    # -- transactions ---------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A read-only snapshot; values are zero-copy buffers valid inside the block."""
+        try:
+            txn = self.env.begin(buffers=True)
+        except lmdb.MapResizedError:  # another process grew the map: adopt its size
+            self.env.set_mapsize(0)
+            txn = self.env.begin(buffers=True)
+        try:
+            yield txn
+        finally:
+            txn.abort()
+
+    def write(self, fn: Callable[[lmdb.Transaction], T], *, expect_bytes: int = 0) -> T:
+        """Run ``fn(txn)`` in one write transaction and commit it; return what it returns.
+
+        ``fn`` must change nothing outside the transaction: when the map is full the
+        transaction is aborted, the map grown, and ``fn`` run again from the start.
+        ``expect_bytes`` (what the operation will write, about) grows the map beforehand
+        so that a large add rarely has to run twice.
+        """
+        if self.readonly:
+            raise ReadOnlyError(f"the store at {self.path} is open read-only; open it with mode 'r+' or 'a' to change it")
+        with self._write_lock:
+            if expect_bytes:
+                self._ensure_room(expect_bytes)
+            for _ in range(_MAX_GROW_ATTEMPTS):
+                try:
+                    with self.env.begin(write=True, buffers=True) as txn:
+                        return fn(txn)
+                except lmdb.MapFullError:
+                    self._grow(self.env.info()["map_size"])
+                except lmdb.MapResizedError:
+                    self.env.set_mapsize(0)
+                except lmdb.Error as exc:
+                    raise _translate(exc, f"writing to the store at {self.path} failed") from exc
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise StoreFullError(f"the disk under {self.path} is full; the store was left as it was") from exc
+                    raise
+            raise StoreFullError(f"the store at {self.path} could not grow its map after {_MAX_GROW_ATTEMPTS} attempts")
+
+    def _ensure_room(self, expect_bytes: int) -> None:
+        info = self.env.info()
+        used = (info["last_pgno"] + 1) * self.env.stat()["psize"]
+        if used + 2 * expect_bytes > info["map_size"]:
+            self._grow(used + 2 * expect_bytes)
+
+    def _grow(self, at_least: int) -> None:
+        current = self.env.info()["map_size"]
+        self.env.set_mapsize(max(2 * current, at_least + _MIN_MAP))
+
+    # -- facts ----------------------------------------------------------------------
+
+    def file_bytes(self) -> int:
+        """Bytes of the data file (its length, not the map's reservation)."""
+        return os.stat(self.path / DATA_FILE).st_size
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _translate(exc: lmdb.Error, doing: str) -> StoreError:
+    """Map an LMDB error to the store's error that means the same."""
+    if isinstance(exc, lmdb.DiskError):
+        return StoreFullError(f"{doing}: the disk is full; the store was left as it was")
+    if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError, lmdb.InvalidError, lmdb.VersionMismatchError)):
+        return CorruptionError(f"{doing}: the LMDB file is damaged or not an LMDB file ({exc})")
+    if isinstance(exc, lmdb.ReadonlyError):
+        return ReadOnlyError(f"{doing}: the store is read-only ({exc})")
+    return StoreError(f"{doing}: {exc}")

@@ -1,0 +1,72 @@
+"""The store's errors: one base class, and each subclass also the builtin it means.
+
+Catching ``KeyError`` around ``store.load_model`` works as it would around a dict;
+catching ``StoreError`` catches everything this library raises on purpose.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error the store raises on purpose."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """The path holds no store and the mode does not create one."""
+
+
+class StoreExistsError(StoreError, FileExistsError):
+    """Mode ``"w-"`` was asked to create a store where one (or other data) already is."""
+
+
+class NotAStoreError(StoreError, ValueError):
+    """The path exists but is not a store (or is a store of an unknown format)."""
+
+
+class ReadOnlyError(StoreError, PermissionError):
+    """A write was attempted on a store opened read-only (``mode="r"``)."""
+
+
+class ModelNotFoundError(StoreError, KeyError):
+    """No model of that name is in the store."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelExistsError(StoreError, KeyError):
+    """A model of that name already exists (pass ``replace=True`` to overwrite it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TensorNotFoundError(StoreError, KeyError):
+    """The model has no tensor of that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidTensorError(StoreError, ValueError):
+    """A tensor (or its name) cannot be stored: wrong type, dtype, or name."""
+
+
+class InvalidArgumentError(StoreError, ValueError):
+    """An argument other than a tensor is out of range or of the wrong form."""
+
+
+class FileFormatError(StoreError, ValueError):
+    """An imported file (safetensors, npz) is malformed or unsafe to read."""
+
+
+class CorruptionError(StoreError, IOError):
+    """Stored data failed a checksum or a consistency check."""
+
+
+class StoreFullError(StoreError, OSError):
+    """The disk (or the filesystem's quota) is full; the store was left as it was."""
+
+
+class StoreClosedError(StoreError, ValueError):
+    """The store handle was used after ``close()``."""

@@ -1,0 +1,73 @@
+"""The page file: fixed-size pages in LMDB, each carrying its own checksum.
+
+A page is ``page_size`` bytes of payload keyed by its id. The stored value is the payload
+followed by the 16-byte MurmurHash3 digest of the payload, so a read can verify a page with
+nothing but the page; a flipped byte anywhere in the payload or the digest is caught.
+This module knows pages and nothing of the blocks inside them.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import lmdb
+import mmh3
+
+from .errors import CorruptionError
+
+CHECKSUM_BYTES = 16
+_KEY = struct.Struct(">Q")  # big-endian, so LMDB's key order is page-id order
+
+
+def page_key(page_id: int) -> bytes:
+    return _KEY.pack(page_id)
+
+
+def page_id_of(key: bytes) -> int:
+    return _KEY.unpack(key)[0]
+
+
+class PageFile:
+    """Reads and writes pages in the ``pages`` database of an LMDB environment."""
+
+    def __init__(self, db, page_size: int) -> None:
+        self.db = db
+        self.page_size = page_size
+        self.value_bytes = page_size + CHECKSUM_BYTES
+
+    def read(self, txn: lmdb.Transaction, page_id: int, *, verify: bool = True) -> memoryview:
+        """Return the page's payload (a zero-copy view valid while ``txn`` lives).
+
+        Raises ``CorruptionError`` when the page is missing, of the wrong length, or
+        (with ``verify``) its checksum does not match.
+        """
+        value = txn.get(page_key(page_id), db=self.db)
+        if value is None:
+            raise CorruptionError(f"page {page_id} is referenced but missing from the page file")
+        value = memoryview(value)
+        if len(value) != self.value_bytes:
+            raise CorruptionError(f"page {page_id} is {len(value)} bytes, expected {self.value_bytes}")
+        payload = value[: self.page_size]
+        if verify and mmh3.mmh3_x64_128_digest(payload) != bytes(value[self.page_size :]):
+            raise CorruptionError(f"page {page_id} failed its checksum")
+        return payload
+
+    def new_buffer(self) -> bytearray:
+        """A zeroed buffer for one page: the payload, then room for its checksum."""
+        return bytearray(self.value_bytes)
+
+    def write(self, txn: lmdb.Transaction, page_id: int, buffer: bytearray) -> None:
+        """Seal ``buffer`` (from ``new_buffer``) with its checksum and store it as ``page_id``."""
+        if len(buffer) != self.value_bytes:
+            raise ValueError(f"a page buffer must be {self.value_bytes} bytes, got {len(buffer)}")
+        view = memoryview(buffer)
+        view[self.page_size :] = mmh3.mmh3_x64_128_digest(view[: self.page_size])
+        txn.put(page_key(page_id), buffer, db=self.db)
+
+    def delete(self, txn: lmdb.Transaction, page_id: int) -> None:
+        txn.delete(page_key(page_id), db=self.db)
+
+    def ids(self, txn: lmdb.Transaction) -> list[int]:
+        """Every page id present, in order."""
+        with txn.cursor(db=self.db) as cur:
+            return [page_id_of(bytes(k)) for k in cur.iternext(keys=True, values=False)]

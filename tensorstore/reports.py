@@ -1,0 +1,55 @@
+"""Plain results the store hands back: frozen dataclasses with ``to_dict()``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+class _AsDict:
+    __slots__ = ()
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats(_AsDict):
+    """What the store holds and what it costs.
+
+    ``logical_bytes`` is the sum of the tensors as added; ``unique_bytes`` the bytes of
+    distinct blocks; ``stored_bytes`` pages × ``page_size``; ``file_bytes`` the data file.
+    ``blocks`` counts block references, ``unique_blocks`` distinct blocks.
+    """
+
+    models: int
+    tensors: int
+    logical_bytes: int
+    unique_bytes: int
+    stored_bytes: int
+    file_bytes: int
+    blocks: int
+    unique_blocks: int
+    pages: int
+    page_size: int
+    block_bytes: int
+
+    @property
+    def dedup_ratio(self) -> float:
+        """Logical bytes per stored byte (higher is better)."""
+        return self.logical_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+    @property
+    def padding_bytes(self) -> int:
+        """Page bytes that hold no block: alignment gaps, free room and page tails."""
+        return self.stored_bytes - self.unique_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport(_AsDict):
+    """The outcome of ``Store.verify()``: ``ok`` when ``problems`` is empty."""
+
+    ok: bool
+    problems: list[str]
+    models: int
+    pages: int
+    blocks: int

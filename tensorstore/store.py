@@ -1,0 +1,496 @@
+"""The store: models in, models out, each distinct block kept once.
+
+``Store`` composes the parts: ``chunking`` cuts tensors into blocks, ``BlockWriter``
+places and references them in one write transaction, ``PageFile`` keeps the pages and
+their checksums, ``catalog`` the tables. Every public method that changes the store runs
+in exactly one LMDB write transaction, so a failed or interrupted call changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+from . import catalog as cat
+from .blockwriter import BlockWriter
+from .catalog import ModelRecord, StoreState, TensorRecord, id_key
+from .chunking import as_bytes, block_spans, block_step, canonical
+from .dtypes import DTYPE_CODES, dtype_from_name, dtype_name
+from .environment import DATA_FILE, Environment
+from .errors import (
+    CorruptionError,
+    InvalidArgumentError,
+    InvalidTensorError,
+    ModelExistsError,
+    ModelNotFoundError,
+    NotAStoreError,
+    ReadOnlyError,
+    StoreClosedError,
+    StoreExistsError,
+    StoreNotFoundError,
+    TensorNotFoundError,
+)
+from .pagefile import PageFile
+from .progress import progress
+from .reports import StoreStats
+from .units import parse_size
+
+DEFAULT_PAGE_SIZE = 1 << 20
+DEFAULT_BLOCK_BYTES = 64 << 10
+MAX_PAGE_SIZE = 1 << 31  # offsets are 32-bit
+MIN_BLOCK_BYTES = 64
+MAX_NAME_BYTES = 256  # model names are LMDB keys (at most 511 bytes)
+MAX_TENSOR_NAME_BYTES = 4096
+MODES = ("r", "r+", "a", "w", "w-")
+
+_FORMAT_KEY = b"format"
+_STATE_KEY = b"state"
+
+
+def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
+    path: str | Path,
+    mode: str = "a",
+    page_size: int | str | None = None,
+    block_bytes: int | str | None = None,
+    cache_bytes: int | str | None = None,
+) -> "Store":
+    """Open (or create) the store at ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store's directory.
+    mode : {"r", "r+", "a", "w", "w-"}
+        ``"r"`` read-only, must exist; ``"r+"`` read-write, must exist; ``"a"`` read-write,
+        created if missing; ``"w"`` created, replacing a store that is there; ``"w-"``
+        created, failing if anything is there.
+    page_size, block_bytes : int or str, optional
+        Fixed when the store is created (``"1MiB"``, ``65536``). Given for an existing
+        store they must match what it was created with.
+    cache_bytes : int or str, optional
+        The buffer pool's budget for this handle (reserved; reads go through LMDB's
+        memory map).
+    """
+    if mode not in MODES:
+        raise InvalidArgumentError(f"mode {mode!r} is not one of {', '.join(map(repr, MODES))}")
+    path = Path(path)
+    page = parse_size(page_size, "page_size") if page_size is not None else None
+    block = parse_size(block_bytes, "block_bytes") if block_bytes is not None else None
+    if cache_bytes is not None:
+        parse_size(cache_bytes, "cache_bytes")
+    is_store = (path / DATA_FILE).is_file()
+    if path.exists() and not path.is_dir():
+        raise NotAStoreError(f"{path} is a file, not a store directory")
+    if mode in ("r", "r+"):
+        if not path.exists():
+            raise StoreNotFoundError(f"no store at {path}; create one with mode 'a' or 'w-'")
+        if not is_store:
+            raise NotAStoreError(f"{path} is not a store (no {DATA_FILE} in it)")
+    elif mode == "w-":
+        if is_store or (path.exists() and any(path.iterdir())):
+            raise StoreExistsError(f"{path} already exists and is not empty; use mode 'a' to open it or 'w' to replace a store")
+    elif not is_store and path.exists() and any(path.iterdir()):
+        raise NotAStoreError(f"{path} is a directory that is not a store; refusing to write into it")
+    if mode == "w" and is_store:
+        _check_is_store(path)  # never delete a directory that is not ours
+        for name in (DATA_FILE, "lock.mdb"):
+            (path / name).unlink(missing_ok=True)
+        is_store = False
+    if is_store:
+        return Store._open_existing(path, readonly=(mode == "r"), page_size=page, block_bytes=block)
+    return Store._create(path, page_size=page or DEFAULT_PAGE_SIZE, block_bytes=block or DEFAULT_BLOCK_BYTES)
+
+
+def _check_is_store(path: Path) -> None:
+    Store._open_existing(path, readonly=True, page_size=None, block_bytes=None).close()
+
+
+class Store:
+    """A deduplicating store of models; open one with :func:`tensorstore.open`."""
+
+    def __init__(self, env: Environment, page_size: int, block_bytes: int) -> None:
+        self._env: Environment | None = env
+        self.path = env.path
+        self.readonly = env.readonly
+        self.page_size = page_size
+        self.block_bytes = block_bytes
+        self._pages = PageFile(env.dbs["pages"], page_size)
+
+    # -- opening --------------------------------------------------------------------
+
+    @classmethod
+    def _create(cls, path: Path, *, page_size: int, block_bytes: int) -> "Store":
+        if not MIN_BLOCK_BYTES <= block_bytes <= page_size:
+            raise InvalidArgumentError(
+                f"block_bytes ({block_bytes}) must be at least {MIN_BLOCK_BYTES} and at most page_size ({page_size})"
+            )
+        if page_size > MAX_PAGE_SIZE:
+            raise InvalidArgumentError(f"page_size ({page_size}) must be at most {MAX_PAGE_SIZE} bytes (2 GiB)")
+        path.mkdir(parents=True, exist_ok=True)
+        env = Environment(path, readonly=False, create=True)
+        fmt = {"format": cat.FORMAT_NAME, "version": cat.FORMAT_VERSION, "page_size": page_size, "block_bytes": block_bytes, "created": time.time()}
+
+        def init(txn: lmdb.Transaction) -> None:
+            txn.put(_FORMAT_KEY, json.dumps(fmt).encode(), db=env.dbs["meta"])
+            txn.put(_STATE_KEY, StoreState().encode(), db=env.dbs["meta"])
+
+        env.write(init)
+        return cls(env, page_size, block_bytes)
+
+    @classmethod
+    def _open_existing(cls, path: Path, *, readonly: bool, page_size: int | None, block_bytes: int | None) -> "Store":
+        try:
+            env = Environment(path, readonly=readonly)
+        except CorruptionError as exc:
+            raise NotAStoreError(f"{path} is not a store: {exc}") from exc
+        try:
+            with env.read() as txn:
+                raw = txn.get(_FORMAT_KEY, db=env.dbs["meta"])
+                fmt = json.loads(bytes(raw)) if raw is not None else None
+            if not isinstance(fmt, dict) or fmt.get("format") != cat.FORMAT_NAME:
+                raise NotAStoreError(f"{path} is an LMDB environment but not a store")
+            if fmt.get("version") != cat.FORMAT_VERSION:
+                raise NotAStoreError(f"{path} is a store of format version {fmt.get('version')}; this library reads version {cat.FORMAT_VERSION}")
+            stored = (int(fmt["page_size"]), int(fmt["block_bytes"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            env.close()
+            raise NotAStoreError(f"{path} has a damaged format record ({exc})") from exc
+        except BaseException:
+            env.close()
+            raise
+        for what, given, have in (("page_size", page_size, stored[0]), ("block_bytes", block_bytes, stored[1])):
+            if given is not None and given != have:
+                env.close()
+                raise InvalidArgumentError(f"{what} is fixed at creation: this store has {have}, not {given}")
+        return cls(env, *stored)
+
+    def close(self) -> None:
+        """Close the handle; a closed store raises ``StoreClosedError`` when used."""
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._env is None else ("read-only" if self.readonly else "read-write")
+        return f"<tensorstore.Store {str(self.path)!r} {state}>"
+
+    @property
+    def env(self) -> Environment:
+        if self._env is None:
+            raise StoreClosedError(f"the store at {self.path} is closed")
+        return self._env
+
+    def _writable(self) -> Environment:
+        env = self.env
+        if env.readonly:
+            raise ReadOnlyError(f"the store at {self.path} is open read-only; open it with mode 'r+' or 'a' to change it")
+        return env
+
+    # -- models in ------------------------------------------------------------------
+
+    def add_model(
+        self,
+        name: str,
+        tensors: Mapping[str, object] | Iterable[tuple[str, object]],
+        metadata: Mapping | None = None,
+        *,
+        replace: bool = False,
+        progress_bar: bool | None = False,
+    ) -> None:
+        """Store a model: a mapping of tensor names to arrays.
+
+        Blocks already in the store are referenced, not written again. The model is stored
+        whole or not at all.
+
+        Parameters
+        ----------
+        name : str
+            The model's name: non-empty, at most 256 UTF-8 bytes, no control characters.
+        tensors : mapping or iterable of (name, array) pairs
+            Arrays of a supported dtype (bool, int8-64, uint8-64, float16, bfloat16,
+            float32, float64), any shape, contiguous or not.
+        metadata : mapping, optional
+            JSON-serialisable data kept with the model (e.g. a safetensors header's).
+        replace : bool
+            Replace a model of the same name instead of raising ``ModelExistsError``.
+        """
+        env = self._writable()
+        _check_name(name, "model name", MAX_NAME_BYTES)
+        arrays = _tensor_list(tensors)
+        meta = _check_metadata(metadata)
+        total = sum(a.nbytes for _, a in arrays)
+        key = name.encode()
+
+        def add(txn: lmdb.Transaction) -> None:
+            old = txn.get(key, db=env.dbs["models"])
+            if old is not None and not replace:
+                raise ModelExistsError(f"model {name!r} already exists; pass replace=True to overwrite it")
+            state = self._state(txn)
+            writer = BlockWriter(txn, env.dbs, self._pages, state)
+            records = []
+            with progress(total, f"adding {name}", progress_bar) as bar:
+                for tname, arr in arrays:
+                    records.append(self._chunk_into(writer, tname, arr))
+                    bar.update(arr.nbytes)
+            model_id = state.next_model_id
+            if old is not None:
+                previous = cat.decode_model(name, old)
+                for t in previous.tensors:
+                    for block_id in t.block_ids:
+                        writer.release(int(block_id))
+                state.models -= 1
+                state.tensors -= len(previous.tensors)
+                state.logical_bytes -= previous.logical_bytes
+                model_id = previous.model_id
+            else:
+                state.next_model_id += 1
+            writer.flush()
+            record = ModelRecord(name, model_id, time.time(), meta, tuple(records))
+            txn.put(key, cat.encode_model(record), db=env.dbs["models"])
+            state.models += 1
+            state.tensors += len(records)
+            state.logical_bytes += total
+            self._put_state(txn, state)
+
+        env.write(add, expect_bytes=total)
+
+    def _chunk_into(self, writer: BlockWriter, tname: str, arr: np.ndarray) -> TensorRecord:
+        dname = dtype_name(arr.dtype)
+        step = block_step(arr.shape, arr.dtype.itemsize, self.block_bytes)
+        data = as_bytes(arr)
+        code = DTYPE_CODES[dname]
+        ids = [writer.reference(data[s:e], code) for s, e in block_spans(arr.nbytes, step)]
+        return TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids, dtype=np.uint64))
+
+    def delete_model(self, name: str) -> None:
+        """Remove a model; blocks no other model references are freed and their space reused."""
+        env = self._writable()
+        key = _name_key(name)
+
+        def delete(txn: lmdb.Transaction) -> None:
+            record = self._record(txn, name)
+            state = self._state(txn)
+            writer = BlockWriter(txn, env.dbs, self._pages, state)
+            for t in record.tensors:
+                for block_id in t.block_ids:
+                    writer.release(int(block_id))
+            writer.flush()
+            txn.delete(key, db=env.dbs["models"])
+            state.models -= 1
+            state.tensors -= len(record.tensors)
+            state.logical_bytes -= record.logical_bytes
+            self._put_state(txn, state)
+
+        env.write(delete)
+
+    # -- models out -----------------------------------------------------------------
+
+    def load_model(self, name: str, *, verify: bool = True) -> dict[str, np.ndarray]:
+        """Return every tensor of the model as a new, writable numpy array, bit-exact.
+
+        ``verify`` checks each page's checksum as it is read (``CorruptionError`` on a
+        mismatch).
+        """
+        with self.env.read() as txn:
+            record = self._record(txn, name)
+            reader = _Reader(self, txn, verify)
+            return {t.name: reader.tensor(t) for t in record.tensors}
+
+    def load_tensor(self, name: str, tensor_name: str, *, verify: bool = True) -> np.ndarray:
+        """Return one tensor of a model (reads only the pages that tensor needs)."""
+        with self.env.read() as txn:
+            record = self._record(txn, name)
+            t = record.tensor(tensor_name)
+            if t is None:
+                raise TensorNotFoundError(f"model {name!r} has no tensor {tensor_name!r}")
+            return _Reader(self, txn, verify).tensor(t)
+
+    def model_info(self, name: str) -> ModelRecord:
+        """The catalog record of a model: metadata and each tensor's dtype, shape, blocks."""
+        with self.env.read() as txn:
+            return self._record(txn, name)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str) or not name:
+            return False
+        try:
+            key = name.encode()
+        except UnicodeEncodeError:
+            return False
+        with self.env.read() as txn:
+            return txn.get(key, db=self.env.dbs["models"]) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.models())
+
+    def __len__(self) -> int:
+        with self.env.read() as txn:
+            return self._state(txn).models
+
+    def models(self) -> list[str]:
+        """Model names in the store's (UTF-8 byte) order."""
+        with self.env.read() as txn, txn.cursor(db=self.env.dbs["models"]) as cur:
+            return [bytes(k).decode() for k in cur.iternext(keys=True, values=False)]
+
+    # -- facts ------------------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        """Sizes and counts; read from running totals, so it costs the same at any size."""
+        with self.env.read() as txn:
+            s = self._state(txn)
+        return StoreStats(
+            models=s.models,
+            tensors=s.tensors,
+            logical_bytes=s.logical_bytes,
+            unique_bytes=s.unique_bytes,
+            stored_bytes=s.pages * self.page_size,
+            file_bytes=self.env.file_bytes(),
+            blocks=s.blocks,
+            unique_blocks=s.unique_blocks,
+            pages=s.pages,
+            page_size=self.page_size,
+            block_bytes=self.block_bytes,
+        )
+
+    def verify(self):
+        """Check every checksum and every cross-reference; see :mod:`tensorstore.verify`."""
+        from .verify import verify_store
+
+        with self.env.read() as txn:
+            return verify_store(self, txn)
+
+    def catalog(self):
+        """The catalog as pyarrow Tables: ``models``, ``tensors``, ``blocks``, ``pages``."""
+        from .tables import catalog_tables
+
+        with self.env.read() as txn:
+            return catalog_tables(self, txn)
+
+    # -- helpers for the parts that read the catalog ---------------------------------
+
+    def _record(self, txn: lmdb.Transaction, name: str) -> ModelRecord:
+        value = txn.get(_name_key(name), db=self.env.dbs["models"])
+        if value is None:
+            raise ModelNotFoundError(f"no model {name!r} in the store at {self.path}")
+        return cat.decode_model(name, value)
+
+    def _state(self, txn: lmdb.Transaction) -> StoreState:
+        value = txn.get(_STATE_KEY, db=self.env.dbs["meta"])
+        if value is None:
+            raise CorruptionError(f"the store at {self.path} has no state record")
+        return StoreState.decode(value)
+
+    def _put_state(self, txn: lmdb.Transaction, state: StoreState) -> None:
+        txn.put(_STATE_KEY, state.encode(), db=self.env.dbs["meta"])
+
+    def _iter_records(self, txn: lmdb.Transaction) -> Iterator[ModelRecord]:
+        with txn.cursor(db=self.env.dbs["models"]) as cur:
+            for k, v in cur:
+                yield cat.decode_model(bytes(k).decode(errors="replace"), v)
+
+
+class _Reader:
+    """Assembles tensors from blocks within one read transaction, each page read once."""
+
+    def __init__(self, store: Store, txn: lmdb.Transaction, verify: bool) -> None:
+        self.store = store
+        self.txn = txn
+        self.verify = verify
+        self.blocks_db = store.env.dbs["blocks"]
+        self.pages: dict[int, memoryview] = {}
+
+    def page(self, page_id: int) -> memoryview:
+        view = self.pages.get(page_id)
+        if view is None:
+            view = self.pages[page_id] = self.store._pages.read(self.txn, page_id, verify=self.verify)
+        return view
+
+    def tensor(self, t: TensorRecord) -> np.ndarray:
+        out = np.empty(t.nbytes, dtype=np.uint8)
+        for block_id, (start, stop) in zip(t.block_ids.tolist(), t.spans()):
+            value = self.txn.get(id_key(block_id), db=self.blocks_db)
+            if value is None:
+                raise CorruptionError(f"tensor {t.name!r} references block {block_id}, which is missing")
+            b = cat.decode_block(block_id, value)
+            if b.nbytes != stop - start:
+                raise CorruptionError(f"block {block_id} holds {b.nbytes} bytes where tensor {t.name!r} needs {stop - start}")
+            out[start:stop] = self.page(b.page_id)[b.offset : b.offset + b.nbytes]
+        return out.view(dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
+
+
+# -- input checks -------------------------------------------------------------------
+
+
+def _check_name(name: object, what: str, max_bytes: int) -> None:
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"{what} must be a str, not {type(name).__name__}")
+    if not name:
+        raise InvalidArgumentError(f"{what} must not be empty")
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{what} {name!r} is not valid Unicode text (lone surrogates)") from None
+    if len(encoded) > max_bytes:
+        raise InvalidArgumentError(f"{what} is {len(encoded)} bytes in UTF-8; at most {max_bytes} are allowed")
+    bad = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise InvalidArgumentError(f"{what} {name!r} contains the control character {bad!r}")
+
+
+def _name_key(name: object) -> bytes:
+    if not isinstance(name, str) or not name:
+        raise ModelNotFoundError(f"no model {name!r}: model names are non-empty strings")
+    try:
+        return name.encode()
+    except UnicodeEncodeError:
+        raise ModelNotFoundError(f"no model {name!r}: not valid Unicode text") from None
+
+
+def _tensor_list(tensors: object) -> list[tuple[str, np.ndarray]]:
+    """Validate every tensor before anything is written; return canonical arrays."""
+    if isinstance(tensors, Mapping):
+        items = list(tensors.items())
+    elif isinstance(tensors, Iterable) and not isinstance(tensors, (str, bytes, np.ndarray)):
+        items = list(tensors)
+        if not all(isinstance(i, tuple) and len(i) == 2 for i in items):
+            raise InvalidTensorError("tensors must be a mapping of names to arrays, or (name, array) pairs")
+    else:
+        raise InvalidTensorError(f"tensors must be a mapping of names to arrays, not {type(tensors).__name__}")
+    if not items:
+        raise InvalidTensorError("a model needs at least one tensor")
+    seen: set[str] = set()
+    out = []
+    for tname, value in items:
+        try:
+            _check_name(tname, "tensor name", MAX_TENSOR_NAME_BYTES)
+        except InvalidArgumentError as exc:
+            raise InvalidTensorError(str(exc)) from None
+        if tname in seen:
+            raise InvalidTensorError(f"tensor name {tname!r} appears twice")
+        seen.add(tname)
+        out.append((tname, canonical(value, f"tensor {tname!r}")))
+    return out
+
+
+def _check_metadata(metadata: object) -> dict:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidArgumentError(f"metadata must be a mapping, not {type(metadata).__name__}")
+    try:
+        return json.loads(json.dumps(dict(metadata), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"metadata must be JSON-serialisable: {exc}") from None
+

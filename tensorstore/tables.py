@@ -1,0 +1,74 @@
+"""The catalog as pyarrow Tables, for queries with pyarrow, pandas, polars or DuckDB."""
+
+from __future__ import annotations
+
+import json
+
+import lmdb
+import pyarrow as pa
+
+from . import catalog as cat
+from .pagefile import page_id_of
+
+
+def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
+    """Return ``models``, ``tensors``, ``blocks`` (one row per block reference) and ``pages``."""
+    dbs = store.env.dbs
+    block_rows: dict[int, cat.BlockRecord] = {}
+    with txn.cursor(db=dbs["blocks"]) as cur:
+        for k, v in cur:
+            block_id = cat.ID.unpack(bytes(k))[0]
+            block_rows[block_id] = cat.decode_block(block_id, v)
+
+    models = {"model": [], "model_id": [], "tensors": [], "logical_bytes": [], "created": [], "metadata": []}
+    tensors = {"model": [], "tensor": [], "dtype": [], "shape": [], "nbytes": [], "blocks": []}
+    blocks = {"model": [], "tensor": [], "index": [], "block_id": [], "page_id": [], "offset": [], "nbytes": []}
+    for m in store._iter_records(txn):
+        models["model"].append(m.name)
+        models["model_id"].append(m.model_id)
+        models["tensors"].append(len(m.tensors))
+        models["logical_bytes"].append(m.logical_bytes)
+        models["created"].append(m.created)
+        models["metadata"].append(json.dumps(m.metadata, ensure_ascii=False))
+        for t in m.tensors:
+            tensors["model"].append(m.name)
+            tensors["tensor"].append(t.name)
+            tensors["dtype"].append(t.dtype)
+            tensors["shape"].append(list(t.shape))
+            tensors["nbytes"].append(t.nbytes)
+            tensors["blocks"].append(len(t.block_ids))
+            for i, block_id in enumerate(t.block_ids.tolist()):
+                b = block_rows[block_id]
+                blocks["model"].append(m.name)
+                blocks["tensor"].append(t.name)
+                blocks["index"].append(i)
+                blocks["block_id"].append(block_id)
+                blocks["page_id"].append(b.page_id)
+                blocks["offset"].append(b.offset)
+                blocks["nbytes"].append(b.nbytes)
+
+    pages = {"page_id": [], "used_bytes": [], "live_bytes": [], "blocks": []}
+    with txn.cursor(db=dbs["pagemeta"]) as cur:
+        for k, v in cur:
+            p = cat.decode_page(page_id_of(bytes(k)), v)
+            pages["page_id"].append(p.page_id)
+            pages["used_bytes"].append(p.used)
+            pages["live_bytes"].append(p.live)
+            pages["blocks"].append(len(p.block_ids))
+
+    distinct = {
+        "block_id": list(block_rows),
+        "page_id": [b.page_id for b in block_rows.values()],
+        "offset": [b.offset for b in block_rows.values()],
+        "nbytes": [b.nbytes for b in block_rows.values()],
+        "refs": [b.refs for b in block_rows.values()],
+        "digest": [b.digest.hex() for b in block_rows.values()],
+    }
+    i64 = pa.int64()
+    return {
+        "models": pa.table(models, schema=pa.schema([("model", pa.string()), ("model_id", i64), ("tensors", i64), ("logical_bytes", i64), ("created", pa.float64()), ("metadata", pa.string())])),
+        "tensors": pa.table(tensors, schema=pa.schema([("model", pa.string()), ("tensor", pa.string()), ("dtype", pa.string()), ("shape", pa.list_(i64)), ("nbytes", i64), ("blocks", i64)])),
+        "blocks": pa.table(blocks, schema=pa.schema([("model", pa.string()), ("tensor", pa.string()), ("index", i64), ("block_id", i64), ("page_id", i64), ("offset", i64), ("nbytes", i64)])),
+        "pages": pa.table(pages, schema=pa.schema([("page_id", i64), ("used_bytes", i64), ("live_bytes", i64), ("blocks", i64)])),
+        "distinct_blocks": pa.table(distinct, schema=pa.schema([("block_id", i64), ("page_id", i64), ("offset", i64), ("nbytes", i64), ("refs", i64), ("digest", pa.string())])),
+    }

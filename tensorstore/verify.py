@@ -1,0 +1,144 @@
+"""``Store.verify()``: every checksum and every cross-reference of the catalog, checked.
+
+Reads one snapshot and recomputes from scratch what the store keeps as running state:
+page checksums, each block's content digest against its bytes, that every block lies
+inside its page without overlapping another, reference counts against the models that
+hold them, and the totals behind ``stats()``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import lmdb
+
+from index.exact import block_digest
+
+from . import catalog as cat
+from .catalog import id_key
+from .dtypes import DTYPES
+from .errors import CorruptionError
+from .pagefile import page_id_of
+from .reports import VerifyReport
+
+
+def verify_store(store, txn: lmdb.Transaction) -> VerifyReport:
+    dbs = store.env.dbs
+    problems: list[str] = []
+    problem = problems.append
+
+    # Pages and their checksums.
+    page_ids = store._pages.ids(txn)
+    payloads = {}
+    for page_id in page_ids:
+        try:
+            payloads[page_id] = store._pages.read(txn, page_id)
+        except CorruptionError as exc:
+            problem(str(exc))
+
+    # Page records: the blocks each page says it holds.
+    page_records: dict[int, cat.PageRecord] = {}
+    with txn.cursor(db=dbs["pagemeta"]) as cur:
+        for k, v in cur:
+            page_id = page_id_of(bytes(k))
+            try:
+                page_records[page_id] = cat.decode_page(page_id, v)
+            except CorruptionError as exc:
+                problem(str(exc))
+    for page_id in sorted(set(page_ids) - set(page_records)):
+        problem(f"page {page_id} has no catalog record")
+    for page_id in sorted(set(page_records) - set(page_ids)):
+        problem(f"page record {page_id} names a page that is missing")
+
+    # Blocks: location, content digest, hash index.
+    blocks: dict[int, cat.BlockRecord] = {}
+    with txn.cursor(db=dbs["blocks"]) as cur:
+        for k, v in cur:
+            block_id = cat.ID.unpack(bytes(k))[0]
+            try:
+                blocks[block_id] = b = cat.decode_block(block_id, v)
+            except CorruptionError as exc:
+                problem(str(exc))
+                continue
+            rec = page_records.get(b.page_id)
+            if rec is None or block_id not in rec.block_ids:
+                problem(f"block {block_id} says it is in page {b.page_id}, which does not list it")
+                continue
+            if b.offset + b.nbytes > min(rec.used, store.page_size):
+                problem(f"block {block_id} runs past the used part of page {b.page_id}")
+                continue
+            payload = payloads.get(b.page_id)
+            if payload is not None and block_digest(payload[b.offset : b.offset + b.nbytes], b.dtype_code) != b.digest:
+                problem(f"block {block_id} in page {b.page_id} does not match its content digest")
+            found = txn.get(b.digest, db=dbs["hashes"])
+            if found is None or int.from_bytes(found, "big") != block_id:
+                problem(f"block {block_id} is missing from the hash index")
+    hashes = txn.stat(dbs["hashes"])["entries"]
+    if hashes != len(blocks):
+        problem(f"the hash index has {hashes} entries for {len(blocks)} blocks")
+
+    for rec in page_records.values():
+        spans = sorted((blocks[i].offset, blocks[i].nbytes) for i in rec.block_ids if i in blocks)
+        for (a, n), (b, _) in zip(spans, spans[1:]):
+            if a + n > b:
+                problem(f"blocks overlap in page {rec.page_id}")
+                break
+        live = sum(n for _, n in spans)
+        if live != rec.live:
+            problem(f"page {rec.page_id} records {rec.live} live bytes; its blocks hold {live}")
+        for i in rec.block_ids:
+            if i not in blocks:
+                problem(f"page {rec.page_id} lists block {i}, which is missing")
+
+    # Models: every reference resolves, sizes agree, reference counts add up.
+    refs: Counter[int] = Counter()
+    models = tensors = logical = 0
+    try:
+        for m in store._iter_records(txn):
+            models += 1
+            tensors += len(m.tensors)
+            logical += m.logical_bytes
+            for t in m.tensors:
+                itemsize = DTYPES[t.dtype].itemsize if t.dtype in DTYPES else None
+                if itemsize is None:
+                    problem(f"model {m.name!r} tensor {t.name!r} has unknown dtype {t.dtype!r}")
+                elif _prod(t.shape) * itemsize != t.nbytes:
+                    problem(f"model {m.name!r} tensor {t.name!r}: shape {t.shape} does not make {t.nbytes} bytes")
+                for block_id, (start, stop) in zip(t.block_ids.tolist(), t.spans()):
+                    refs[block_id] += 1
+                    b = blocks.get(block_id)
+                    if b is None:
+                        problem(f"model {m.name!r} tensor {t.name!r} references missing block {block_id}")
+                    elif b.nbytes != stop - start:
+                        problem(f"model {m.name!r} tensor {t.name!r}: block {block_id} has {b.nbytes} bytes, needs {stop - start}")
+    except CorruptionError as exc:
+        problem(str(exc))
+    for block_id, b in blocks.items():
+        if b.refs != refs.get(block_id, 0):
+            problem(f"block {block_id} counts {b.refs} references; models hold {refs.get(block_id, 0)}")
+
+    # Running totals behind stats().
+    try:
+        s = store._state(txn)
+        expected = {
+            "models": models, "tensors": tensors, "logical_bytes": logical, "blocks": sum(refs.values()),
+            "unique_blocks": len(blocks), "unique_bytes": sum(b.nbytes for b in blocks.values()), "pages": len(page_ids),
+        }
+        for field, want in expected.items():
+            if getattr(s, field) != want:
+                problem(f"stats field {field} is {getattr(s, field)}; the catalog says {want}")
+        if page_ids and s.next_page_id <= max(page_ids):
+            problem("the page id counter is behind the pages")
+        if blocks and s.next_block_id <= max(blocks):
+            problem("the block id counter is behind the blocks")
+    except CorruptionError as exc:
+        problem(str(exc))
+
+    return VerifyReport(ok=not problems, problems=problems, models=models, pages=len(page_ids), blocks=len(blocks))
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
