@@ -63,11 +63,9 @@ class Environment:
             raise _translate(exc, f"cannot open the store at {self.path}") from exc
         self._write_lock = threading.Lock()
         try:
-            if readonly:
-                with self.env.begin() as txn:
-                    self.dbs = {n: self.env.open_db(n.encode(), txn=txn, create=False) for n in DB_NAMES}
-            else:
-                self.dbs = {n: self.env.open_db(n.encode()) for n in DB_NAMES}
+            # On a read-only environment open_db uses a read transaction of its own; handles
+            # opened in a transaction we pass in do not outlive it.
+            self.dbs = {n: self.env.open_db(n.encode(), create=not readonly) for n in DB_NAMES}
         except lmdb.Error as exc:
             self.env.close()
             raise CorruptionError(f"{self.path} is an LMDB environment without the store's databases: {exc}") from exc

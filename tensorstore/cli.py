@@ -1,0 +1,201 @@
+"""The ``tensorstore`` command line.
+
+Exit status: 0 on success, 1 on a user error (one line on stderr saying what is wrong and
+how to fix it, no traceback), 2 on bad usage (argparse's own message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import open as open_store
+from .errors import StoreError
+from .formats import SUFFIXES, read_model_file, write_safetensors
+from .sharing import model_sharing
+from .units import format_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args) or 0
+    except _UsageError as exc:
+        print(f"tensorstore {args.command}: usage error: {exc}", file=sys.stderr)
+        return 2
+    except (StoreError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        print(f"tensorstore {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"tensorstore {args.command}: interrupted; the store is as it was before the interrupted change", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `tensorstore ls | head`
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tensorstore", description="A deduplicating store for neural network weights.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    a = sub.add_parser("add", help="add models from .safetensors or .npz files (one model per file)")
+    a.add_argument("store", type=Path)
+    a.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    a.add_argument("--name", help="the model's name (only with one file; default: the file's stem)")
+    a.add_argument("--replace", action="store_true", help="replace a model of the same name")
+    a.add_argument("--page-size", help="page size for a new store, e.g. 1MiB")
+    a.add_argument("--block-bytes", help="block size for a new store, e.g. 64KiB")
+    a.add_argument("--json", action="store_true", help="print what was added as JSON")
+    a.set_defaults(func=_add)
+
+    ls = sub.add_parser("ls", help="list the models, with the bytes each shares")
+    ls.add_argument("store", type=Path)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_ls)
+
+    st = sub.add_parser("stats", help="sizes and counts of the store")
+    st.add_argument("store", type=Path)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_stats)
+
+    ex = sub.add_parser("export", help="write one model to a safetensors file")
+    ex.add_argument("store", type=Path)
+    ex.add_argument("model")
+    ex.add_argument("out", type=Path, metavar="OUT.safetensors")
+    ex.set_defaults(func=_export)
+
+    rm = sub.add_parser("rm", help="delete a model (space no other model needs is freed)")
+    rm.add_argument("store", type=Path)
+    rm.add_argument("model")
+    rm.set_defaults(func=_rm)
+
+    v = sub.add_parser("verify", help="check every checksum and catalog cross-reference")
+    v.add_argument("store", type=Path)
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_verify)
+
+    d = sub.add_parser("demo", help="train a small model family, store it and report (no download)")
+    d.add_argument("dir", type=Path, nargs="?", help="keep the demo's store and files here (default: a temporary directory)")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def _progress(args) -> bool:
+    return sys.stderr.isatty() and not getattr(args, "json", False)
+
+
+def _add(args) -> int:
+    if args.name is not None and len(args.files) != 1:
+        raise _UsageError("--name names one model; give exactly one FILE with it")
+    for f in args.files:  # check every file is there before the store is touched
+        if not f.exists():
+            raise FileNotFoundError(f"no such file: {f}")
+        if f.suffix.lower() not in SUFFIXES:
+            raise _UsageError(f"{f}: unknown file type {f.suffix!r}; expected {' or '.join(SUFFIXES)}")
+    added = []
+    with open_store(args.store, "a", page_size=args.page_size, block_bytes=args.block_bytes) as store:
+        for f in args.files:
+            tensors, meta = read_model_file(f)
+            name = args.name or f.stem
+            before = store.stats().unique_bytes
+            store.add_model(name, tensors, meta, replace=args.replace, progress_bar=_progress(args))
+            logical = sum(t.nbytes for t in tensors.values())
+            new = store.stats().unique_bytes - before
+            added.append({"model": name, "file": str(f), "logical_bytes": logical, "new_bytes": new})
+            if not args.json:
+                print(f"added {name}: {format_size(logical)}, {format_size(new)} new ({_pct(new, logical)} of its size)")
+    if args.json:
+        print(json.dumps(added, indent=2))
+    return 0
+
+
+def _ls(args) -> int:
+    with open_store(args.store, "r") as store:
+        rows = model_sharing(store.catalog())
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("(no models)")
+        return 0
+    width = max(len("model"), *(len(r.model) for r in rows))
+    print(f"{'model':<{width}}  {'tensors':>7}  {'size':>10}  {'shared':>10}  {'private':>10}")
+    for r in rows:
+        print(
+            f"{r.model:<{width}}  {r.tensors:>7}  {format_size(r.logical_bytes):>10}  "
+            f"{format_size(r.shared_bytes):>10}  {format_size(r.private_bytes):>10}"
+        )
+    return 0
+
+
+def _stats(args) -> int:
+    with open_store(args.store, "r") as store:
+        s = store.stats()
+    if args.json:
+        print(json.dumps(s.to_dict(), indent=2))
+        return 0
+    print(f"models          {s.models}")
+    print(f"tensors         {s.tensors}")
+    print(f"logical bytes   {format_size(s.logical_bytes)}  (every tensor as added)")
+    print(f"unique bytes    {format_size(s.unique_bytes)}  (distinct blocks)")
+    print(f"stored bytes    {format_size(s.stored_bytes)}  ({s.pages} pages of {format_size(s.page_size)})")
+    print(f"file bytes      {format_size(s.file_bytes)}")
+    print(f"blocks          {s.blocks} references, {s.unique_blocks} distinct (blocks of {format_size(s.block_bytes)})")
+    print(f"dedup ratio     {s.dedup_ratio:.2f}x  (logical / stored)")
+    return 0
+
+
+def _export(args) -> int:
+    with open_store(args.store, "r") as store:
+        tensors = store.load_model(args.model)
+        meta = store.model_info(args.model).metadata
+    write_safetensors(args.out, tensors, meta)
+    print(f"exported {args.model} to {args.out}")
+    return 0
+
+
+def _rm(args) -> int:
+    with open_store(args.store, "r+") as store:
+        before = store.stats().stored_bytes
+        store.delete_model(args.model)
+        freed = before - store.stats().stored_bytes
+    print(f"deleted {args.model}; {format_size(freed)} of pages freed")
+    return 0
+
+
+def _verify(args) -> int:
+    with open_store(args.store, "r") as store:
+        report = store.verify()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif report.ok:
+        print(f"ok: {report.models} models, {report.blocks} blocks, {report.pages} pages checked")
+    else:
+        print(f"{len(report.problems)} problem(s) found:")
+        for p in report.problems:
+            print(f"  {p}")
+    return 0 if report.ok else 1
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.dir)
+    return 0
+
+
+class _UsageError(ValueError):
+    """Arguments that parse but do not fit together: exit status 2, like argparse's."""
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

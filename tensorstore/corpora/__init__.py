@@ -1,0 +1,1 @@
+"""Model families for the demo, the tests and the benchmarks (SPEC §7)."""
