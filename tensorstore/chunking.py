@@ -60,7 +60,7 @@ def canonical(value: object, what: str) -> np.ndarray:
             raise InvalidTensorError(f"{what} could not be converted to a numpy array: {exc}") from exc
     if arr.dtype.hasobject:
         raise InvalidTensorError(f"{what} has dtype {arr.dtype} (Python objects); only numeric and bool arrays can be stored")
-    if arr.dtype.kind in "USM" or (arr.dtype.kind == "V" and arr.dtype.name != "bfloat16"):
+    if arr.dtype.kind in "USMm":
         raise InvalidTensorError(
             f"{what} has dtype {arr.dtype} (strings, raw bytes or dates); only numeric and bool arrays can be stored"
         )

@@ -1,0 +1,16 @@
+import numpy as np
+import pytest
+
+import tensorstore as ts
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def store(store_path):
+    # Small pages and blocks so that small test tensors span many blocks and pages.
+    with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB") as s:
+        yield s

@@ -1,0 +1,107 @@
+"""The command line: each command, its --json, and its exit status on user errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+from support import random_model
+
+from tensorstore.cli import main
+
+
+@pytest.fixture
+def files(tmp_path):
+    base = random_model(0)
+    tuned = dict(base, **{"layer.0.bias": base["layer.0.bias"] * 2})
+    save_file(base, str(tmp_path / "base.safetensors"), metadata={"author": "tests"})
+    np.savez(tmp_path / "tuned.npz", **tuned)
+    return tmp_path, base, tuned
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_add_ls_stats_export_rm_verify(files, capsys):
+    d, base, tuned = files
+    store = d / "store"
+    code, out, _ = run(capsys, "add", store, d / "base.safetensors", d / "tuned.npz", "--block-bytes", "4KiB")
+    assert code == 0 and "added base" in out and "added tuned" in out
+
+    code, out, _ = run(capsys, "ls", store, "--json")
+    rows = {r["model"]: r for r in json.loads(out)}
+    assert code == 0 and set(rows) == {"base", "tuned"}
+    assert rows["tuned"]["private_bytes"] == tuned["layer.0.bias"].nbytes
+
+    code, out, _ = run(capsys, "stats", store, "--json")
+    stats = json.loads(out)
+    assert code == 0 and stats["models"] == 2 and stats["block_bytes"] == 4096
+    assert stats["logical_bytes"] == 2 * sum(v.nbytes for v in base.values())
+
+    out_file = d / "out.safetensors"
+    code, _, _ = run(capsys, "export", store, "base", out_file)
+    back = load_file(str(out_file))
+    assert code == 0 and set(back) == set(base)
+    assert all(back[k].tobytes() == base[k].tobytes() and back[k].shape == base[k].shape for k in base)
+
+    code, out, _ = run(capsys, "verify", store, "--json")
+    assert code == 0 and json.loads(out)["ok"] is True
+
+    code, out, _ = run(capsys, "rm", store, "tuned")
+    assert code == 0 and "deleted tuned" in out
+    code, out, _ = run(capsys, "ls", store, "--json")
+    assert [r["model"] for r in json.loads(out)] == ["base"]
+
+
+def test_add_with_name_and_replace(files, capsys):
+    d, _, _ = files
+    store = d / "store"
+    assert run(capsys, "add", store, d / "base.safetensors", "--name", "prod")[0] == 0
+    code, _, err = run(capsys, "add", store, d / "tuned.npz", "--name", "prod")
+    assert code == 1 and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert run(capsys, "add", store, d / "tuned.npz", "--name", "prod", "--replace")[0] == 0
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["rm", "{store}", "nope"], "no model 'nope'"),
+        (["export", "{store}", "nope", "{d}/x.safetensors"], "no model 'nope'"),
+        (["add", "{store}", "{d}/missing.safetensors"], "no such file"),
+        (["add", "{store}", "{d}/bad.safetensors"], "not a valid safetensors file"),
+        (["stats", "{d}/nowhere"], "no store"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_1(files, capsys, argv, needle):
+    d, _, _ = files
+    (d / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    store = d / "store"
+    run(capsys, "add", store, d / "base.safetensors")
+    code, _, err = run(capsys, *[a.format(store=store, d=d) for a in argv])
+    assert code == 1
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert run(capsys, "verify", store)[0] == 0
+
+
+def test_bad_usage_exits_2(files, capsys):
+    d, _, _ = files
+    with pytest.raises(SystemExit) as e:
+        main(["add"])
+    assert e.value.code == 2
+    code, _, err = run(capsys, "add", d / "s", d / "base.safetensors", d / "tuned.npz", "--name", "x")
+    assert code == 2 and "exactly one FILE" in err
+    assert not (d / "s").exists()
+
+
+def test_the_console_entry_point_runs(files):
+    d, _, _ = files
+    proc = subprocess.run([sys.executable, "-m", "tensorstore", "stats", str(d / "nowhere")], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("tensorstore stats: error:")
+    proc = subprocess.run([sys.executable, "-m", "tensorstore", "add", str(d / "s"), str(d / "base.safetensors")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == ""  # no progress bar when not on a terminal
