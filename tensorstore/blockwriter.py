@@ -34,6 +34,9 @@ from .pagefile import PageFile
 ALIGN = 8  # block offsets are multiples of the largest itemsize, so views are aligned
 # A page stays on the open list while this much room is left; less is not worth a rewrite.
 MIN_OPEN_ROOM = 4096
+# Pages with room kept in memory during one transaction, for tails and small tensors to
+# fill: without them every page ends with half a block of waste on average.
+MAX_HOLES = 32
 
 
 def _aligned(n: int) -> int:
@@ -60,7 +63,10 @@ class BlockWriter:
         self._blocks: dict[int, BlockRecord] = {}  # every block touched, as it now is
         self._new_digests: dict[bytes, int] = {}
         self._removed: dict[int, BlockRecord] = {}
-        self._dirty: dict[int, _DirtyPage] = {}
+        self._dirty: dict[int, _DirtyPage] = {}  # pages loaded and not yet written back
+        self._room: dict[int, int | None] = {}  # free room of each page written (None: freed)
+        self._spare: list[bytearray] = []  # buffers of written pages, for reuse
+        self._holes: list[int] = []  # pages left with room, kept to take small blocks
         self._candidates = iter(list(state.open_pages))  # next-fit: open pages, then new ones
         self._current: int | None = None
 
@@ -135,24 +141,46 @@ class BlockWriter:
         return block_id
 
     def _page_with_room(self, n: int) -> _DirtyPage:
+        """The page for an ``n``-byte block: a hole left earlier in this transaction that
+        it fits (first fit), else the current page, else the next open or new page."""
         size = self.pages.page_size
+        for page_id in self._holes:
+            page = self._dirty[page_id]
+            if _aligned(page.record.used) + n <= size:
+                return page
         while True:
             if self._current is not None:
                 page = self._dirty[self._current]
                 if _aligned(page.record.used) + n <= size:
                     return page
+                self._leave(self._current)
             self._current = next(self._candidates, None)
             if self._current is None:
                 self._current = self._new_page()
             else:
                 self._page(self._current)
 
+    def _leave(self, page_id: int) -> None:
+        """Move on from a page: keep it as a hole for small blocks if it has room, else
+        write it now, so that a large model holds a few pages in memory, not all."""
+        self._current = None
+        room = self.pages.page_size - _aligned(self._dirty[page_id].record.used)
+        if room < MIN_OPEN_ROOM:
+            self._write_back(page_id)
+            return
+        self._holes.append(page_id)
+        if len(self._holes) > MAX_HOLES:
+            self._write_back(self._holes.pop(0))
+
     def _new_page(self) -> int:
         page_id = self.state.next_page_id
         self.state.next_page_id += 1
         self.state.pages += 1
-        self._dirty[page_id] = _DirtyPage(PageRecord(page_id, 0, 0, ()), self.pages.new_buffer())
+        self._dirty[page_id] = _DirtyPage(PageRecord(page_id, 0, 0, ()), self._buffer())
         return page_id
+
+    def _buffer(self) -> bytearray:
+        return self._spare.pop() if self._spare else self.pages.new_buffer()
 
     def _page(self, page_id: int) -> _DirtyPage:
         """The page as this transaction sees it, loaded into a writable buffer once."""
@@ -161,7 +189,7 @@ class BlockWriter:
             value = self.txn.get(id_key(page_id), db=self.dbs["pagemeta"])
             if value is None:
                 raise CorruptionError(f"page {page_id} is referenced but has no catalog record")
-            buffer = self.pages.new_buffer()
+            buffer = self._buffer()
             buffer[: self.pages.page_size] = self.pages.read(self.txn, page_id)
             page = self._dirty[page_id] = _DirtyPage(decode_page(page_id, value), buffer)
         return page
@@ -169,33 +197,52 @@ class BlockWriter:
     # -- commit ---------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write every touched page, block and index entry; update the open-page list."""
+        """Write every page, block and index entry still pending; update the open-page list."""
         txn, dbs = self.txn, self.dbs
+        for page_id in list(self._dirty):
+            self._write_back(page_id)
         for b in self._removed.values():
             txn.delete(b.digest, db=dbs["hashes"])
             txn.delete(id_key(b.block_id), db=dbs["blocks"])
             del self._blocks[b.block_id]
-        for page_id, page in self._dirty.items():
-            if page.dead:
-                self._compact(page)
-            if not page.record.block_ids:
-                self.pages.delete(txn, page_id)
-                txn.delete(id_key(page_id), db=dbs["pagemeta"])
-                self.state.pages -= 1
-                continue
-            self.pages.write(txn, page_id, page.buffer)
-            txn.put(id_key(page_id), encode_page(page.record), db=dbs["pagemeta"])
         for digest, block_id in self._new_digests.items():
             if block_id in self._blocks:
                 txn.put(digest, id_key(block_id), db=dbs["hashes"])
         for block_id, b in self._blocks.items():
             txn.put(id_key(block_id), encode_block(b), db=dbs["blocks"])
-        self._update_open_pages()
+        open_ = set(self.state.open_pages)
+        for page_id, room in self._room.items():
+            if room is not None and room >= MIN_OPEN_ROOM:
+                open_.add(page_id)
+            else:
+                open_.discard(page_id)
+        self.state.open_pages = sorted(open_)
+
+    def _write_back(self, page_id: int) -> None:
+        """Write a page (compacted first if blocks left it) or free it if it is empty."""
+        page = self._dirty.pop(page_id)
+        if page.dead:
+            self._compact(page)
+        if page.record.block_ids:
+            used = page.record.used
+            page.buffer[used : self.pages.page_size] = bytes(self.pages.page_size - used)
+            self.pages.write(self.txn, page_id, page.buffer)
+            self.txn.put(id_key(page_id), encode_page(page.record), db=self.dbs["pagemeta"])
+            self._room[page_id] = self.pages.page_size - _aligned(used)
+        else:
+            self.pages.delete(self.txn, page_id)
+            self.txn.delete(id_key(page_id), db=self.dbs["pagemeta"])
+            self.state.pages -= 1
+            self._room[page_id] = None
+        self._spare.append(page.buffer)
+        if self._current == page_id:
+            self._current = None
+        if page_id in self._holes:
+            self._holes.remove(page_id)
 
     def _compact(self, page: _DirtyPage) -> None:
-        """Slide the page's live blocks to its start, in their order; free the rest."""
-        old = bytes(page.buffer[: self.pages.page_size])
-        page.buffer[:] = bytes(len(page.buffer))
+        """Slide the page's live blocks to its start, in their order."""
+        old = bytes(page.buffer[: page.record.used])
         at, kept = 0, []
         for block_id in page.record.block_ids:
             if block_id in page.dead:
@@ -209,17 +256,6 @@ class BlockWriter:
             kept.append(block_id)
         page.record = PageRecord(page.record.page_id, at, page.record.live, tuple(kept))
         page.dead.clear()
-
-    def _update_open_pages(self) -> None:
-        size = self.pages.page_size
-        open_ = set(self.state.open_pages)
-        for page_id, page in self._dirty.items():
-            room = size - _aligned(page.record.used)
-            if page.record.block_ids and room >= MIN_OPEN_ROOM:
-                open_.add(page_id)
-            else:
-                open_.discard(page_id)
-        self.state.open_pages = sorted(open_)
 
 
 def _with_refs(b: BlockRecord, refs: int) -> BlockRecord:
