@@ -32,11 +32,13 @@ from .errors import CorruptionError
 from .pagefile import PageFile
 
 ALIGN = 8  # block offsets are multiples of the largest itemsize, so views are aligned
-# A page stays on the open list while this much room is left; less is not worth a rewrite.
-MIN_OPEN_ROOM = 4096
+# A page goes on the open list when a quarter of it is free: filling it rewrites the whole
+# page, so less room would cost more writing than the space it saves.
+OPEN_ROOM_FRACTION = 4
 # Pages with room kept in memory during one transaction, for tails and small tensors to
 # fill: without them every page ends with half a block of waste on average.
 MAX_HOLES = 32
+MIN_HOLE_ROOM = 256
 
 
 def _aligned(n: int) -> int:
@@ -67,7 +69,8 @@ class BlockWriter:
         self._room: dict[int, int | None] = {}  # free room of each page written (None: freed)
         self._spare: list[bytearray] = []  # buffers of written pages, for reuse
         self._holes: list[int] = []  # pages left with room, kept to take small blocks
-        self._candidates = iter(list(state.open_pages))  # next-fit: open pages, then new ones
+        self._open = {page_id: room for page_id, room in state.open_pages}  # id -> free bytes
+        self._min_open_room = pages.page_size // OPEN_ROOM_FRACTION
         self._current: int | None = None
 
     # -- references -----------------------------------------------------------------
@@ -154,18 +157,25 @@ class BlockWriter:
                 if _aligned(page.record.used) + n <= size:
                     return page
                 self._leave(self._current)
-            self._current = next(self._candidates, None)
+            self._current = self._take_open_page(n)
             if self._current is None:
                 self._current = self._new_page()
-            else:
-                self._page(self._current)
+
+    def _take_open_page(self, n: int) -> int | None:
+        """The first page on the open list with room for ``n`` bytes, loaded; or None."""
+        for page_id, room in self._open.items():
+            if room >= n:
+                del self._open[page_id]
+                self._page(page_id)
+                return page_id
+        return None
 
     def _leave(self, page_id: int) -> None:
         """Move on from a page: keep it as a hole for small blocks if it has room, else
         write it now, so that a large model holds a few pages in memory, not all."""
         self._current = None
         room = self.pages.page_size - _aligned(self._dirty[page_id].record.used)
-        if room < MIN_OPEN_ROOM:
+        if room < MIN_HOLE_ROOM:
             self._write_back(page_id)
             return
         self._holes.append(page_id)
@@ -210,13 +220,12 @@ class BlockWriter:
                 txn.put(digest, id_key(block_id), db=dbs["hashes"])
         for block_id, b in self._blocks.items():
             txn.put(id_key(block_id), encode_block(b), db=dbs["blocks"])
-        open_ = set(self.state.open_pages)
+        open_ = dict(self._open)  # open pages this transaction did not touch
         for page_id, room in self._room.items():
-            if room is not None and room >= MIN_OPEN_ROOM:
-                open_.add(page_id)
-            else:
-                open_.discard(page_id)
-        self.state.open_pages = sorted(open_)
+            open_.pop(page_id, None)
+            if room is not None and room >= self._min_open_room:
+                open_[page_id] = room
+        self.state.open_pages = sorted([page_id, room] for page_id, room in open_.items())
 
     def _write_back(self, page_id: int) -> None:
         """Write a page (compacted first if blocks left it) or free it if it is empty."""

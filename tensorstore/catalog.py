@@ -181,7 +181,7 @@ class StoreState:
     next_block_id: int = 1
     next_page_id: int = 1
     next_model_id: int = 1
-    open_pages: list[int] = field(default_factory=list)  # pages with free room, in id order
+    open_pages: list[list[int]] = field(default_factory=list)  # [page id, free bytes], in id order
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

@@ -79,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_verify)
 
+    b = sub.add_parser("bench", help="measure the store against the alternatives (figures for docs/benchmarks.md)")
+    b.add_argument("--suite", choices=["core", "chunking"], default="core",
+                   help="core: ingest/load speed, sizes, scaling; chunking: row-aligned blocks against 2-D tiles")
+    b.add_argument("--corpus", choices=["digits", "minilm"], default="digits")
+    b.add_argument("--repeat", type=int, default=5, help="runs per figure; the median is reported")
+    b.add_argument("--workdir", help="where to put temporary stores (default: the system's temp dir)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=_bench)
+
     d = sub.add_parser("demo", help="train a small model family, store it and report (no download)")
     d.add_argument("dir", type=Path, nargs="?", help="keep the demo's store and files here (default: a temporary directory)")
     d.set_defaults(func=_demo)
@@ -180,6 +189,40 @@ def _verify(args) -> int:
         for p in report.problems:
             print(f"  {p}")
     return 0 if report.ok else 1
+
+
+def _bench(args) -> int:
+    from .bench import core
+
+    if args.repeat < 1:
+        raise _UsageError("--repeat must be at least 1")
+    if args.suite == "chunking":
+        return _bench_chunking(args)
+    result = core.main(args.corpus, args.repeat, args.workdir)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"store core on {args.corpus} ({format_size(result['raw']['model_bytes'])}, {result['raw']['tensors']} tensors); {result['machine']}")
+    for k, v in result["summary"].items():
+        print(f"  {k:<28} {v:.4g}")
+    return 0
+
+
+def _bench_chunking(args) -> int:
+    from .bench.chunking import study
+    from .corpora import digits
+
+    if args.corpus != "digits":
+        raise _UsageError("the chunking study needs a fine-tuned family; only --corpus digits has one so far")
+    rows = study(digits.build_family(), digits.FAMILY[0].name)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    keys = [k for k in rows[0] if k not in ("block_bytes", "scheme")]
+    print(f"{'block':>7} {'scheme':<6} " + " ".join(f"{k:>11}" for k in keys))
+    for r in rows:
+        print(f"{format_size(r['block_bytes']):>7} {r['scheme']:<6} " + " ".join(f"{100 * r[k]:>10.1f}%" for k in keys))
+    return 0
 
 
 def _demo(args) -> int:

@@ -131,7 +131,39 @@ class Environment:
         return os.stat(self.path / DATA_FILE).st_size
 
     def close(self) -> None:
-        self.env.close()
+        """Release this user of the environment; the last one closes it."""
+        with _shared_lock:
+            self._users -= 1
+            if self._users == 0:
+                _shared.pop(self._key, None)
+                self.env.close()
+
+
+# LMDB allows an environment to be open once per process, so handles on one store share it.
+_shared: dict[Path, Environment] = {}
+_shared_lock = threading.Lock()
+
+
+def acquire(path: Path, *, readonly: bool, create: bool = False) -> Environment:
+    """The process's environment for ``path``, opened on first use and shared after."""
+    key = Path(path).resolve()
+    with _shared_lock:
+        env = _shared.get(key)
+        if env is None:
+            env = Environment(path, readonly=readonly, create=create)
+            env._key, env._users = key, 0
+            _shared[key] = env
+        elif env.readonly and not readonly:
+            raise ReadOnlyError(
+                f"{path} is open read-only elsewhere in this process; close those handles before opening it for writing"
+            )
+        env._users += 1
+        return env
+
+
+def is_open(path: Path) -> bool:
+    """Whether this process holds the store at ``path`` open."""
+    return Path(path).resolve() in _shared
 
 
 def _translate(exc: lmdb.Error, doing: str) -> StoreError:

@@ -22,7 +22,7 @@ from .blockwriter import BlockWriter
 from .catalog import ModelRecord, StoreState, TensorRecord, id_key
 from .chunking import as_bytes, block_spans, block_step, canonical
 from .dtypes import DTYPE_CODES, dtype_from_name, dtype_name
-from .environment import DATA_FILE, Environment
+from .environment import DATA_FILE, Environment, acquire, is_open
 from .errors import (
     CorruptionError,
     InvalidArgumentError,
@@ -98,6 +98,8 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     elif not is_store and path.exists() and any(path.iterdir()):
         raise NotAStoreError(f"{path} is a directory that is not a store; refusing to write into it")
     if mode == "w" and is_store:
+        if is_open(path):
+            raise StoreExistsError(f"{path} is open in this process; close it before replacing it with mode 'w'")
         _check_is_store(path)  # never delete a directory that is not ours
         for name in (DATA_FILE, "lock.mdb"):
             (path / name).unlink(missing_ok=True)
@@ -114,10 +116,10 @@ def _check_is_store(path: Path) -> None:
 class Store:
     """A deduplicating store of models; open one with :func:`tensorstore.open`."""
 
-    def __init__(self, env: Environment, page_size: int, block_bytes: int) -> None:
+    def __init__(self, env: Environment, page_size: int, block_bytes: int, readonly: bool) -> None:
         self._env: Environment | None = env
         self.path = env.path
-        self.readonly = env.readonly
+        self.readonly = readonly
         self.page_size = page_size
         self.block_bytes = block_bytes
         self._pages = PageFile(env.dbs["pages"], page_size)
@@ -133,7 +135,7 @@ class Store:
         if page_size > MAX_PAGE_SIZE:
             raise InvalidArgumentError(f"page_size ({page_size}) must be at most {MAX_PAGE_SIZE} bytes (2 GiB)")
         path.mkdir(parents=True, exist_ok=True)
-        env = Environment(path, readonly=False, create=True)
+        env = acquire(path, readonly=False, create=True)
         fmt = {"format": cat.FORMAT_NAME, "version": cat.FORMAT_VERSION, "page_size": page_size, "block_bytes": block_bytes, "created": time.time()}
 
         def init(txn: lmdb.Transaction) -> None:
@@ -141,12 +143,12 @@ class Store:
             txn.put(_STATE_KEY, StoreState().encode(), db=env.dbs["meta"])
 
         env.write(init)
-        return cls(env, page_size, block_bytes)
+        return cls(env, page_size, block_bytes, readonly=False)
 
     @classmethod
     def _open_existing(cls, path: Path, *, readonly: bool, page_size: int | None, block_bytes: int | None) -> "Store":
         try:
-            env = Environment(path, readonly=readonly)
+            env = acquire(path, readonly=readonly)
         except CorruptionError as exc:
             raise NotAStoreError(f"{path} is not a store: {exc}") from exc
         try:
@@ -168,7 +170,7 @@ class Store:
             if given is not None and given != have:
                 env.close()
                 raise InvalidArgumentError(f"{what} is fixed at creation: this store has {have}, not {given}")
-        return cls(env, *stored)
+        return cls(env, *stored, readonly=readonly)
 
     def close(self) -> None:
         """Close the handle; a closed store raises ``StoreClosedError`` when used."""
@@ -194,7 +196,7 @@ class Store:
 
     def _writable(self) -> Environment:
         env = self.env
-        if env.readonly:
+        if self.readonly:
             raise ReadOnlyError(f"the store at {self.path} is open read-only; open it with mode 'r+' or 'a' to change it")
         return env
 

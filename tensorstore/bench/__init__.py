@@ -1,0 +1,1 @@
+"""Benchmarks behind ``tensorstore bench``; figures go to ``docs/benchmarks.md``."""

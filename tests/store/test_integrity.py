@@ -1,0 +1,93 @@
+"""Checksums catch damage; the map grows by itself; counters stay consistent."""
+
+import numpy as np
+import pytest
+from support import random_model
+
+import tensorstore as ts
+import tensorstore.environment as environment
+from tensorstore.store import _Reader
+
+
+def _flip_byte_in_page(path, page_id, offset):
+    """Flip one byte of a stored page, in place in the LMDB file (as disk rot would)."""
+    import lmdb
+
+    env = lmdb.open(str(path), max_dbs=8)
+    db = env.open_db(b"pages")
+    with env.begin(write=True) as txn:
+        key = page_id.to_bytes(8, "big")
+        value = bytearray(txn.get(key, db=db))
+        value[offset] ^= 0x01
+        txn.put(key, bytes(value), db=db)
+    env.close()
+
+
+def test_a_flipped_byte_is_caught_on_read_and_by_verify(store_path):
+    with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB") as s:
+        s.add_model("a", random_model(0))
+        s.add_model("b", {"other": np.arange(100, dtype=np.float32)})
+        page = s.catalog()["blocks"].filter(__import__("pyarrow.compute", fromlist=["x"]).equal(s.catalog()["blocks"]["model"], "a")).column("page_id")[0].as_py()
+    _flip_byte_in_page(store_path, page, 100)
+    with ts.open(store_path, "r") as s:
+        with pytest.raises(ts.CorruptionError, match=f"page {page} failed its checksum"):
+            s.load_model("a")
+        report = s.verify()
+        assert not report.ok and any(f"page {page}" in p for p in report.problems)
+        raw = s.load_model("a", verify=False)  # the damage is real: one value differs
+        assert sum(not np.array_equal(raw[k], v) for k, v in random_model(0).items()) == 1
+
+
+def test_the_map_grows_past_its_initial_size(store_path, monkeypatch):
+    monkeypatch.setattr(environment, "_MIN_MAP", 1 << 20)
+    big = {"w": np.random.default_rng(0).standard_normal((2048, 1024)).astype(np.float32)}  # 8 MiB
+    with ts.open(store_path, "w", page_size="256KiB", block_bytes="64KiB") as s:
+        initial = s.env.env.info()["map_size"]
+        for i in range(3):
+            s.add_model(f"m{i}", {"w": big["w"] + i})
+        assert s.env.env.info()["map_size"] > initial
+        assert s.stats().unique_bytes == 3 * big["w"].nbytes
+        assert np.array_equal(s.load_model("m2")["w"], big["w"] + 2)
+        assert s.verify().ok
+
+
+def test_the_map_grows_when_full_mid_transaction(store_path, monkeypatch):
+    # No room was reserved up front: the transaction hits MapFullError, is aborted,
+    # the map grows and the whole add runs again.
+    monkeypatch.setattr(environment, "_MIN_MAP", 1 << 20)
+    monkeypatch.setattr(environment.Environment, "_ensure_room", lambda self, n: None)
+    arr = np.random.default_rng(1).standard_normal(1 << 21).astype(np.float32)  # 8 MiB
+    with ts.open(store_path, "w") as s:
+        s.add_model("m", {"x": arr})
+        assert np.array_equal(s.load_model("m")["x"], arr) and s.verify().ok
+
+
+def test_a_reader_keeps_its_snapshot_while_a_writer_changes_the_store(store_path):
+    with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB") as w:
+        w.add_model("a", random_model(0))
+        r = ts.open(store_path, "r")  # a second handle in one process shares the environment
+        try:
+            with r.env.read() as txn:
+                before = r.load_model("a")
+                w.delete_model("a")
+                w.add_model("a", random_model(1))
+                # the snapshot did not move: the old model, whole, from the old pages
+                snap = {t.name: _Reader(r, txn, True).tensor(t) for t in r._record(txn, "a").tensors}
+                assert all(np.array_equal(snap[k], v) for k, v in before.items())
+            assert np.array_equal(r.load_model("a")["embed.weight"], random_model(1)["embed.weight"])
+        finally:
+            r.close()
+
+
+def test_handles_in_one_process_share_the_environment(store_path):
+    with ts.open(store_path, "w") as a, ts.open(store_path, "r") as b:
+        a.add_model("m", {"x": np.arange(3)})
+        assert list(b) == ["m"]
+        with pytest.raises(ts.ReadOnlyError):
+            b.delete_model("m")
+        with pytest.raises(ts.StoreExistsError, match="open in this process"):
+            ts.open(store_path, "w")
+    with ts.open(store_path, "r") as ro:
+        with pytest.raises(ts.ReadOnlyError, match="close those handles"):
+            ts.open(store_path, "a")
+        assert list(ro) == ["m"]
