@@ -421,14 +421,26 @@ class _Reader:
 
     def tensor(self, t: TensorRecord) -> np.ndarray:
         out = np.empty(t.nbytes, dtype=np.uint8)
-        for block_id, (start, stop) in zip(t.block_ids.tolist(), t.spans()):
+        # Blocks of a tensor mostly lie back to back in a page: copy each such run at once.
+        run_page, run_start, run_offset, run_bytes = -1, 0, 0, 0
+        at = 0
+        for block_id in t.block_ids.tolist():
             value = self.txn.get(id_key(block_id), db=self.blocks_db)
             if value is None:
                 raise CorruptionError(f"tensor {t.name!r} references block {block_id}, which is missing")
             b = cat.decode_block(block_id, value)
-            if b.nbytes != stop - start:
-                raise CorruptionError(f"block {block_id} holds {b.nbytes} bytes where tensor {t.name!r} needs {stop - start}")
-            out[start:stop] = self.page(b.page_id)[b.offset : b.offset + b.nbytes]
+            want = min(t.step, t.nbytes - at)
+            if b.nbytes != want:
+                raise CorruptionError(f"block {block_id} holds {b.nbytes} bytes where tensor {t.name!r} needs {want}")
+            if b.page_id == run_page and b.offset == run_offset + run_bytes:
+                run_bytes += b.nbytes
+            else:
+                if run_bytes:
+                    out[run_start : run_start + run_bytes] = self.page(run_page)[run_offset : run_offset + run_bytes]
+                run_page, run_start, run_offset, run_bytes = b.page_id, at, b.offset, b.nbytes
+            at += b.nbytes
+        if run_bytes:
+            out[run_start : run_start + run_bytes] = self.page(run_page)[run_offset : run_offset + run_bytes]
         return out.view(dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
 
 
