@@ -69,6 +69,7 @@ class BlockWriter:
         self._room: dict[int, int | None] = {}  # free room of each page written (None: freed)
         self._spare: list[bytearray] = []  # buffers of written pages, for reuse
         self._holes: list[int] = []  # pages left with room, kept to take small blocks
+        self._fresh: set[int] = set()  # pages created in this transaction: rewritable in place
         self._open = {page_id: room for page_id, room in state.open_pages}  # id -> free bytes
         self._min_open_room = pages.page_size // OPEN_ROOM_FRACTION
         self._current: int | None = None
@@ -183,9 +184,7 @@ class BlockWriter:
             self._write_back(self._holes.pop(0))
 
     def _new_page(self) -> int:
-        page_id = self.state.next_page_id
-        self.state.next_page_id += 1
-        self.state.pages += 1
+        page_id = self._allocate_page_id()
         self._dirty[page_id] = _DirtyPage(PageRecord(page_id, 0, 0, ()), self._buffer())
         return page_id
 
@@ -228,26 +227,49 @@ class BlockWriter:
         self.state.open_pages = sorted([page_id, room] for page_id, room in open_.items())
 
     def _write_back(self, page_id: int) -> None:
-        """Write a page (compacted first if blocks left it) or free it if it is empty."""
+        """Write a page (compacted first if blocks left it) or free it if it is empty.
+
+        Pages are immutable once committed: a committed page that changed is written under
+        a new id and the old id deleted, so a page id names the same bytes forever and any
+        cache, in this process or another, can hold pages without invalidation.
+        """
         page = self._dirty.pop(page_id)
         if page.dead:
             self._compact(page)
-        if page.record.block_ids:
-            used = page.record.used
-            page.buffer[used : self.pages.page_size] = bytes(self.pages.page_size - used)
-            self.pages.write(self.txn, page_id, page.buffer)
-            self.txn.put(id_key(page_id), encode_page(page.record), db=self.dbs["pagemeta"])
-            self._room[page_id] = self.pages.page_size - _aligned(used)
-        else:
+        if page_id not in self._fresh:
             self.pages.delete(self.txn, page_id)
             self.txn.delete(id_key(page_id), db=self.dbs["pagemeta"])
-            self.state.pages -= 1
             self._room[page_id] = None
+            self.state.pages -= 1
+        if page.record.block_ids:
+            target = page_id if page_id in self._fresh else self._allocate_page_id()
+            if target != page_id:
+                for block_id in page.record.block_ids:
+                    b = self.block(block_id)
+                    self._blocks[block_id] = BlockRecord(block_id, target, b.offset, b.nbytes, b.refs, b.dtype_code, b.digest)
+            record = PageRecord(target, page.record.used, page.record.live, page.record.block_ids)
+            used = record.used
+            page.buffer[used : self.pages.page_size] = bytes(self.pages.page_size - used)
+            self.pages.write(self.txn, target, page.buffer)
+            self.txn.put(id_key(target), encode_page(record), db=self.dbs["pagemeta"])
+            self._room[target] = self.pages.page_size - _aligned(used)
+        elif page_id in self._fresh:  # filled and emptied within this transaction
+            self.pages.delete(self.txn, page_id)
+            self.txn.delete(id_key(page_id), db=self.dbs["pagemeta"])
+            self._room[page_id] = None
+            self.state.pages -= 1
         self._spare.append(page.buffer)
         if self._current == page_id:
             self._current = None
         if page_id in self._holes:
             self._holes.remove(page_id)
+
+    def _allocate_page_id(self) -> int:
+        page_id = self.state.next_page_id
+        self.state.next_page_id += 1
+        self.state.pages += 1
+        self._fresh.add(page_id)
+        return page_id
 
     def _compact(self, page: _DirtyPage) -> None:
         """Slide the page's live blocks to its start, in their order."""
