@@ -1,1 +1,51 @@
-"""packing: see SPEC §2."""
+"""packing: place deduplicated blocks into fixed-size pages (SPEC §2, §6).
+
+Build a :class:`PackingProblem` from tensors (lists of block ids) and block sizes, call
+:func:`pack`, and read each block's (page, offset) from the :class:`PackResult`::
+
+    problem = PackingProblem.from_tensors({"w": [1, 2], "b": [3]}, {1: 65536, 2: 65536, 3: 1536},
+                                          page_bytes=1 << 20)
+    result = pack(problem, "two-stage")
+    result.page_of(3), result.offset_of(3), result.pages, result.lower_bound_pages
+
+Depends on numpy and OR-Tools only.
+"""
+
+from packing.algorithms import ALGORITHMS, pack
+from packing.bounds import pages_lower_bound
+from packing.errors import (
+    BlockTooLargeError,
+    InvalidProblemError,
+    PackingError,
+    ProblemTypeError,
+    UnknownAlgorithmError,
+    UnknownBlockError,
+    UnknownTensorError,
+)
+from packing.instances import GeneratedInstance, generate
+from packing.objective import DEFAULT_READ_WEIGHT
+from packing.problem import DEFAULT_ALIGNMENT, PackingProblem
+from packing.result import ModelReads, PackResult, SolverReport
+from packing.two_stage import TwoStageOptions
+
+__all__ = [
+    "ALGORITHMS",
+    "DEFAULT_ALIGNMENT",
+    "DEFAULT_READ_WEIGHT",
+    "BlockTooLargeError",
+    "GeneratedInstance",
+    "InvalidProblemError",
+    "ModelReads",
+    "PackResult",
+    "PackingError",
+    "PackingProblem",
+    "ProblemTypeError",
+    "SolverReport",
+    "TwoStageOptions",
+    "UnknownAlgorithmError",
+    "UnknownBlockError",
+    "UnknownTensorError",
+    "generate",
+    "pack",
+    "pages_lower_bound",
+]

@@ -74,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("model")
     rm.set_defaults(func=_rm)
 
+    rp = sub.add_parser("repack", help="rewrite the pages to a layout that loads each model from fewer pages")
+    rp.add_argument("store", type=Path)
+    rp.add_argument("--algorithm", default="two-stage", help="two-stage (default), greedy-2, greedy-1 or baseline")
+    rp.add_argument("--read-weight", type=float, help="weight of pages read per load against pages stored")
+    rp.add_argument("--time-limit", type=float, default=10.0, help="seconds for the CP-SAT stage (default 10)")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(func=_repack)
+
     v = sub.add_parser("verify", help="check every checksum and catalog cross-reference")
     v.add_argument("store", type=Path)
     v.add_argument("--json", action="store_true")
@@ -174,6 +182,18 @@ def _rm(args) -> int:
         store.delete_model(args.model)
         freed = before - store.stats().stored_bytes
     print(f"deleted {args.model}; {format_size(freed)} of pages freed")
+    return 0
+
+
+def _repack(args) -> int:
+    with open_store(args.store, "r+") as store:
+        report = store.repack(args.algorithm, read_weight=args.read_weight, time_limit=args.time_limit)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(f"repacked with {report.algorithm} ({report.status}, {report.solve_seconds:.1f} s)")
+    print(f"  pages                 {report.pages_before} -> {report.pages_after}  (lower bound {report.lower_bound_pages})")
+    print(f"  pages read per model  {report.mean_pages_read_before:.2f} -> {report.mean_pages_read_after:.2f} on average")
     return 0
 
 

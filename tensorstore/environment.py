@@ -23,7 +23,7 @@ from .errors import CorruptionError, ReadOnlyError, StoreError, StoreFullError
 T = TypeVar("T")
 
 DATA_FILE = "data.mdb"
-DB_NAMES = ("meta", "models", "blocks", "hashes", "pages", "pagemeta")
+DB_NAMES = ("meta", "models", "blocks", "hashes", "pages", "pagemeta", "replacements")
 _MIN_MAP = 256 << 20
 _MAX_GROW_ATTEMPTS = 16
 

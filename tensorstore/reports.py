@@ -53,3 +53,26 @@ class VerifyReport(_AsDict):
     models: int
     pages: int
     blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class PackReport(_AsDict):
+    """What ``Store.repack()`` did: pages and pages read per model load, before and after."""
+
+    algorithm: str
+    status: str  # the packer's: "optimal", "feasible", "heuristic", "fallback", ...
+    solve_seconds: float
+    pages_before: int
+    pages_after: int
+    lower_bound_pages: int
+    pages_read_before: dict[str, int]  # model -> distinct pages its load reads
+    pages_read_after: dict[str, int]
+    pages_read_lower_bound: dict[str, int]  # model -> ceil(its distinct block bytes / page)
+
+    @property
+    def mean_pages_read_before(self) -> float:
+        return sum(self.pages_read_before.values()) / max(1, len(self.pages_read_before))
+
+    @property
+    def mean_pages_read_after(self) -> float:
+        return sum(self.pages_read_after.values()) / max(1, len(self.pages_read_after))

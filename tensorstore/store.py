@@ -346,6 +346,35 @@ class Store:
         with self.env.read() as txn, txn.cursor(db=self.env.dbs["models"]) as cur:
             return [bytes(k).decode() for k in cur.iternext(keys=True, values=False)]
 
+    def repack(self, algorithm: str = "two-stage", *, read_weight: float | None = None, time_limit: float = 10.0):
+        """Rewrite every page to the layout ``packing`` chooses; return a ``PackReport``.
+
+        Parameters
+        ----------
+        algorithm : str
+            ``"two-stage"`` (the default: full pages per sharing set, then CP-SAT over the
+            leftovers), ``"greedy-2"``, ``"greedy-1"`` or ``"baseline"``.
+        read_weight : float, optional
+            Weight of pages read per model load against pages stored (``packing``'s knob).
+        time_limit : float
+            Seconds the CP-SAT stage may take; past it a greedy fallback finishes.
+
+        All of it is one transaction: a crash leaves the old layout intact.
+        """
+        import packing
+
+        from .repack import repack
+
+        env = self._writable()
+        if algorithm not in packing.ALGORITHMS:
+            raise InvalidArgumentError(f"unknown packing algorithm {algorithm!r}; choose one of {', '.join(packing.ALGORITHMS)}")
+        weight = packing.DEFAULT_READ_WEIGHT if read_weight is None else float(read_weight)
+        if not weight >= 0:
+            raise InvalidArgumentError(f"read_weight must be a number >= 0, not {read_weight!r}")
+        if not time_limit > 0:
+            raise InvalidArgumentError(f"time_limit must be positive, not {time_limit!r}")
+        return env.write(lambda txn: repack(self, txn, algorithm, weight, time_limit), expect_bytes=self.stats().stored_bytes)
+
     # -- facts ------------------------------------------------------------------------
 
     def stats(self) -> StoreStats:

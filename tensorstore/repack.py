@@ -1,0 +1,111 @@
+"""``Store.repack()``: rewrite every page to a layout chosen by ``packing``.
+
+The store hands ``packing`` plain data: each tensor as the list of its distinct block ids,
+the block sizes, the page size and which tensors make up each model. It gets back a page
+and offset for every block, writes the new pages under fresh ids, moves every block record
+to its new place and deletes the old pages: all of it in one write transaction, so a
+crash leaves the old layout whole.
+"""
+
+from __future__ import annotations
+
+import lmdb
+
+import packing
+
+from . import catalog as cat
+from .blockwriter import ALIGN, OPEN_ROOM_FRACTION
+from .catalog import BlockRecord, PageRecord, id_key
+from .reports import PackReport
+
+
+def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, time_limit: float) -> PackReport:
+    dbs = store.env.dbs
+    state = store._state(txn)
+    models: dict[str, list[str]] = {}
+    tensors: dict[str, list[int]] = {}
+    for m in store._iter_records(txn):
+        keys = []
+        for t in m.tensors:
+            key = f"{m.name}\x00{t.name}"
+            tensors[key] = list(dict.fromkeys(int(i) for i in t.block_ids))  # distinct, in order
+            keys.append(key)
+        models[m.name] = keys
+    blocks: dict[int, BlockRecord] = {}
+    with txn.cursor(db=dbs["blocks"]) as cur:
+        for k, v in cur:
+            block_id = cat.ID.unpack(bytes(k))[0]
+            blocks[block_id] = cat.decode_block(block_id, v)
+    before = _pages_read(models, tensors, {i: b.page_id for i, b in blocks.items()})
+    old_pages = store._pages.ids(txn)
+    if not blocks:
+        return PackReport(algorithm, "empty", 0.0, len(old_pages), 0, 0, {}, {}, {})
+
+    problem = packing.PackingProblem.from_tensors(
+        tensors, {i: b.nbytes for i, b in blocks.items()}, store.page_size, models=models, alignment=ALIGN
+    )
+    result = packing.pack(problem, algorithm, read_weight=read_weight, time_limit=time_limit)
+    placement = result.placement()
+
+    # New pages get fresh ids, so every old page stays readable until it is deleted.
+    first = state.next_page_id
+    members: dict[int, list[int]] = {}
+    for block_id, (page, _) in placement.items():
+        members.setdefault(page, []).append(block_id)
+    buffer = store._pages.new_buffer()
+    size = store.page_size
+    for page, ids in sorted(members.items()):
+        ids.sort(key=lambda i: placement[i][1])
+        buffer[:] = bytes(len(buffer))
+        sources: dict[int, memoryview] = {}
+        used = 0
+        for block_id in ids:
+            b = blocks[block_id]
+            src = sources.get(b.page_id)
+            if src is None:
+                src = sources[b.page_id] = store._pages.read(txn, b.page_id)
+            offset = placement[block_id][1]
+            buffer[offset : offset + b.nbytes] = src[b.offset : b.offset + b.nbytes]
+            used = max(used, offset + b.nbytes)
+        sources.clear()  # views into the map are not to outlive the next write
+        page_id = first + page
+        store._pages.write(txn, page_id, buffer)
+        txn.put(id_key(page_id), cat.encode_page(PageRecord(page_id, used, sum(blocks[i].nbytes for i in ids), tuple(ids))),
+                db=dbs["pagemeta"])
+    for block_id, (page, offset) in placement.items():
+        b = blocks[block_id]
+        txn.put(id_key(block_id), cat.encode_block(BlockRecord(block_id, first + page, offset, b.nbytes, b.refs, b.dtype_code, b.digest)),
+                db=dbs["blocks"])
+    for page_id in old_pages:
+        store._pages.delete(txn, page_id)
+        txn.delete(id_key(page_id), db=dbs["pagemeta"])
+
+    new_pages = {i: first + p for i, (p, _) in placement.items()}
+    state.pages = len(members)
+    state.next_page_id = first + max(members) + 1
+    room = {first + p: size - -(-int(result.page_used_bytes[p]) // ALIGN) * ALIGN for p in members}
+    state.open_pages = sorted([p, r] for p, r in room.items() if r >= size // OPEN_ROOM_FRACTION)
+    store._put_state(txn, state)
+
+    after = _pages_read(models, tensors, new_pages)
+    bound = {m: -(-sum(blocks[i].nbytes for i in _model_blocks(models[m], tensors)) // size) for m in models}
+    return PackReport(
+        algorithm=algorithm,
+        status=result.status,
+        solve_seconds=result.solve_seconds,
+        pages_before=len(old_pages),
+        pages_after=len(members),
+        lower_bound_pages=result.lower_bound_pages,
+        pages_read_before=before,
+        pages_read_after=after,
+        pages_read_lower_bound=bound,
+    )
+
+
+def _model_blocks(keys: list[str], tensors: dict[str, list[int]]) -> set[int]:
+    return {i for k in keys for i in tensors[k]}
+
+
+def _pages_read(models: dict[str, list[str]], tensors: dict[str, list[int]], page_of: dict[int, int]) -> dict[str, int]:
+    """Distinct pages a load of each model reads."""
+    return {m: len({page_of[i] for i in _model_blocks(keys, tensors)}) for m, keys in models.items()}

@@ -1,0 +1,102 @@
+"""Two-Stage on generated instances: its claims against the other packers, the
+CP-SAT fallback paths and the read_weight knob."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from packing import ALGORITHMS, TwoStageOptions, generate, pack
+from tests.packing.helpers import check_result
+
+CP = dict(time_limit=1.0, num_workers=2)
+
+
+@pytest.fixture(scope="module")
+def layered():
+    return generate(5_000, seed=1).problem
+
+
+@pytest.fixture(scope="module")
+def sparse_tuned():
+    return generate(5_000, seed=2, changed_fraction=0.1).problem
+
+
+@pytest.mark.parametrize("instance", ["layered", "sparse_tuned"])
+def test_two_stage_beats_greedy2_and_baseline(instance, request):
+    problem = request.getfixturevalue(instance)
+    results = {a: pack(problem, a, **CP) for a in ALGORITHMS}
+    two = results["two-stage"]
+    check_result(two)
+    for other in ("baseline", "greedy-2"):
+        assert two.pages <= results[other].pages
+        assert two.model_reads().mean_pages_read < results[other].model_reads().mean_pages_read
+    assert two.mean_read_ratio < results["greedy-2"].mean_read_ratio
+
+
+def test_targets_on_a_20k_block_instance():
+    # issue 4's targets (measured at 100k blocks in the slow benchmark), here at 20k
+    problem = generate(20_000, seed=3).problem
+    result = pack(problem, "two-stage", time_limit=2.0)
+    assert result.pages <= 1.02 * result.lower_bound_pages + 1
+    assert result.mean_read_ratio <= 1.1
+
+
+def test_time_limit_fallback_is_reported_and_still_valid(sparse_tuned):
+    result = pack(sparse_tuned, "two-stage", time_limit=0.0)
+    check_result(result)
+    assert result.status == "FALLBACK"
+    assert result.solver.fallback_time > 0
+    assert "time limit" in result.solver.reason
+    assert result.solver.optimal == result.solver.feasible == 0
+
+
+def test_tiny_time_limit_mid_run_falls_back(sparse_tuned):
+    options = TwoStageOptions(time_limit=0.05, cluster_time_limit=0.02, num_workers=1)
+    result = pack(sparse_tuned, "two-stage", options=options)
+    check_result(result)
+    assert result.solver.fallback_time > 0 and result.status == "FALLBACK"
+
+
+def test_too_many_leftovers_fall_back_to_best_fit(layered):
+    result = pack(layered, "two-stage", options=TwoStageOptions(cp_max_items=10))
+    check_result(result)
+    assert result.status == "FALLBACK"
+    assert result.solver.fallback_size == result.solver.clusters > 0
+    assert "too big" in result.solver.reason
+
+
+def test_cp_sat_improves_on_its_best_fit_start(sparse_tuned):
+    greedy = pack(sparse_tuned, "two-stage", time_limit=0.0)
+    solved = pack(sparse_tuned, "two-stage", time_limit=3.0)
+    assert solved.solver.optimal + solved.solver.feasible > 0
+    assert solved.cost < greedy.cost
+
+
+def test_read_weight_trades_pages_for_reads(sparse_tuned):
+    # the best-fit path is deterministic, so the trade-off can be compared exactly
+    by_weight = {w: pack(sparse_tuned, "two-stage", read_weight=w, time_limit=0.0) for w in (0.0, 1.0, 10.0)}
+    reads = [by_weight[w].weighted_read_ratio for w in (0.0, 1.0, 10.0)]
+    pages = [by_weight[w].pages for w in (0.0, 1.0, 10.0)]
+    assert reads[0] > reads[1] > reads[2]
+    assert pages[0] <= pages[1] <= pages[2]
+
+
+def test_best_fit_path_is_deterministic(layered):
+    a = pack(layered, "two-stage", time_limit=0.0)
+    b = pack(layered, "two-stage", time_limit=0.0)
+    assert np.array_equal(a.block_page, b.block_page)
+    assert np.array_equal(a.block_offset, b.block_offset)
+
+
+def test_without_models_tensor_order_still_keeps_leftovers_together():
+    instance = generate(5_000, seed=1)
+    p = instance.problem
+    bare = type(p).from_arrays(
+        p.block_bytes, p.tensor_ptr, p.tensor_blocks, p.page_bytes, tensor_names=p.tensor_names
+    )
+    result = pack(bare, "two-stage", time_limit=0.0)
+    greedy2 = pack(bare, "greedy-2")
+    assert result.pages <= greedy2.pages
+    models = instance.models
+    assert result.model_reads(models).mean_pages_read < greedy2.model_reads(models).mean_pages_read

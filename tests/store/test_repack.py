@@ -1,0 +1,87 @@
+"""Store.repack(): a new page layout in one transaction, every model bit-identical."""
+
+import numpy as np
+import pytest
+from support import random_model, snapshot
+
+import tensorstore as ts
+
+
+def _family(n=8):
+    """Models sharing a base, with group-shared and private tensors, added interleaved."""
+    base = random_model(0)
+    out = {}
+    for i in range(n):
+        rng = np.random.default_rng(100 + i)
+        m = dict(base)
+        m["group"] = np.random.default_rng(i % 3).standard_normal((40, 64)).astype(np.float32)
+        m["private"] = rng.standard_normal((30 + i, 64)).astype(np.float32)
+        out[f"m{i}"] = m
+    return out
+
+
+@pytest.fixture
+def fragmented(store):
+    fam = _family()
+    for name, m in fam.items():
+        store.add_model(name, m)
+    store.delete_model("m3")
+    store.add_model("m3", fam["m3"])
+    return store, fam
+
+
+@pytest.mark.parametrize("algorithm", ["two-stage", "greedy-2", "greedy-1", "baseline"])
+def test_every_model_loads_bit_identically_after_repack(fragmented, algorithm):
+    store, fam = fragmented
+    report = store.repack(algorithm)
+    assert report.algorithm == algorithm
+    assert store.verify().ok
+    for name, m in fam.items():
+        out = store.load_model(name)
+        assert all(out[k].tobytes() == m[k].tobytes() for k in m)
+    s = store.stats()
+    assert s.pages == report.pages_after >= report.lower_bound_pages
+
+
+def test_two_stage_reads_no_more_pages_than_before(fragmented):
+    store, _ = fragmented
+    report = store.repack()
+    assert report.mean_pages_read_after <= report.mean_pages_read_before
+    assert report.pages_after <= report.pages_before
+    for m, after in report.pages_read_after.items():
+        assert after >= report.pages_read_lower_bound[m]
+    # the report matches what the catalog says now
+    blocks = store.catalog()["blocks"].to_pylist()
+    for m, after in report.pages_read_after.items():
+        assert after == len({r["page_id"] for r in blocks if r["model"] == m})
+
+
+def test_repack_then_add_and_delete_keep_working(fragmented):
+    store, fam = fragmented
+    store.repack()
+    store.add_model("new", random_model(9))
+    store.delete_model("m0")
+    assert store.verify().ok
+    assert all(np.array_equal(v, random_model(9)[k]) for k, v in store.load_model("new").items())
+
+
+def test_bad_repack_arguments_change_nothing(fragmented):
+    store, _ = fragmented
+    before = snapshot(store)
+    with pytest.raises(ts.InvalidArgumentError, match="unknown packing algorithm"):
+        store.repack("magic")
+    with pytest.raises(ts.InvalidArgumentError, match="read_weight"):
+        store.repack(read_weight=-1)
+    assert snapshot(store) == before
+
+
+def test_repack_of_an_empty_store(store):
+    report = store.repack()
+    assert report.pages_after == 0 and store.verify().ok
+
+
+def test_repack_on_a_read_only_store_is_refused(store_path):
+    with ts.open(store_path, "w") as s:
+        s.add_model("m", random_model(0))
+    with ts.open(store_path, "r") as s, pytest.raises(ts.ReadOnlyError):
+        s.repack()
