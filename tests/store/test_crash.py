@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL a writer at random instants; the store is always whole.
 
-Each kill lands somewhere in an add, a replace or a delete. After it, the store must
+Each kill lands somewhere in an add, a replace, a delete or a repack. After it, the store must
 open, pass ``verify()``, and hold every model either whole and bit-exact or not at all.
 CI kills 12 times; ``TS_KILL_POINTS=200 pytest tests/store/test_crash.py`` runs the full count.
 """
@@ -35,13 +35,13 @@ WRITER = textwrap.dedent(
         print("ready", flush=True)
         while True:
             name = f"m{rng.integers(0, 40)}"
-            op = rng.integers(0, 3)
-            if op == 0 or name not in s:
+            op = rng.integers(0, 8)
+            if op == 7:
+                s.repack(time_limit=0.5)
+            elif op < 4 or name not in s:
                 s.add_model(name, model(name), replace=True)
-            elif op == 1:
-                s.delete_model(name)
             else:
-                s.add_model(name, model(name), replace=True)
+                s.delete_model(name)
     """
 )
 
