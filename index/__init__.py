@@ -1,1 +1,49 @@
-"""index: see SPEC §2."""
+"""index: duplicate detection for weight blocks (SPEC §2, §5).
+
+Exact duplicates: :func:`block_digest` (mmh3, in :mod:`index.exact`).
+Near duplicates: :class:`LSHIndex` (one per block class; :class:`LSHIndexes` keeps them),
+verified with a :class:`RelativeL2` or :class:`ElementShare` tolerance.
+Order: :func:`magnitude_scores` and :func:`magnitude_order` (low magnitude first).
+Accuracy gate: :func:`plan_replacements` over :class:`Replacement` candidates.
+
+This package depends on numpy, mmh3 and faiss only; it never imports the store.
+"""
+
+from index.errors import (
+    EvaluationError,
+    IndexLibraryError,
+    InvalidArgumentError,
+    InvalidTypeError,
+)
+from index.exact import DIGEST_BYTES, block_digest
+from index.exhaustive import exhaustive_match
+from index.lsh import Candidates, LSHIndex, LSHIndexes, Matches
+from index.magnitude import DEFAULT_STATISTIC, STATISTICS, magnitude_order, magnitude_scores
+from index.planner import Evaluation, Plan, Replacement, max_evaluations, plan_replacements
+from index.tolerance import ElementShare, RelativeL2, Tolerance
+
+__all__ = [
+    "DEFAULT_STATISTIC",
+    "DIGEST_BYTES",
+    "STATISTICS",
+    "Candidates",
+    "ElementShare",
+    "Evaluation",
+    "EvaluationError",
+    "IndexLibraryError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "LSHIndex",
+    "LSHIndexes",
+    "Matches",
+    "Plan",
+    "RelativeL2",
+    "Replacement",
+    "Tolerance",
+    "block_digest",
+    "exhaustive_match",
+    "magnitude_order",
+    "magnitude_scores",
+    "max_evaluations",
+    "plan_replacements",
+]
