@@ -7,7 +7,9 @@
 """
 
 from .errors import (
+    ConflictError,
     CorruptionError,
+    EvaluatorError,
     FileFormatError,
     InvalidArgumentError,
     InvalidTensorError,
@@ -22,7 +24,7 @@ from .errors import (
     StoreNotFoundError,
     TensorNotFoundError,
 )
-from .reports import StoreStats, VerifyReport
+from .reports import DedupReport, PackReport, StoreStats, VerifyReport
 from .store import Store, open
 
 __all__ = [
@@ -30,5 +32,6 @@ __all__ = [
     "StoreError", "StoreNotFoundError", "StoreExistsError", "NotAStoreError", "ReadOnlyError",
     "ModelNotFoundError", "ModelExistsError", "TensorNotFoundError", "InvalidTensorError",
     "InvalidArgumentError", "FileFormatError", "CorruptionError", "StoreFullError", "StoreClosedError",
+    "EvaluatorError", "ConflictError", "DedupReport", "PackReport",
 ]
 __version__ = "0.1.0"

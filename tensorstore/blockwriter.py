@@ -93,6 +93,14 @@ class BlockWriter:
             return block_id
         return self._place(data, dtype_code, digest)
 
+    def reference_id(self, block_id: int) -> None:
+        """One more reference to a block already stored (a near-duplicate's representative)."""
+        b = self.block(block_id)
+        if b.refs == 0:
+            self._revive(b)
+        self._blocks[block_id] = _with_refs(b, b.refs + 1)
+        self.state.blocks += 1
+
     def release(self, block_id: int) -> None:
         """Drop one reference; a block with none left leaves its page."""
         b = self.block(block_id)

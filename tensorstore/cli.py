@@ -74,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("model")
     rm.set_defaults(func=_rm)
 
+    dd = sub.add_parser("dedup", help="let near-duplicate blocks share one representative, within an accuracy budget")
+    dd.add_argument("store", type=Path)
+    dd.add_argument("--model", action="append", dest="models", metavar="M", help="a model to deduplicate (repeatable; default: all)")
+    dd.add_argument("--evaluator", metavar="MODULE:FUNC", help="evaluate(name, tensors) -> accuracy, higher is better")
+    dd.add_argument("--max-accuracy-drop", type=float, default=0.01, help="absolute accuracy budget per model (default 0.01)")
+    dd.add_argument("--tolerance", type=float, default=None, help="largest relative L2 error per block (default 0.01)")
+    dd.add_argument("--dry-run", action="store_true", help="plan and report; change nothing")
+    dd.add_argument("--json", action="store_true")
+    dd.set_defaults(func=_dedup)
+
     rp = sub.add_parser("repack", help="rewrite the pages to a layout that loads each model from fewer pages")
     rp.add_argument("store", type=Path)
     rp.add_argument("--algorithm", default="two-stage", help="two-stage (default), greedy-2, greedy-1 or baseline")
@@ -185,6 +195,46 @@ def _rm(args) -> int:
     return 0
 
 
+def _load_evaluator(spec: str):
+    import importlib
+
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise _UsageError(f"--evaluator {spec!r} must be MODULE:FUNC, e.g. tensorstore.corpora.digits:evaluate")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # the working directory, as `python -m` would have it
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise _EvaluatorLoadError(f"cannot import evaluator module {module_name!r}: {exc}") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise _EvaluatorLoadError(f"module {module_name!r} has no function {func_name!r}")
+    return func
+
+
+def _dedup(args) -> int:
+    from .dedup import DEFAULT_TOLERANCE
+
+    evaluate = _load_evaluator(args.evaluator) if args.evaluator else None
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    with open_store(args.store, "r" if args.dry_run else "r+") as store:
+        report = store.dedup(args.models, evaluate=evaluate, max_accuracy_drop=args.max_accuracy_drop,
+                             tolerance=tolerance, dry_run=args.dry_run, progress_bar=_progress(args))
+    if args.json:
+        print(json.dumps(report.to_dict() | {"bytes_saved": report.bytes_saved, "evaluations": report.evaluations}, indent=2))
+        return 0
+    verb = "would save" if report.dry_run else "saved"
+    for m in report.models:
+        acc = "" if m.accuracy_before is None else f", accuracy {m.accuracy_before:.4f} -> {m.accuracy_after:.4f}"
+        print(f"{m.model}: {len(m.replaced)} of {m.candidates} candidate blocks, {verb} {format_size(m.bytes_saved)}"
+              f", {m.evaluations} evaluations{acc}")
+    print(f"total: {verb} {format_size(report.bytes_saved)} with {report.evaluations} evaluations")
+    if not report.accuracy_checked:
+        print(f"accuracy was NOT checked: no --evaluator was given; only the tolerance ({tolerance}) bounds each block's error")
+    return 0
+
+
 def _repack(args) -> int:
     with open_store(args.store, "r+") as store:
         report = store.repack(args.algorithm, read_weight=args.read_weight, time_limit=args.time_limit)
@@ -250,6 +300,10 @@ def _demo(args) -> int:
 
     run_demo(args.dir)
     return 0
+
+
+class _EvaluatorLoadError(StoreError, ImportError):
+    """The --evaluator could not be loaded: a user error (exit 1)."""
 
 
 class _UsageError(ValueError):

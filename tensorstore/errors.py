@@ -70,3 +70,11 @@ class StoreFullError(StoreError, OSError):
 
 class StoreClosedError(StoreError, ValueError):
     """The store handle was used after ``close()``."""
+
+
+class EvaluatorError(StoreError, RuntimeError):
+    """The accuracy evaluator raised, or returned NaN, infinity or something not a number."""
+
+
+class ConflictError(StoreError, RuntimeError):
+    """The store changed under a long operation (another writer); run it again."""

@@ -76,3 +76,44 @@ class PackReport(_AsDict):
     @property
     def mean_pages_read_after(self) -> float:
         return sum(self.pages_read_after.values()) / max(1, len(self.pages_read_after))
+
+
+@dataclass(frozen=True, slots=True)
+class Replaced(_AsDict):
+    """One lossy replacement: a block of a model now read from a representative block."""
+
+    positions: list[tuple[str, int]]  # (tensor, block index) where the block was used
+    block_id: int  # the block replaced (freed unless dry run)
+    representative: int  # the block now used in its place
+    nbytes: int
+    error: float  # relative L2 error the replacement introduces in that block
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDedup(_AsDict):
+    model: str
+    candidates: int  # private blocks with a representative within tolerance
+    replaced: list[Replaced]
+    bytes_saved: int
+    evaluations: int
+    accuracy_before: float | None  # None when no evaluator was given
+    accuracy_after: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DedupReport(_AsDict):
+    """What ``Store.dedup()`` changed (or, with ``dry_run``, would change)."""
+
+    models: list[ModelDedup]
+    tolerance: float
+    max_accuracy_drop: float
+    accuracy_checked: bool  # False: tolerance only, accuracy was not measured
+    dry_run: bool
+
+    @property
+    def bytes_saved(self) -> int:
+        return sum(m.bytes_saved for m in self.models)
+
+    @property
+    def evaluations(self) -> int:
+        return sum(m.evaluations for m in self.models)

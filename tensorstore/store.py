@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import lmdb
@@ -21,6 +21,7 @@ from . import catalog as cat
 from .blockwriter import BlockWriter
 from .catalog import ModelRecord, StoreState, TensorRecord, id_key
 from .chunking import as_bytes, block_spans, block_step, canonical
+from .dedup import DEFAULT_TOLERANCE, drop_audit, run_dedup
 from .dtypes import DTYPE_CODES, dtype_from_name, dtype_name
 from .environment import DATA_FILE, Environment, acquire, is_open
 from .errors import (
@@ -249,6 +250,7 @@ class Store:
             model_id = state.next_model_id
             if old is not None:
                 previous = cat.decode_model(name, old)
+                drop_audit(txn, env.dbs["replacements"], previous.model_id)
                 for t in previous.tensors:
                     for block_id in t.block_ids:
                         writer.release(int(block_id))
@@ -290,6 +292,7 @@ class Store:
                     writer.release(int(block_id))
             writer.flush()
             txn.delete(key, db=env.dbs["models"])
+            drop_audit(txn, env.dbs["replacements"], record.model_id)
             state.models -= 1
             state.tensors -= len(record.tensors)
             state.logical_bytes -= record.logical_bytes
@@ -345,6 +348,44 @@ class Store:
         """Model names in the store's (UTF-8 byte) order."""
         with self.env.read() as txn, txn.cursor(db=self.env.dbs["models"]) as cur:
             return [bytes(k).decode() for k in cur.iternext(keys=True, values=False)]
+
+    def dedup(
+        self,
+        models: str | Sequence[str] | None = None,
+        *,
+        evaluate: Callable[[str, dict[str, np.ndarray]], float] | None = None,
+        max_accuracy_drop: float = 0.01,
+        tolerance: float = DEFAULT_TOLERANCE,
+        dry_run: bool = False,
+        progress_bar: bool | None = False,
+    ):
+        """Let near-duplicate blocks share one representative, as far as accuracy allows.
+
+        Parameters
+        ----------
+        models : str or sequence of str, optional
+            The models to deduplicate, in this order (default: all, in store order).
+        evaluate : callable, optional
+            ``evaluate(name, tensors) -> float``, higher is better (e.g. held-out accuracy).
+            Without it only ``tolerance`` bounds the change and the report says accuracy
+            was not checked.
+        max_accuracy_drop : float
+            Absolute budget in [0, 1): every model ends with a measured accuracy of at
+            least its original minus this.
+        tolerance : float
+            The largest relative L2 error a replacement may introduce in one block.
+        dry_run : bool
+            Plan and report; change nothing.
+
+        Returns
+        -------
+        DedupReport
+            Per model: the replacements (which block, which representative, the error),
+            bytes saved, evaluations used, accuracy before and after. Applied
+            replacements are also recorded in ``catalog()["replacements"]``.
+        """
+        names = [models] if isinstance(models, str) else models
+        return run_dedup(self, names, evaluate, max_accuracy_drop, tolerance, dry_run, progress_bar)
 
     def repack(self, algorithm: str = "two-stage", *, read_weight: float | None = None, time_limit: float = 10.0):
         """Rewrite every page to the layout ``packing`` chooses; return a ``PackReport``.

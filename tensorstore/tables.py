@@ -12,7 +12,8 @@ from .pagefile import page_id_of
 
 
 def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
-    """Return ``models``, ``tensors``, ``blocks`` (one row per block reference) and ``pages``."""
+    """Return ``models``, ``tensors``, ``blocks`` (one row per block reference), ``pages``,
+    ``distinct_blocks`` and ``replacements`` (the near-duplicate audit trail)."""
     dbs = store.env.dbs
     block_rows: dict[int, cat.BlockRecord] = {}
     with txn.cursor(db=dbs["blocks"]) as cur:
@@ -64,11 +65,31 @@ def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
         "refs": [b.refs for b in block_rows.values()],
         "digest": [b.digest.hex() for b in block_rows.values()],
     }
+    from .dedup import audit_rows
+
+    audit = audit_rows(txn, dbs["replacements"])
+    replacements = {
+        "model": [r["model"] for r in audit],
+        "tensor": [r["positions"][0][0] for r in audit],
+        "index": [r["positions"][0][1] for r in audit],
+        "positions": [len(r["positions"]) for r in audit],
+        "block_id": [r["block_id"] for r in audit],
+        "representative": [r["representative"] for r in audit],
+        "nbytes": [r["nbytes"] for r in audit],
+        "error": [r["error"] for r in audit],
+        "accuracy_before": [r["accuracy_before"] for r in audit],
+        "accuracy_after": [r["accuracy_after"] for r in audit],
+        "time": [r["time"] for r in audit],
+    }
     i64 = pa.int64()
     return {
         "models": pa.table(models, schema=pa.schema([("model", pa.string()), ("model_id", i64), ("tensors", i64), ("logical_bytes", i64), ("created", pa.float64()), ("metadata", pa.string())])),
         "tensors": pa.table(tensors, schema=pa.schema([("model", pa.string()), ("tensor", pa.string()), ("dtype", pa.string()), ("shape", pa.list_(i64)), ("nbytes", i64), ("blocks", i64)])),
         "blocks": pa.table(blocks, schema=pa.schema([("model", pa.string()), ("tensor", pa.string()), ("index", i64), ("block_id", i64), ("page_id", i64), ("offset", i64), ("nbytes", i64)])),
         "pages": pa.table(pages, schema=pa.schema([("page_id", i64), ("used_bytes", i64), ("live_bytes", i64), ("blocks", i64)])),
+        "replacements": pa.table(replacements, schema=pa.schema([
+            ("model", pa.string()), ("tensor", pa.string()), ("index", i64), ("positions", i64), ("block_id", i64),
+            ("representative", i64), ("nbytes", i64), ("error", pa.float64()), ("accuracy_before", pa.float64()),
+            ("accuracy_after", pa.float64()), ("time", pa.float64())])),
         "distinct_blocks": pa.table(distinct, schema=pa.schema([("block_id", i64), ("page_id", i64), ("offset", i64), ("nbytes", i64), ("refs", i64), ("digest", pa.string())])),
     }

@@ -105,3 +105,27 @@ def test_the_console_entry_point_runs(files):
     proc = subprocess.run([sys.executable, "-m", "tensorstore", "add", str(d / "s"), str(d / "base.safetensors")],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stderr == ""  # no progress bar when not on a terminal
+
+
+def test_dedup_command(tmp_path, capsys):
+    from tensorstore.corpora import digits
+    from tensorstore.formats import write_safetensors
+
+    fam = digits.build_family()
+    for n, t in fam.items():
+        write_safetensors(tmp_path / f"{n}.safetensors", t)
+    store = tmp_path / "s"
+    assert run(capsys, "add", store, *sorted(tmp_path.glob("*.safetensors")), "--block-bytes", "16KiB")[0] == 0
+    code, out, _ = run(capsys, "dedup", store, "--tolerance", "0.05", "--dry-run")
+    assert code == 0 and "accuracy was NOT checked" in out and "would save" in out
+    code, out, _ = run(capsys, "dedup", store, "--evaluator", "tensorstore.corpora.digits:evaluate",
+                       "--max-accuracy-drop", "0.01", "--tolerance", "0.05", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["accuracy_checked"] and report["bytes_saved"] > 0
+    assert all(m["accuracy_after"] >= m["accuracy_before"] - 0.01 for m in report["models"])
+    code, _, err = run(capsys, "dedup", store, "--evaluator", "no_such_module:f")
+    assert code == 1 and "cannot import evaluator module" in err
+    code, _, err = run(capsys, "dedup", store, "--evaluator", "nocolon")
+    assert code == 2 and "MODULE:FUNC" in err
+    code, _, err = run(capsys, "dedup", store, "--max-accuracy-drop", "1.5")
+    assert code == 1 and "max_accuracy_drop" in err

@@ -1,0 +1,280 @@
+"""``Store.dedup()``: the accuracy-gated near-duplicate pass (SPEC §5).
+
+For each model, in turn:
+
+1. **Candidates**: the model's *private* float blocks (no other model references them:
+   replacing a shared block would change the other models too, and save nothing).
+2. **Representatives**: every other float block in the store, in one FAISS LSH index per
+   block class (dtype and length); a candidate's representative is the one with the
+   lowest exact relative L2 error within ``tolerance`` (``index`` verifies every hit).
+   Representatives are never candidates in the same pass, so no replacement chains.
+3. **Order**: low-magnitude blocks first (``index.magnitude_scores``): they matter least.
+4. **Gate**: ``index.plan_replacements`` finds the longest prefix of that order whose
+   accuracy, measured by the user's ``evaluate(name, tensors)``, stays within
+   ``max_accuracy_drop`` of the original, in O(log candidates) evaluations.
+5. **Apply**: one write transaction per model swaps the references, frees the replaced
+   blocks, records every replacement in the ``replacements`` table, and checks that the
+   model as stored is byte for byte the one the planner evaluated before it commits.
+
+The planning reads one snapshot; if the model changed before the apply, the apply raises
+``ConflictError`` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import lmdb
+import numpy as np
+
+import index
+
+from . import catalog as cat
+from .blockwriter import BlockWriter
+from .catalog import ModelRecord, TensorRecord, id_key
+from .dtypes import DTYPE_CODES, DTYPES
+from .errors import (
+    ConflictError,
+    CorruptionError,
+    EvaluatorError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+)
+from .progress import progress
+from .reports import DedupReport, ModelDedup, Replaced
+
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+_FLOAT_CODES = {DTYPE_CODES[n]: DTYPES[n] for n in FLOAT_DTYPES}
+DEFAULT_TOLERANCE = 0.01
+_AUDIT_KEY = struct.Struct(">QQ")  # model id, replaced block id
+
+
+def run_dedup(
+    store,
+    models: Sequence[str] | None,
+    evaluate: Callable[[str, dict[str, np.ndarray]], float] | None,
+    max_accuracy_drop: float,
+    tolerance: float,
+    dry_run: bool,
+    progress_bar: bool | None,
+) -> DedupReport:
+    if not (isinstance(max_accuracy_drop, (int, float)) and 0 <= max_accuracy_drop < 1):
+        raise InvalidArgumentError(f"max_accuracy_drop must be a number in [0, 1), not {max_accuracy_drop!r}")
+    if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
+        raise InvalidArgumentError(f"tolerance (relative L2 error per block) must be in (0, 1), not {tolerance!r}")
+    if evaluate is not None and not callable(evaluate):
+        raise InvalidArgumentError(f"evaluate must be a callable evaluate(name, tensors) -> float, not {type(evaluate).__name__}")
+    names = store.models() if models is None else list(models)
+    missing = [n for n in names if n not in store]
+    if missing:
+        raise ModelNotFoundError(f"no model {missing[0]!r} in the store at {store.path}")
+    if not dry_run:
+        store._writable()
+    results = []
+    with progress(len(names), "dedup", progress_bar) as bar:
+        for name in names:
+            planned = _plan(store, name, evaluate, max_accuracy_drop, tolerance)
+            if not dry_run and planned.result.replaced:
+                store.env.write(lambda txn: _apply(store, txn, planned, tolerance))
+            results.append(planned.result)
+            bar.update(1)
+    return DedupReport(results, float(tolerance), float(max_accuracy_drop), evaluate is not None, dry_run)
+
+
+class _Planned:
+    __slots__ = ("record", "result", "tensors", "mapping")
+
+    def __init__(self, record: ModelRecord, result: ModelDedup, tensors: dict[str, np.ndarray], mapping: dict[int, int]):
+        self.record = record
+        self.result = result
+        self.tensors = tensors  # the model as it will be stored (what the evaluator saw)
+        self.mapping = mapping  # replaced block id -> representative id
+
+
+def _plan(store, name: str, evaluate, budget: float, tolerance: float) -> _Planned:
+    from .store import _Reader
+
+    with store.env.read() as txn:
+        record = store._record(txn, name)
+        reader = _Reader(store, txn, verify=True)
+        original = {t.name: reader.tensor(t) for t in record.tensors}
+        blocks = _float_blocks(store, txn)
+        own = Counter(int(i) for t in record.tensors for i in t.block_ids)
+        private = {i for i, n in own.items() if i in blocks and blocks[i].refs == n}
+        vectors = {i: _vector(reader, b) for i, b in blocks.items()}
+
+    # Representatives: every float block that is not a candidate, one index per class.
+    indexes = index.LSHIndexes()
+    by_class: dict[tuple[int, int], list[int]] = {}
+    for i, b in blocks.items():
+        if i not in private:
+            by_class.setdefault((b.dtype_code, b.nbytes), []).append(i)
+    for cls, ids in by_class.items():
+        indexes.add(cls, np.array(ids, dtype=np.int64), np.stack([vectors[i] for i in ids]))
+
+    # Candidates, ordered low magnitude first (a block's first position scores it).
+    positions: dict[int, list[tuple[str, int]]] = {}
+    score: dict[int, float] = {}
+    for t in record.tensors:
+        ids = [int(i) for i in t.block_ids]
+        if not ids or DTYPE_CODES.get(t.dtype) not in _FLOAT_CODES:
+            continue
+        scores = index.magnitude_scores([vectors[i] for i in ids])
+        for k, (i, s) in enumerate(zip(ids, scores)):
+            if i in private:
+                positions.setdefault(i, []).append((t.name, k))
+                score.setdefault(i, float(s))
+    matches: dict[int, tuple[int, float]] = {}
+    by_query_class: dict[tuple[int, int], list[int]] = {}
+    for i in positions:
+        by_query_class.setdefault((blocks[i].dtype_code, blocks[i].nbytes), []).append(i)
+    for cls, ids in by_query_class.items():
+        found = indexes.match(cls, np.stack([vectors[i] for i in ids]), index.RelativeL2(tolerance),
+                              query_ids=np.array(ids, dtype=np.int64))
+        for i, rep, err in zip(ids, found.ids.tolist(), found.errors.tolist()):
+            if rep >= 0:
+                matches[i] = (int(rep), float(err))
+    order = sorted(matches, key=lambda i: (score[i], i))
+    candidates = [index.Replacement(i, matches[i][0], matches[i][1]) for i in order]
+
+    rep_bytes = _representative_bytes(store, {c.representative for c in candidates})
+
+    def apply(k: int) -> dict[str, np.ndarray]:
+        out = dict(original)
+        for c in candidates[:k]:
+            rep = blocks[c.representative]
+            for tname, at in positions[c.position]:
+                t = record.tensor(tname)
+                if out[tname] is original[tname]:
+                    out[tname] = original[tname].copy()
+                flat = out[tname].reshape(-1).view(np.uint8)
+                start = at * t.step
+                flat[start : start + rep.nbytes] = rep_bytes[c.representative]
+        return out
+
+    if evaluate is None or not candidates:
+        k, before, after, evaluations = len(candidates), None, None, 0
+        if evaluate is not None:  # nothing to replace: one evaluation says where it stands
+            before = after = _checked(evaluate, name, original)
+            evaluations = 1
+    else:
+        try:
+            plan = index.plan_replacements(candidates, lambda k: evaluate(name, apply(k)), max_accuracy_drop=budget)
+        except index.EvaluationError as exc:
+            raise EvaluatorError(f"the evaluator raised on model {name!r}: {exc.__cause__!r}; the store was not changed") from exc.__cause__
+        except (index.InvalidArgumentError, index.InvalidTypeError) as exc:
+            raise EvaluatorError(f"the evaluator's answer for model {name!r} is unusable: {exc}; the store was not changed") from None
+        k, before, after, evaluations = plan.k, plan.baseline, plan.accuracy, plan.evaluations
+    accepted = candidates[:k]
+    replaced = [
+        Replaced(positions[c.position], c.position, c.representative, blocks[c.position].nbytes, c.error) for c in accepted
+    ]
+    result = ModelDedup(name, len(candidates), replaced, sum(r.nbytes for r in replaced), evaluations, before, after)
+    return _Planned(record, result, apply(k), {c.position: c.representative for c in accepted})
+
+
+def _representative_bytes(store, ids: set[int]) -> dict[int, np.ndarray]:
+    """The stored bytes of the chosen representatives (blocks never change content)."""
+    from .store import _Reader
+
+    out = {}
+    with store.env.read() as txn:
+        reader = _Reader(store, txn, verify=True)
+        for i in ids:
+            value = txn.get(id_key(i), db=store.env.dbs["blocks"])
+            if value is None:
+                raise ConflictError(f"block {i} was deleted while dedup planned; run dedup again")
+            b = cat.decode_block(i, value)
+            out[i] = np.frombuffer(reader.page(b.page_id)[b.offset : b.offset + b.nbytes], np.uint8).copy()
+    return out
+
+
+def _checked(evaluate, name: str, tensors: dict[str, np.ndarray]) -> float:
+    try:
+        value = evaluate(name, tensors)
+    except Exception as exc:
+        raise EvaluatorError(f"the evaluator raised on model {name!r}: {exc!r}; the store was not changed") from exc
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise EvaluatorError(f"the evaluator returned {type(value).__name__} for model {name!r}, not a number")
+    if not math.isfinite(float(value)):
+        raise EvaluatorError(f"the evaluator returned {value} for model {name!r}; it must be a finite number")
+    return float(value)
+
+
+def _float_blocks(store, txn: lmdb.Transaction) -> dict[int, cat.BlockRecord]:
+    out = {}
+    with txn.cursor(db=store.env.dbs["blocks"]) as cur:
+        for k, v in cur:
+            block_id = cat.ID.unpack(bytes(k))[0]
+            b = cat.decode_block(block_id, v)
+            if b.dtype_code in _FLOAT_CODES:
+                out[block_id] = b
+    return out
+
+
+def _vector(reader, b: cat.BlockRecord) -> np.ndarray:
+    raw = reader.page(b.page_id)[b.offset : b.offset + b.nbytes]
+    # F64 blocks are compared in float32 too: the index only proposes and ranks.
+    return np.frombuffer(raw, dtype=_FLOAT_CODES[b.dtype_code]).astype(np.float32)
+
+
+def _apply(store, txn: lmdb.Transaction, planned: _Planned, tolerance: float) -> None:
+    from .store import _Reader
+
+    name = planned.record.name
+    env = store.env
+    current = store._record(txn, name)
+    if (current.model_id, current.created) != (planned.record.model_id, planned.record.created):
+        raise ConflictError(f"model {name!r} changed while dedup planned it; run dedup again")
+    state = store._state(txn)
+    writer = BlockWriter(txn, env.dbs, store._pages, state)
+    tensors = []
+    for t in current.tensors:
+        ids = t.block_ids.copy()
+        for k, i in enumerate(ids.tolist()):
+            rep = planned.mapping.get(i)
+            if rep is not None:
+                if txn.get(id_key(rep), db=env.dbs["blocks"]) is None:
+                    raise ConflictError(f"a representative block of model {name!r} was deleted meanwhile; run dedup again")
+                writer.reference_id(rep)
+                writer.release(i)
+                ids[k] = rep
+        tensors.append(TensorRecord(t.name, t.dtype, t.shape, t.nbytes, t.step, ids))
+    writer.flush()
+    record = ModelRecord(name, current.model_id, current.created, current.metadata, tuple(tensors))
+    txn.put(name.encode(), cat.encode_model(record), db=env.dbs["models"])
+    store._put_state(txn, state)
+    r = planned.result
+    now = time.time()
+    for rep in r.replaced:
+        row = {
+            "model": name, "positions": rep.positions, "block_id": rep.block_id, "representative": rep.representative,
+            "nbytes": rep.nbytes, "error": rep.error, "tolerance": tolerance,
+            "accuracy_before": r.accuracy_before, "accuracy_after": r.accuracy_after, "time": now,
+        }
+        txn.put(_AUDIT_KEY.pack(current.model_id, rep.block_id), json.dumps(row).encode(), db=env.dbs["replacements"])
+    # What is stored must be exactly what the evaluator judged.
+    reader = _Reader(store, txn, verify=True)
+    for t in record.tensors:
+        if reader.tensor(t).tobytes() != planned.tensors[t.name].tobytes():
+            raise CorruptionError(f"dedup of model {name!r}: tensor {t.name!r} as stored differs from the evaluated one")
+
+
+def drop_audit(txn: lmdb.Transaction, db, model_id: int) -> None:
+    """Forget the replacements recorded for a model (it was deleted or replaced)."""
+    prefix = model_id.to_bytes(8, "big")
+    with txn.cursor(db=db) as cur:
+        if cur.set_range(prefix):
+            while bytes(cur.key())[:8] == prefix:
+                if not cur.delete():
+                    break
+
+
+def audit_rows(txn: lmdb.Transaction, db) -> list[dict]:
+    with txn.cursor(db=db) as cur:
+        return [json.loads(bytes(v)) for _, v in cur]
