@@ -46,12 +46,19 @@ def _aligned(n: int) -> int:
 
 
 class _DirtyPage:
-    __slots__ = ("record", "buffer", "dead")
+    """A page being changed in this transaction: its bytes and its record, mutable."""
+
+    __slots__ = ("used", "live", "block_ids", "buffer", "dead")
 
     def __init__(self, record: PageRecord, buffer: bytearray) -> None:
-        self.record = record
+        self.used = record.used
+        self.live = record.live
+        self.block_ids = list(record.block_ids)
         self.buffer = buffer
         self.dead: set[int] = set()
+
+    def free_offset(self) -> int:
+        return _aligned(self.used)
 
 
 class BlockWriter:
@@ -69,6 +76,7 @@ class BlockWriter:
         self._room: dict[int, int | None] = {}  # free room of each page written (None: freed)
         self._spare: list[bytearray] = []  # buffers of written pages, for reuse
         self._holes: list[int] = []  # pages left with room, kept to take small blocks
+        self._hole_room = 0  # at least the largest room among the holes
         self._fresh: set[int] = set()  # pages created in this transaction: rewritable in place
         self._open = {page_id: room for page_id, room in state.open_pages}  # id -> free bytes
         self._min_open_room = pages.page_size // OPEN_ROOM_FRACTION
@@ -112,7 +120,7 @@ class BlockWriter:
         if b.refs == 0:
             page = self._page(b.page_id)
             page.dead.add(block_id)
-            page.record = PageRecord(page.record.page_id, page.record.used, page.record.live - b.nbytes, page.record.block_ids)
+            page.live -= b.nbytes
             self._removed[block_id] = b
             self.state.unique_blocks -= 1
             self.state.unique_bytes -= b.nbytes
@@ -120,7 +128,7 @@ class BlockWriter:
     def _revive(self, b: BlockRecord) -> None:
         page = self._page(b.page_id)
         page.dead.discard(b.block_id)
-        page.record = PageRecord(page.record.page_id, page.record.used, page.record.live + b.nbytes, page.record.block_ids)
+        page.live += b.nbytes
         del self._removed[b.block_id]
         self.state.unique_blocks += 1
         self.state.unique_bytes += b.nbytes
@@ -138,33 +146,37 @@ class BlockWriter:
 
     def _place(self, data: memoryview, dtype_code: int, digest: bytes) -> int:
         n = len(data)
-        page = self._page_with_room(n)
-        rec = page.record
-        offset = _aligned(rec.used)
+        page_id, page = self._page_with_room(n)
+        offset = page.free_offset()
         page.buffer[offset : offset + n] = data
         block_id = self.state.next_block_id
         self.state.next_block_id += 1
-        page.record = PageRecord(rec.page_id, offset + n, rec.live + n, rec.block_ids + (block_id,))
-        self._blocks[block_id] = BlockRecord(block_id, rec.page_id, offset, n, 1, dtype_code, digest)
+        page.used = offset + n
+        page.live += n
+        page.block_ids.append(block_id)
+        self._blocks[block_id] = BlockRecord(block_id, page_id, offset, n, 1, dtype_code, digest)
         self._new_digests[digest] = block_id
         self.state.blocks += 1
         self.state.unique_blocks += 1
         self.state.unique_bytes += n
         return block_id
 
-    def _page_with_room(self, n: int) -> _DirtyPage:
+    def _page_with_room(self, n: int) -> tuple[int, _DirtyPage]:
         """The page for an ``n``-byte block: a hole left earlier in this transaction that
         it fits (first fit), else the current page, else the next open or new page."""
         size = self.pages.page_size
-        for page_id in self._holes:
-            page = self._dirty[page_id]
-            if _aligned(page.record.used) + n <= size:
-                return page
+        if n <= self._hole_room:
+            for page_id in self._holes:
+                page = self._dirty[page_id]
+                if page.free_offset() + n <= size:
+                    return page_id, page
+            # No hole fits: remember the largest room so the next larger block skips them.
+            self._hole_room = max((size - self._dirty[h].free_offset() for h in self._holes), default=0)
         while True:
             if self._current is not None:
                 page = self._dirty[self._current]
-                if _aligned(page.record.used) + n <= size:
-                    return page
+                if page.free_offset() + n <= size:
+                    return self._current, page
                 self._leave(self._current)
             self._current = self._take_open_page(n)
             if self._current is None:
@@ -183,11 +195,12 @@ class BlockWriter:
         """Move on from a page: keep it as a hole for small blocks if it has room, else
         write it now, so that a large model holds a few pages in memory, not all."""
         self._current = None
-        room = self.pages.page_size - _aligned(self._dirty[page_id].record.used)
+        room = self.pages.page_size - self._dirty[page_id].free_offset()
         if room < MIN_HOLE_ROOM:
             self._write_back(page_id)
             return
         self._holes.append(page_id)
+        self._hole_room = max(self._hole_room, room)
         if len(self._holes) > MAX_HOLES:
             self._write_back(self._holes.pop(0))
 
@@ -249,13 +262,13 @@ class BlockWriter:
             self.txn.delete(id_key(page_id), db=self.dbs["pagemeta"])
             self._room[page_id] = None
             self.state.pages -= 1
-        if page.record.block_ids:
+        if page.block_ids:
             target = page_id if page_id in self._fresh else self._allocate_page_id()
             if target != page_id:
-                for block_id in page.record.block_ids:
+                for block_id in page.block_ids:
                     b = self.block(block_id)
                     self._blocks[block_id] = BlockRecord(block_id, target, b.offset, b.nbytes, b.refs, b.dtype_code, b.digest)
-            record = PageRecord(target, page.record.used, page.record.live, page.record.block_ids)
+            record = PageRecord(target, page.used, page.live, tuple(page.block_ids))
             used = record.used
             page.buffer[used : self.pages.page_size] = bytes(self.pages.page_size - used)
             self.pages.write(self.txn, target, page.buffer)
@@ -281,9 +294,9 @@ class BlockWriter:
 
     def _compact(self, page: _DirtyPage) -> None:
         """Slide the page's live blocks to its start, in their order."""
-        old = bytes(page.buffer[: page.record.used])
+        old = bytes(page.buffer[: page.used])
         at, kept = 0, []
-        for block_id in page.record.block_ids:
+        for block_id in page.block_ids:
             if block_id in page.dead:
                 continue
             b = self.block(block_id)
@@ -293,7 +306,7 @@ class BlockWriter:
                 self._blocks[block_id] = BlockRecord(block_id, b.page_id, at, b.nbytes, b.refs, b.dtype_code, b.digest)
             at += b.nbytes
             kept.append(block_id)
-        page.record = PageRecord(page.record.page_id, at, page.record.live, tuple(kept))
+        page.used, page.block_ids = at, kept
         page.dead.clear()
 
 

@@ -62,6 +62,7 @@ class Environment:
         except lmdb.Error as exc:
             raise _translate(exc, f"cannot open the store at {self.path}") from exc
         self._write_lock = threading.Lock()
+        self.verified_pages: set[int] = set()  # see PageFile.verified
         try:
             # On a read-only environment open_db uses a read transaction of its own; handles
             # opened in a transaction we pass in do not outlive it.

@@ -32,16 +32,21 @@ def page_id_of(key: bytes) -> int:
 class PageFile:
     """Reads and writes pages in the ``pages`` database of an LMDB environment."""
 
-    def __init__(self, db, page_size: int) -> None:
+    def __init__(self, db, page_size: int, verified: set[int] | None = None) -> None:
         self.db = db
         self.page_size = page_size
         self.value_bytes = page_size + CHECKSUM_BYTES
+        # Page ids verified by this process. A page id names the same bytes forever (a
+        # changed page gets a new id), so a page is checked the first time the process
+        # reads it, which is when it comes off the disk, and not on every warm read.
+        self.verified = verified if verified is not None else set()
 
-    def read(self, txn: lmdb.Transaction, page_id: int, *, verify: bool = True) -> memoryview:
+    def read(self, txn: lmdb.Transaction, page_id: int, *, verify: bool = True, recheck: bool = False) -> memoryview:
         """Return the page's payload (a zero-copy view valid while ``txn`` lives).
 
         Raises ``CorruptionError`` when the page is missing, of the wrong length, or
-        (with ``verify``) its checksum does not match.
+        (with ``verify``) its checksum does not match. A page this process verified before
+        is not checked again unless ``recheck``.
         """
         value = txn.get(page_key(page_id), db=self.db)
         if value is None:
@@ -50,8 +55,10 @@ class PageFile:
         if len(value) != self.value_bytes:
             raise CorruptionError(f"page {page_id} is {len(value)} bytes, expected {self.value_bytes}")
         payload = value[: self.page_size]
-        if verify and xxhash.xxh3_64_digest(payload) != value[self.page_size :]:
-            raise CorruptionError(f"page {page_id} failed its checksum")
+        if verify and (recheck or page_id not in self.verified):
+            if xxhash.xxh3_64_digest(payload) != value[self.page_size :]:
+                raise CorruptionError(f"page {page_id} failed its checksum")
+            self.verified.add(page_id)
         return payload
 
     def new_buffer(self) -> bytearray:

@@ -50,6 +50,7 @@ MAX_NAME_BYTES = 256  # model names are LMDB keys (at most 511 bytes)
 MAX_TENSOR_NAME_BYTES = 4096
 MODES = ("r", "r+", "a", "w", "w-")
 
+_MAX_PLANS = 64  # cached load plans per handle
 _FORMAT_KEY = b"format"
 _STATE_KEY = b"state"
 
@@ -123,7 +124,10 @@ class Store:
         self.readonly = readonly
         self.page_size = page_size
         self.block_bytes = block_bytes
-        self._pages = PageFile(env.dbs["pages"], page_size)
+        self._pages = PageFile(env.dbs["pages"], page_size, env.verified_pages)
+        # Where each tensor's bytes lie, per model, valid for one snapshot (LMDB txn id):
+        # a warm load of an unchanged store skips the catalog entirely.
+        self._plans: dict[tuple[str, int], list[tuple[TensorRecord, list[tuple[int, int, int, int]]]]] = {}
 
     # -- opening --------------------------------------------------------------------
 
@@ -309,9 +313,15 @@ class Store:
         mismatch).
         """
         with self.env.read() as txn:
-            record = self._record(txn, name)
             reader = _Reader(self, txn, verify)
-            return {t.name: reader.tensor(t) for t in record.tensors}
+            key = (name, txn.id())
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = [(t, reader.runs(t)) for t in self._record(txn, name).tensors]
+                if len(self._plans) >= _MAX_PLANS:
+                    self._plans.pop(next(iter(self._plans)))
+                self._plans[key] = plan
+            return {t.name: reader.assemble(t, runs) for t, runs in plan}
 
     def load_tensor(self, name: str, tensor_name: str, *, verify: bool = True) -> np.ndarray:
         """Return one tensor of a model (reads only the pages that tensor needs)."""
@@ -490,9 +500,14 @@ class _Reader:
         return view
 
     def tensor(self, t: TensorRecord) -> np.ndarray:
-        out = np.empty(t.nbytes, dtype=np.uint8)
-        # Blocks of a tensor mostly lie back to back in a page: copy each such run at once.
-        run_page, run_start, run_offset, run_bytes = -1, 0, 0, 0
+        return self.assemble(t, self.runs(t))
+
+    def runs(self, t: TensorRecord) -> list[tuple[int, int, int, int]]:
+        """Where the tensor's bytes lie: ``(page, offset in page, offset in tensor, length)``.
+
+        Blocks of a tensor mostly lie back to back in a page; each such run is one entry.
+        """
+        runs: list[tuple[int, int, int, int]] = []
         at = 0
         for block_id in t.block_ids.tolist():
             value = self.txn.get(id_key(block_id), db=self.blocks_db)
@@ -502,15 +517,18 @@ class _Reader:
             want = min(t.step, t.nbytes - at)
             if b.nbytes != want:
                 raise CorruptionError(f"block {block_id} holds {b.nbytes} bytes where tensor {t.name!r} needs {want}")
-            if b.page_id == run_page and b.offset == run_offset + run_bytes:
-                run_bytes += b.nbytes
+            if runs and runs[-1][0] == b.page_id and runs[-1][1] + runs[-1][3] == b.offset:
+                page, offset, start, n = runs[-1]
+                runs[-1] = (page, offset, start, n + b.nbytes)
             else:
-                if run_bytes:
-                    out[run_start : run_start + run_bytes] = self.page(run_page)[run_offset : run_offset + run_bytes]
-                run_page, run_start, run_offset, run_bytes = b.page_id, at, b.offset, b.nbytes
+                runs.append((b.page_id, b.offset, at, b.nbytes))
             at += b.nbytes
-        if run_bytes:
-            out[run_start : run_start + run_bytes] = self.page(run_page)[run_offset : run_offset + run_bytes]
+        return runs
+
+    def assemble(self, t: TensorRecord, runs: list[tuple[int, int, int, int]]) -> np.ndarray:
+        out = np.empty(t.nbytes, dtype=np.uint8)
+        for page_id, offset, start, n in runs:
+            out[start : start + n] = self.page(page_id)[offset : offset + n]
         return out.view(dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
 
 

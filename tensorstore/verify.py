@@ -32,7 +32,7 @@ def verify_store(store, txn: lmdb.Transaction) -> VerifyReport:
     payloads = {}
     for page_id in page_ids:
         try:
-            payloads[page_id] = store._pages.read(txn, page_id)
+            payloads[page_id] = store._pages.read(txn, page_id, recheck=True)
         except CorruptionError as exc:
             problem(str(exc))
 

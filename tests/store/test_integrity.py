@@ -123,3 +123,20 @@ def test_a_page_id_names_the_same_bytes_forever(store):
         changed_ids += len(before - set(now))
         assert store.verify().ok
     assert changed_ids > 0  # pages really were rewritten along the way
+
+
+def test_warm_loads_follow_every_change(store):
+    # Loads reuse where a model's bytes lie while the store is unchanged; any commit,
+    # from this handle or another, must be seen by the next load.
+    store.add_model("m", {"x": np.arange(5000, dtype=np.float32)})
+    assert store.load_model("m")["x"][0] == 0
+    store.add_model("m", {"x": np.arange(5000, dtype=np.float32) + 1}, replace=True)
+    assert store.load_model("m")["x"][0] == 1
+    store.add_model("filler", random_model(3))
+    store.delete_model("m")
+    store.add_model("m", {"x": np.full(5000, 7, np.float32)})
+    store.repack()
+    assert (store.load_model("m")["x"] == 7).all()
+    with ts.open(store.path, "r+") as other:
+        other.add_model("m", {"x": np.full(5000, 9, np.float32)}, replace=True)
+    assert (store.load_model("m")["x"] == 9).all()
