@@ -37,7 +37,7 @@ ALIGN = 8  # block offsets are multiples of the largest itemsize, so views are a
 OPEN_ROOM_FRACTION = 4
 # Pages with room kept in memory during one transaction, for tails and small tensors to
 # fill: without them every page ends with half a block of waste on average.
-MAX_HOLES = 32
+MAX_HOLES = 8
 MIN_HOLE_ROOM = 256
 
 
