@@ -9,6 +9,7 @@ in exactly one LMDB write transaction, so a failed or interrupted call changes n
 from __future__ import annotations
 
 import json
+import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -76,16 +77,17 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         Fixed when the store is created (``"1MiB"``, ``65536``). Given for an existing
         store they must match what it was created with.
     cache_bytes : int or str, optional
-        The buffer pool's budget for this handle (reserved; reads go through LMDB's
-        memory map).
+        Give this handle a buffer pool of that many bytes (at least one page): loads read
+        pages through it, and its queueing-model eviction keeps the pages that the most
+        requested models share. Without it, loads read LMDB's memory map directly and the
+        OS page cache is the cache.
     """
     if mode not in MODES:
         raise InvalidArgumentError(f"mode {mode!r} is not one of {', '.join(map(repr, MODES))}")
     path = Path(path)
     page = parse_size(page_size, "page_size") if page_size is not None else None
     block = parse_size(block_bytes, "block_bytes") if block_bytes is not None else None
-    if cache_bytes is not None:
-        parse_size(cache_bytes, "cache_bytes")
+    cache = parse_size(cache_bytes, "cache_bytes") if cache_bytes is not None else None
     is_store = (path / DATA_FILE).is_file()
     if path.exists() and not path.is_dir():
         raise NotAStoreError(f"{path} is a file, not a store directory")
@@ -107,8 +109,16 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
             (path / name).unlink(missing_ok=True)
         is_store = False
     if is_store:
-        return Store._open_existing(path, readonly=(mode == "r"), page_size=page, block_bytes=block)
-    return Store._create(path, page_size=page or DEFAULT_PAGE_SIZE, block_bytes=block or DEFAULT_BLOCK_BYTES)
+        store = Store._open_existing(path, readonly=(mode == "r"), page_size=page, block_bytes=block)
+    else:
+        store = Store._create(path, page_size=page or DEFAULT_PAGE_SIZE, block_bytes=block or DEFAULT_BLOCK_BYTES)
+    if cache is not None:
+        try:
+            store._attach_cache(cache)
+        except BaseException:
+            store.close()
+            raise
+    return store
 
 
 def _check_is_store(path: Path) -> None:
@@ -128,6 +138,27 @@ class Store:
         # Where each tensor's bytes lie, per model, valid for one snapshot (LMDB txn id):
         # a warm load of an unchanged store skips the catalog entirely.
         self._plans: dict[tuple[str, int], list[tuple[TensorRecord, list[tuple[int, int, int, int]]]]] = {}
+        self._pool = None  # a BufferPool when opened with cache_bytes
+        self._pool_txn = threading.local()  # the read transaction the pool loads pages from
+        self._sharing_snapshot = -1  # txn id the pool's sharing map was computed at
+
+    def _attach_cache(self, cache_bytes: int) -> None:
+        from bufferpool import BufferPool
+
+        if cache_bytes < self.page_size:
+            raise InvalidArgumentError(f"cache_bytes ({cache_bytes}) must hold at least one page ({self.page_size} bytes)")
+        self._pool = BufferPool(cache_bytes, self.page_size, None, policy="queueing", load_into=self._load_into_frame)
+
+    def _load_into_frame(self, page_id: int, frame: memoryview) -> int:
+        # Called by the pool, in the loading thread, inside that thread's read transaction.
+        payload = self._pages.read(self._pool_txn.txn, page_id, recheck=True)
+        frame[: len(payload)] = payload
+        return len(payload)
+
+    def cache_stats(self):
+        """The buffer pool's counters (hits, misses, evictions, bytes loaded), or None
+        when the store was opened without ``cache_bytes``."""
+        return None if self._pool is None else self._pool.stats()
 
     # -- opening --------------------------------------------------------------------
 
@@ -314,6 +345,8 @@ class Store:
         """
         with self.env.read() as txn:
             reader = _Reader(self, txn, verify)
+            if self._pool is not None:
+                self._note_request(txn, name)
             key = (name, txn.id())
             plan = self._plans.get(key)
             if plan is None:
@@ -331,6 +364,22 @@ class Store:
             if t is None:
                 raise TensorNotFoundError(f"model {name!r} has no tensor {tensor_name!r}")
             return _Reader(self, txn, verify).tensor(t)
+
+    def _note_request(self, txn: lmdb.Transaction, name: str) -> None:
+        """Tell the pool a model was requested, and which models need which pages."""
+        if self._sharing_snapshot != txn.id():
+            sharing: dict[int, list[str]] = {}
+            pages_of: dict[int, int] = {}
+            with txn.cursor(db=self.env.dbs["blocks"]) as cur:
+                for k, v in cur:
+                    block_id = cat.ID.unpack(bytes(k))[0]
+                    pages_of[block_id] = cat.decode_block(block_id, v).page_id
+            for m in self._iter_records(txn):
+                for page in {pages_of[int(i)] for t in m.tensors for i in t.block_ids if int(i) in pages_of}:
+                    sharing.setdefault(page, []).append(m.name)
+            self._pool.set_sharing(sharing)
+            self._sharing_snapshot = txn.id()
+        self._pool.note_request(name)
 
     def model_info(self, name: str) -> ModelRecord:
         """The catalog record of a model: metadata and each tensor's dtype, shape, blocks."""
@@ -527,8 +576,15 @@ class _Reader:
 
     def assemble(self, t: TensorRecord, runs: list[tuple[int, int, int, int]]) -> np.ndarray:
         out = np.empty(t.nbytes, dtype=np.uint8)
-        for page_id, offset, start, n in runs:
-            out[start : start + n] = self.page(page_id)[offset : offset + n]
+        pool = self.store._pool
+        if pool is None:
+            for page_id, offset, start, n in runs:
+                out[start : start + n] = self.page(page_id)[offset : offset + n]
+        else:
+            self.store._pool_txn.txn = self.txn
+            for page_id, offset, start, n in runs:
+                with pool.pin(page_id) as frame:
+                    out[start : start + n] = frame[offset : offset + n]
         return out.view(dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
 
 

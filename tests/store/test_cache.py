@@ -1,0 +1,81 @@
+"""Loads through the buffer pool (ts.open(..., cache_bytes=N))."""
+
+import threading
+
+import numpy as np
+import pytest
+from support import random_model
+
+import tensorstore as ts
+
+
+@pytest.fixture
+def family_store(store_path):
+    models = {f"m{i}": random_model(i % 3) | {"own": np.full((50, 64), i, np.float32)} for i in range(6)}
+    with ts.open(store_path, "w", page_size="16KiB", block_bytes="4KiB") as s:
+        for n, m in models.items():
+            s.add_model(n, m)
+    return store_path, models
+
+
+def test_loads_through_a_small_pool_are_exact_and_hit(family_store):
+    path, models = family_store
+    with ts.open(path, "r", cache_bytes="64KiB") as s:
+        assert s.cache_stats().requests == 0
+        for i in range(30):
+            name = f"m{i % 2}"  # two popular models
+            out = s.load_model(name)
+            assert all(out[k].tobytes() == v.tobytes() for k, v in models[name].items())
+        stats = s.cache_stats()
+        assert stats.requests == 30 and stats.hits > 0 and stats.misses > 0
+        assert stats.bytes_loaded <= stats.misses * s.page_size
+        assert s._pool.n_frames * s.page_size <= 64 * 1024
+
+
+def test_without_cache_there_are_no_cache_stats(family_store):
+    path, _ = family_store
+    with ts.open(path, "r") as s:
+        assert s.cache_stats() is None
+
+
+def test_cache_smaller_than_a_page_is_refused(family_store):
+    path, _ = family_store
+    with pytest.raises(ts.InvalidArgumentError, match="at least one page"):
+        ts.open(path, "r", cache_bytes="1KiB")
+    with ts.open(path, "r+") as s:  # the failed open left nothing behind
+        s.delete_model("m5")
+
+
+def test_threads_share_one_pool(family_store):
+    path, models = family_store
+    errors = []
+    with ts.open(path, "r", cache_bytes="48KiB") as s:
+
+        def work(seed):
+            rng = np.random.default_rng(seed)
+            try:
+                for _ in range(25):
+                    name = f"m{rng.integers(0, 6)}"
+                    out = s.load_model(name)
+                    if any(out[k].tobytes() != v.tobytes() for k, v in models[name].items()):
+                        errors.append(f"wrong bytes for {name}")
+            except Exception as exc:  # surfaced below
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert s.cache_stats().requests == 100
+
+
+def test_the_pool_follows_changes_to_the_store(family_store):
+    path, models = family_store
+    with ts.open(path, "a", cache_bytes="64KiB") as s:
+        s.load_model("m0")
+        s.add_model("m0", {"x": np.arange(10.0)}, replace=True)
+        s.repack()
+        assert np.array_equal(s.load_model("m0")["x"], np.arange(10.0))
+        assert all(s.load_model("m1")[k].tobytes() == v.tobytes() for k, v in models["m1"].items())
