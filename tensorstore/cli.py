@@ -97,11 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_verify)
 
-    b = sub.add_parser("bench", help="measure the store against the alternatives (figures for docs/benchmarks.md)")
-    b.add_argument("--suite", choices=["core", "chunking"], default="core",
-                   help="core: ingest/load speed, sizes, scaling; chunking: row-aligned blocks against 2-D tiles")
-    b.add_argument("--corpus", choices=["digits", "minilm"], default="digits")
-    b.add_argument("--repeat", type=int, default=5, help="runs per figure; the median is reported")
+    b = sub.add_parser("bench", help="compare the store with the alternatives on a model family (docs/benchmarks.md)")
+    b.add_argument("--suite", choices=["compare", "core", "chunking"], default="compare",
+                   help="compare: against safetensors, chunk dedup, zstd, tensor dedup (default); "
+                        "core: ingest/load speed, sizes, scaling; chunking: row-aligned blocks against 2-D tiles")
+    b.add_argument("--corpus", default="digits", help="digits (default), minilm, or a folder of .safetensors files")
+    b.add_argument("--repeat", type=int, default=5, help="runs per timing; the median is reported")
+    b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
+    b.add_argument("--tolerance", type=float, default=0.05, help="near-dup relative L2 error per block (compare suite)")
+    b.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the bytes per alternative (needs matplotlib)")
     b.add_argument("--workdir", help="where to put temporary stores (default: the system's temp dir)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=_bench)
@@ -268,6 +272,10 @@ def _bench(args) -> int:
         raise _UsageError("--repeat must be at least 1")
     if args.suite == "chunking":
         return _bench_chunking(args)
+    if args.suite == "compare":
+        return _bench_compare(args)
+    if args.corpus not in ("digits", "minilm"):
+        raise _UsageError("--suite core runs on --corpus digits or minilm")
     result = core.main(args.corpus, args.repeat, args.workdir)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -276,6 +284,37 @@ def _bench(args) -> int:
     for k, v in result["summary"].items():
         print(f"  {k:<28} {v:.4g}")
     return 0
+
+
+def _bench_compare(args) -> int:
+    from .bench import compare
+
+    result = compare.main(args.corpus, args.workdir, args.repeat, args.max_accuracy_drop, args.tolerance)
+    if args.plot:
+        _plot_bytes(result, args.plot)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(compare.table(result))
+    return 0
+
+
+def _plot_bytes(result: dict, out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise _UsageError("--plot needs matplotlib: pip install 'tensorstore-dedup[bench]'") from None
+    alt = result["alternatives"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.barh(list(alt), [a["bytes"] / 2**20 for a in alt.values()], color="#4c72b0")
+    ax.set_xlabel("MiB on disk")
+    ax.invert_yaxis()
+    ax.set_title(f"{len(result['models'])} models, {result['logical_bytes'] / 2**20:.1f} MiB as added")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
 
 
 def _bench_chunking(args) -> int:

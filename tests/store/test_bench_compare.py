@@ -1,0 +1,29 @@
+"""`tensorstore bench` (the compare suite) on the digits corpus: its figures are consistent."""
+
+from tensorstore.bench import compare
+from tensorstore.corpora import digits
+
+
+def test_compare_on_digits(tmp_path):
+    family = digits.build_family()
+    budget = 0.01
+    res = compare.run(family, digits.evaluate, tmp_path, page_size="64KiB", block_bytes="16KiB",
+                      max_accuracy_drop=budget, tolerance=0.05, repeat=1, requests=300)
+    alt = res["alternatives"]
+    exact, near, tensors = alt["store-exact"], alt["store-neardup"], alt["tensor-dedup"]
+    # the store keeps no more distinct data than whole-tensor dedup, and pages add little
+    assert exact["unique_bytes"] <= tensors["bytes"]
+    assert exact["bytes"] - exact["unique_bytes"] <= 0.06 * exact["unique_bytes"]
+    assert exact["bit_exact"] and exact["verify_ok"] and near["verify_ok"]
+    # near-dup: smaller, and every model within its budget
+    assert near["bytes"] <= exact["bytes"] and near["unique_bytes"] <= exact["unique_bytes"]
+    for name, acc in near["accuracy"].items():
+        assert acc >= alt["safetensors"]["accuracy"][name] - budget - 1e-12
+    # every file-based figure is in place and dedup beats one file per model
+    assert tensors["bytes"] < alt["safetensors"]["bytes"] and alt["chunk-64k"]["bytes"] <= alt["safetensors"]["bytes"]
+    for name in res["models"]:
+        assert exact["pages_read"][name] >= exact["pages_read_lower_bound"][name]
+    # no online policy beats the offline optimum
+    for row in res["cache"]["by_capacity"]:
+        assert all(row[p] <= row["belady"] + 1e-12 for p in ("lru", "arc", "s3fifo", "queueing"))
+    assert "| store-neardup |" in compare.table(res)
