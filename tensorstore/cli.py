@@ -289,6 +289,10 @@ def _bench(args) -> int:
 def _bench_compare(args) -> int:
     from .bench import compare
 
+    try:
+        import zstandard  # noqa: F401 - one of the alternatives measured
+    except ImportError:
+        raise _UsageError("the compare suite needs zstandard: pip install 'tensorstore-dedup[bench]'") from None
     result = compare.main(args.corpus, args.workdir, args.repeat, args.max_accuracy_drop, args.tolerance)
     if args.plot:
         _plot_bytes(result, args.plot)
