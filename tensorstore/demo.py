@@ -80,7 +80,41 @@ def _run(directory: Path, out) -> dict:
     out(f"  ingest of {len(family)} models                   {ingest * 1000:.0f} ms")
     out(f"  load all models, warm: store {store_load * 1000:.1f} ms, safetensors files {file_load * 1000:.1f} ms")
     out(f"  bit-exact round trip: {'yes' if exact else 'NO'};  verify: {'ok' if verified.ok else verified.problems}")
+
+    # Near-duplicate pass within an accuracy budget, then a repack for reads.
+    budget = 0.01
+    with open_store(store_path, "r+") as store:
+        report = store.dedup(evaluate=digits.evaluate, max_accuracy_drop=budget, tolerance=0.05)
+        pack = store.repack()
+        after = store.stats()
+        near_exact = store.verify().ok
+    out("")
+    out(f"Near-duplicate pass (accuracy budget {budget} per model, blocks within 5% relative L2 error):")
+    for m in report.models:
+        if m.replaced:
+            out(f"  {m.model:<{width}}  {len(m.replaced):>3} blocks -> shared, {format_size(m.bytes_saved):>10} saved, "
+                f"accuracy {m.accuracy_before:.3f} -> {m.accuracy_after:.3f} ({m.evaluations} evaluations)")
+    out(f"  distinct block bytes {format_size(stats.unique_bytes)} -> {format_size(after.unique_bytes)};  "
+        f"{report.evaluations} evaluations in all;  every model within budget: "
+        f"{'yes' if all(m.accuracy_after >= m.accuracy_before - budget for m in report.models) else 'NO'}")
+    out(f"Repack ({pack.algorithm}): {pack.pages_before} -> {pack.pages_after} pages (lower bound {pack.lower_bound_pages}); "
+        f"pages read per model load {pack.mean_pages_read_before:.1f} -> {pack.mean_pages_read_after:.1f}; verify: {'ok' if near_exact else 'FAILED'}")
+
+    # A skewed request stream through a buffer pool that holds a third of the pages.
+    cache = max(stats.page_size, (after.pages // 3) * stats.page_size)
+    rng = np.random.default_rng(0)
+    popularity = 1.0 / np.arange(1, len(family) + 1)
+    requests = rng.choice(list(family), size=200, p=popularity / popularity.sum())
+    with open_store(store_path, "r", cache_bytes=cache) as store:
+        for name in requests:
+            store.load_model(str(name))
+        cs = store.cache_stats()
+    out(f"Buffer pool of {format_size(cache)} ({cache // stats.page_size} of {after.pages} pages), 200 Zipf requests: "
+        f"hit ratio {cs.hit_ratio:.2f} ({cs.hits} hits, {cs.misses} misses)")
     return {
+        "dedup": report.to_dict() | {"bytes_saved": report.bytes_saved},
+        "repack": pack.to_dict(),
+        "cache": cs.to_dict(),
         "stats": stats.to_dict(),
         "sharing": [r.to_dict() for r in sharing],
         "files_bytes": files_bytes,

@@ -18,6 +18,12 @@ def test_demo_reports_a_bit_exact_deduplicated_family(tmp_path):
     assert shared["digits-full-shifted"] == 0 and shared["digits-head-noisy"] > 0
     assert all(a > 0.5 for a in figures["accuracy"].values())  # trained, not random (10 classes)
     assert any("bit-exact round trip: yes" in line for line in lines)
+    # the near-duplicate pass saved bytes and kept every model within its budget
+    dedup = figures["dedup"]
+    assert dedup["bytes_saved"] > 0 and dedup["accuracy_checked"]
+    assert all(m["accuracy_after"] >= m["accuracy_before"] - dedup["max_accuracy_drop"] for m in dedup["models"])
+    assert figures["repack"]["pages_after"] <= figures["repack"]["pages_before"]
+    assert figures["cache"]["requests"] == 200 and figures["cache"]["hits"] > 0
 
 
 def test_frozen_layers_are_bit_identical_to_the_base():
