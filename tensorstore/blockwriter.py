@@ -92,19 +92,15 @@ class BlockWriter:
             found = self.txn.get(digest, db=self.dbs["hashes"])
             if found is not None:
                 block_id = int.from_bytes(found, "big")
-        if block_id is not None:
-            b = self.block(block_id)
-            if b.refs == 0:  # released earlier in this transaction: bring it back
-                self._revive(b)
-            self._blocks[block_id] = _with_refs(b, b.refs + 1)
-            self.state.blocks += 1
-            return block_id
-        return self._place(data, dtype_code, digest)
+        if block_id is None:
+            return self._place(data, dtype_code, digest)
+        self.reference_id(block_id)
+        return block_id
 
     def reference_id(self, block_id: int) -> None:
-        """One more reference to a block already stored (a near-duplicate's representative)."""
+        """One more reference to a block already stored."""
         b = self.block(block_id)
-        if b.refs == 0:
+        if b.refs == 0:  # released earlier in this transaction: bring it back
             self._revive(b)
         self._blocks[block_id] = _with_refs(b, b.refs + 1)
         self.state.blocks += 1
