@@ -581,10 +581,17 @@ class _Reader:
             for page_id, offset, start, n in runs:
                 out[start : start + n] = self.page(page_id)[offset : offset + n]
         else:
+            from bufferpool import PoolExhaustedError
+
             self.store._pool_txn.txn = self.txn
             for page_id, offset, start, n in runs:
-                with pool.pin(page_id) as frame:
-                    out[start : start + n] = frame[offset : offset + n]
+                try:
+                    with pool.pin(page_id) as frame:
+                        out[start : start + n] = frame[offset : offset + n]
+                except PoolExhaustedError:
+                    # More threads than frames are pinning at once: read around the pool
+                    # rather than fail or wait on another thread's copy.
+                    out[start : start + n] = self.page(page_id)[offset : offset + n]
         return out.view(dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
 
 
