@@ -23,8 +23,10 @@ from .errors import (
     StoreFullError,
     StoreNotFoundError,
     TensorNotFoundError,
+    ViewsAliveError,
 )
 from .reports import DedupReport, PackReport, StoreStats, VerifyReport
+from .reader import Reader
 from .store import Store, open
 
 __all__ = [
@@ -32,6 +34,6 @@ __all__ = [
     "StoreError", "StoreNotFoundError", "StoreExistsError", "NotAStoreError", "ReadOnlyError",
     "ModelNotFoundError", "ModelExistsError", "TensorNotFoundError", "InvalidTensorError",
     "InvalidArgumentError", "FileFormatError", "CorruptionError", "StoreFullError", "StoreClosedError",
-    "EvaluatorError", "ConflictError", "DedupReport", "PackReport",
+    "EvaluatorError", "ConflictError", "ViewsAliveError", "Reader", "DedupReport", "PackReport",
 ]
 __version__ = "0.1.0"

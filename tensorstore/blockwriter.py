@@ -14,6 +14,8 @@ the order they were added. ``repack`` replaces this with a layout chosen for rea
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import lmdb
 
 from index.exact import block_digest
@@ -26,6 +28,7 @@ from .catalog import (
     decode_page,
     encode_block,
     encode_page,
+    hash_key,
     id_key,
 )
 from .errors import CorruptionError
@@ -64,8 +67,9 @@ class _DirtyPage:
 class BlockWriter:
     """References and places blocks within one LMDB write transaction."""
 
-    def __init__(self, txn: lmdb.Transaction, dbs: dict, pages: PageFile, state: StoreState) -> None:
+    def __init__(self, txn: lmdb.Transaction, dbs: dict, pages: PageFile, state: StoreState, domain: int = 0) -> None:
         self.txn = txn
+        self.domain = domain  # new blocks are shared only within this dedup domain
         self.dbs = dbs
         self.pages = pages
         self.state = state
@@ -87,9 +91,10 @@ class BlockWriter:
     def reference(self, data: memoryview, dtype_code: int) -> int:
         """Return the id of the block holding ``data``, storing it if it is new."""
         digest = block_digest(data, dtype_code)
-        block_id = self._new_digests.get(digest)
+        key = hash_key(self.domain, digest)
+        block_id = self._new_digests.get(key)
         if block_id is None:
-            found = self.txn.get(digest, db=self.dbs["hashes"])
+            found = self.txn.get(key, db=self.dbs["hashes"])
             if found is not None:
                 block_id = int.from_bytes(found, "big")
         if block_id is None:
@@ -150,8 +155,8 @@ class BlockWriter:
         page.used = offset + n
         page.live += n
         page.block_ids.append(block_id)
-        self._blocks[block_id] = BlockRecord(block_id, page_id, offset, n, 1, dtype_code, digest)
-        self._new_digests[digest] = block_id
+        self._blocks[block_id] = BlockRecord(block_id, page_id, offset, n, 1, dtype_code, self.domain, digest)
+        self._new_digests[hash_key(self.domain, digest)] = block_id
         self.state.blocks += 1
         self.state.unique_blocks += 1
         self.state.unique_bytes += n
@@ -228,12 +233,12 @@ class BlockWriter:
         for page_id in list(self._dirty):
             self._write_back(page_id)
         for b in self._removed.values():
-            txn.delete(b.digest, db=dbs["hashes"])
+            txn.delete(b.key, db=dbs["hashes"])
             txn.delete(id_key(b.block_id), db=dbs["blocks"])
             del self._blocks[b.block_id]
-        for digest, block_id in self._new_digests.items():
+        for key, block_id in self._new_digests.items():
             if block_id in self._blocks:
-                txn.put(digest, id_key(block_id), db=dbs["hashes"])
+                txn.put(key, id_key(block_id), db=dbs["hashes"])
         for block_id, b in self._blocks.items():
             txn.put(id_key(block_id), encode_block(b), db=dbs["blocks"])
         open_ = dict(self._open)  # open pages this transaction did not touch
@@ -263,7 +268,7 @@ class BlockWriter:
             if target != page_id:
                 for block_id in page.block_ids:
                     b = self.block(block_id)
-                    self._blocks[block_id] = BlockRecord(block_id, target, b.offset, b.nbytes, b.refs, b.dtype_code, b.digest)
+                    self._blocks[block_id] = replace(b, page_id=target)
             record = PageRecord(target, page.used, page.live, tuple(page.block_ids))
             used = record.used
             page.buffer[used : self.pages.page_size] = bytes(self.pages.page_size - used)
@@ -299,7 +304,7 @@ class BlockWriter:
             at = _aligned(at)
             page.buffer[at : at + b.nbytes] = old[b.offset : b.offset + b.nbytes]
             if at != b.offset:
-                self._blocks[block_id] = BlockRecord(block_id, b.page_id, at, b.nbytes, b.refs, b.dtype_code, b.digest)
+                self._blocks[block_id] = replace(b, offset=at)
             at += b.nbytes
             kept.append(block_id)
         page.used, page.block_ids = at, kept
@@ -307,4 +312,4 @@ class BlockWriter:
 
 
 def _with_refs(b: BlockRecord, refs: int) -> BlockRecord:
-    return BlockRecord(b.block_id, b.page_id, b.offset, b.nbytes, refs, b.dtype_code, b.digest)
+    return replace(b, refs=refs)

@@ -59,6 +59,7 @@ class ModelRecord:
     created: float
     metadata: dict
     tensors: tuple[TensorRecord, ...]
+    domain: str = ""
 
     @property
     def logical_bytes(self) -> int:
@@ -80,6 +81,7 @@ def encode_model(m: ModelRecord) -> bytes:
         "id": m.model_id,
         "created": m.created,
         "metadata": m.metadata,
+        "domain": m.domain,
         "tensors": [
             {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "nbytes": t.nbytes, "step": t.step, "blocks": len(t.block_ids)}
             for t in m.tensors
@@ -109,7 +111,8 @@ def decode_model(name: str, value) -> ModelRecord:
             at += count
         if at != len(ids):
             raise ValueError("trailing block ids")
-        return ModelRecord(name, int(head["id"]), float(head["created"]), dict(head["metadata"] or {}), tuple(tensors))
+        return ModelRecord(name, int(head["id"]), float(head["created"]), dict(head["metadata"] or {}), tuple(tensors),
+                           str(head.get("domain", "")))
     except Exception as exc:
         raise CorruptionError(f"the catalog record of model {name!r} is damaged ({exc})") from exc
 
@@ -122,14 +125,27 @@ class BlockRecord:
     nbytes: int
     refs: int
     dtype_code: int
+    domain: int  # the dedup domain (tenant) whose models may share this block
     digest: bytes
 
+    @property
+    def key(self) -> bytes:
+        """The block's key in the exact-dedup index."""
+        return hash_key(self.domain, self.digest)
 
-_BLOCK = struct.Struct("<QIIIB16s")
+
+_BLOCK = struct.Struct("<QIIIBI16s")
+_DOMAIN = struct.Struct(">I")
+
+
+def hash_key(domain: int, digest: bytes) -> bytes:
+    """Exact-dedup index key: blocks are equal only within one domain, so a tenant's
+    lookups never touch another's blocks, in results, sizes or timing."""
+    return _DOMAIN.pack(domain) + digest
 
 
 def encode_block(b: BlockRecord) -> bytes:
-    return _BLOCK.pack(b.page_id, b.offset, b.nbytes, b.refs, b.dtype_code, b.digest)
+    return _BLOCK.pack(b.page_id, b.offset, b.nbytes, b.refs, b.dtype_code, b.domain, b.digest)
 
 
 def decode_block(block_id: int, value) -> BlockRecord:
@@ -182,6 +198,7 @@ class StoreState:
     next_page_id: int = 1
     next_model_id: int = 1
     open_pages: list[list[int]] = field(default_factory=list)  # [page id, free bytes], in id order
+    domains: dict[str, int] = field(default_factory=lambda: {"": 0})  # dedup domain -> id
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

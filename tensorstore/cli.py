@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("files", type=Path, nargs="+", metavar="FILE")
     a.add_argument("--name", help="the model's name (only with one file; default: the file's stem)")
     a.add_argument("--replace", action="store_true", help="replace a model of the same name")
+    a.add_argument("--domain", default="", help="dedup domain (tenant): blocks are shared only within one domain")
     a.add_argument("--page-size", help="page size for a new store, e.g. 1MiB")
     a.add_argument("--block-bytes", help="block size for a new store, e.g. 64KiB")
     a.add_argument("--json", action="store_true", help="print what was added as JSON")
@@ -134,7 +135,7 @@ def _add(args) -> int:
             tensors, meta = read_model_file(f)
             name = args.name or f.stem
             before = store.stats().unique_bytes
-            store.add_model(name, tensors, meta, replace=args.replace, progress_bar=_progress(args))
+            store.add_model(name, tensors, meta, replace=args.replace, domain=args.domain, progress_bar=_progress(args))
             logical = sum(t.nbytes for t in tensors.values())
             new = store.stats().unique_bytes - before
             added.append({"model": name, "file": str(f), "logical_bytes": logical, "new_bytes": new})

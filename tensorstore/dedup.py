@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 import struct
 import time
 from collections import Counter
@@ -108,12 +109,13 @@ def _plan(store, name: str, evaluate, budget: float, tolerance: float) -> _Plann
         private = {i for i, n in own.items() if i in blocks and blocks[i].refs == n}
         vectors = {i: _vector(reader, b) for i, b in blocks.items()}
 
-    # Representatives: every float block that is not a candidate, one index per class.
+    # Representatives: every float block that is not a candidate, one index per class
+    # (domain, dtype, length): blocks of another dedup domain are never compared.
     indexes = index.LSHIndexes()
     by_class: dict[tuple[int, int], list[int]] = {}
     for i, b in blocks.items():
         if i not in private:
-            by_class.setdefault((b.dtype_code, b.nbytes), []).append(i)
+            by_class.setdefault((b.domain, b.dtype_code, b.nbytes), []).append(i)
     for cls, ids in by_class.items():
         indexes.add(cls, np.array(ids, dtype=np.int64), np.stack([vectors[i] for i in ids]))
 
@@ -132,7 +134,7 @@ def _plan(store, name: str, evaluate, budget: float, tolerance: float) -> _Plann
     matches: dict[int, tuple[int, float]] = {}
     by_query_class: dict[tuple[int, int], list[int]] = {}
     for i in positions:
-        by_query_class.setdefault((blocks[i].dtype_code, blocks[i].nbytes), []).append(i)
+        by_query_class.setdefault((blocks[i].domain, blocks[i].dtype_code, blocks[i].nbytes), []).append(i)
     for cls, ids in by_query_class.items():
         found = indexes.match(cls, np.stack([vectors[i] for i in ids]), index.RelativeL2(tolerance),
                               query_ids=np.array(ids, dtype=np.int64))
@@ -246,7 +248,7 @@ def _apply(store, txn: lmdb.Transaction, planned: _Planned, tolerance: float) ->
                 ids[k] = rep
         tensors.append(TensorRecord(t.name, t.dtype, t.shape, t.nbytes, t.step, ids))
     writer.flush()
-    record = ModelRecord(name, current.model_id, current.created, current.metadata, tuple(tensors))
+    record = replace(current, tensors=tuple(tensors))
     txn.put(name.encode(), cat.encode_model(record), db=env.dbs["models"])
     store._put_state(txn, state)
     r = planned.result

@@ -63,6 +63,7 @@ class Environment:
             raise _translate(exc, f"cannot open the store at {self.path}") from exc
         self._write_lock = threading.Lock()
         self.verified_pages: set[int] = set()  # see PageFile.verified
+        self.live_views = 0  # zero-copy views handed out by readers and still referenced
         try:
             # On a read-only environment open_db uses a read transaction of its own; handles
             # opened in a transaction we pass in do not outlive it.

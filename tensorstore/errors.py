@@ -78,3 +78,7 @@ class EvaluatorError(StoreError, RuntimeError):
 
 class ConflictError(StoreError, RuntimeError):
     """The store changed under a long operation (another writer); run it again."""
+
+
+class ViewsAliveError(StoreError, RuntimeError):
+    """The store cannot close while zero-copy views into its memory map are referenced."""

@@ -9,6 +9,8 @@ crash leaves the old layout whole.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import lmdb
 
 import packing
@@ -74,8 +76,7 @@ def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, tim
                 db=dbs["pagemeta"])
     for block_id, (page, offset) in placement.items():
         b = blocks[block_id]
-        txn.put(id_key(block_id), cat.encode_block(BlockRecord(block_id, first + page, offset, b.nbytes, b.refs, b.dtype_code, b.digest)),
-                db=dbs["blocks"])
+        txn.put(id_key(block_id), cat.encode_block(replace(b, page_id=first + page, offset=offset)), db=dbs["blocks"])
     for page_id in old_pages:
         store._pages.delete(txn, page_id)
         txn.delete(id_key(page_id), db=dbs["pagemeta"])

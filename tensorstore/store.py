@@ -37,6 +37,7 @@ from .errors import (
     StoreExistsError,
     StoreNotFoundError,
     TensorNotFoundError,
+    ViewsAliveError,
 )
 from .pagefile import PageFile
 from .progress import progress
@@ -209,10 +210,26 @@ class Store:
         return cls(env, *stored, readonly=readonly)
 
     def close(self) -> None:
-        """Close the handle; a closed store raises ``StoreClosedError`` when used."""
+        """Close the handle; a closed store raises ``StoreClosedError`` when used.
+
+        Raises ``ViewsAliveError`` (and stays open) while zero-copy views from
+        :meth:`reader` are referenced and this is the store's last handle in the process.
+        """
         if self._env is not None:
+            if self._env.live_views and self._env._users == 1:
+                raise ViewsAliveError(
+                    f"{self._env.live_views} zero-copy view(s) of the store at {self.path} are still referenced; "
+                    "delete them (or keep np.array(view) copies) before closing the store"
+                )
             self._env.close()
             self._env = None
+
+    def reader(self):
+        """A read snapshot that returns zero-copy read-only views where it can
+        (see :mod:`tensorstore.reader`)."""
+        from .reader import Reader
+
+        return Reader(self)
 
     def __enter__(self) -> "Store":
         return self
@@ -245,6 +262,7 @@ class Store:
         metadata: Mapping | None = None,
         *,
         replace: bool = False,
+        domain: str = "",
         progress_bar: bool | None = False,
     ) -> None:
         """Store a model: a mapping of tensor names to arrays.
@@ -263,9 +281,15 @@ class Store:
             JSON-serialisable data kept with the model (e.g. a safetensors header's).
         replace : bool
             Replace a model of the same name instead of raising ``ModelExistsError``.
+        domain : str
+            The dedup domain (tenant). Blocks are shared only among models of one domain:
+            a model's blocks are never matched against another domain's, so a tenant cannot
+            tell from sizes or timing whether another tenant holds some data. Default "".
         """
         env = self._writable()
         _check_name(name, "model name", MAX_NAME_BYTES)
+        if domain != "":
+            _check_name(domain, "domain", MAX_NAME_BYTES)
         arrays = _tensor_list(tensors)
         meta = _check_metadata(metadata)
         total = sum(a.nbytes for _, a in arrays)
@@ -276,7 +300,8 @@ class Store:
             if old is not None and not replace:
                 raise ModelExistsError(f"model {name!r} already exists; pass replace=True to overwrite it")
             state = self._state(txn)
-            writer = BlockWriter(txn, env.dbs, self._pages, state)
+            domain_id = state.domains.setdefault(domain, len(state.domains))
+            writer = BlockWriter(txn, env.dbs, self._pages, state, domain_id)
             records = []
             with progress(total, f"adding {name}", progress_bar) as bar:
                 for tname, arr in arrays:
@@ -296,7 +321,7 @@ class Store:
             else:
                 state.next_model_id += 1
             writer.flush()
-            record = ModelRecord(name, model_id, time.time(), meta, tuple(records))
+            record = ModelRecord(name, model_id, time.time(), meta, tuple(records), domain)
             txn.put(key, cat.encode_model(record), db=env.dbs["models"])
             state.models += 1
             state.tensors += len(records)

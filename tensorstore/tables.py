@@ -21,12 +21,13 @@ def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
             block_id = cat.ID.unpack(bytes(k))[0]
             block_rows[block_id] = cat.decode_block(block_id, v)
 
-    models = {"model": [], "model_id": [], "tensors": [], "logical_bytes": [], "created": [], "metadata": []}
+    models = {"model": [], "model_id": [], "domain": [], "tensors": [], "logical_bytes": [], "created": [], "metadata": []}
     tensors = {"model": [], "tensor": [], "dtype": [], "shape": [], "nbytes": [], "blocks": []}
     blocks = {"model": [], "tensor": [], "index": [], "block_id": [], "page_id": [], "offset": [], "nbytes": []}
     for m in store._iter_records(txn):
         models["model"].append(m.name)
         models["model_id"].append(m.model_id)
+        models["domain"].append(m.domain)
         models["tensors"].append(len(m.tensors))
         models["logical_bytes"].append(m.logical_bytes)
         models["created"].append(m.created)
@@ -63,6 +64,7 @@ def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
         "offset": [b.offset for b in block_rows.values()],
         "nbytes": [b.nbytes for b in block_rows.values()],
         "refs": [b.refs for b in block_rows.values()],
+        "domain": [b.domain for b in block_rows.values()],
         "digest": [b.digest.hex() for b in block_rows.values()],
     }
     from .dedup import audit_rows
@@ -83,7 +85,7 @@ def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
     }
     i64 = pa.int64()
     return {
-        "models": pa.table(models, schema=pa.schema([("model", pa.string()), ("model_id", i64), ("tensors", i64), ("logical_bytes", i64), ("created", pa.float64()), ("metadata", pa.string())])),
+        "models": pa.table(models, schema=pa.schema([("model", pa.string()), ("model_id", i64), ("domain", pa.string()), ("tensors", i64), ("logical_bytes", i64), ("created", pa.float64()), ("metadata", pa.string())])),
         "tensors": pa.table(tensors, schema=pa.schema([("model", pa.string()), ("tensor", pa.string()), ("dtype", pa.string()), ("shape", pa.list_(i64)), ("nbytes", i64), ("blocks", i64)])),
         "blocks": pa.table(blocks, schema=pa.schema([("model", pa.string()), ("tensor", pa.string()), ("index", i64), ("block_id", i64), ("page_id", i64), ("offset", i64), ("nbytes", i64)])),
         "pages": pa.table(pages, schema=pa.schema([("page_id", i64), ("used_bytes", i64), ("live_bytes", i64), ("blocks", i64)])),
@@ -91,5 +93,5 @@ def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
             ("model", pa.string()), ("tensor", pa.string()), ("index", i64), ("positions", i64), ("block_id", i64),
             ("representative", i64), ("nbytes", i64), ("error", pa.float64()), ("accuracy_before", pa.float64()),
             ("accuracy_after", pa.float64()), ("time", pa.float64())])),
-        "distinct_blocks": pa.table(distinct, schema=pa.schema([("block_id", i64), ("page_id", i64), ("offset", i64), ("nbytes", i64), ("refs", i64), ("digest", pa.string())])),
+        "distinct_blocks": pa.table(distinct, schema=pa.schema([("block_id", i64), ("page_id", i64), ("offset", i64), ("nbytes", i64), ("refs", i64), ("domain", i64), ("digest", pa.string())])),
     }

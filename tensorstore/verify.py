@@ -70,7 +70,7 @@ def verify_store(store, txn: lmdb.Transaction) -> VerifyReport:
             payload = payloads.get(b.page_id)
             if payload is not None and block_digest(payload[b.offset : b.offset + b.nbytes], b.dtype_code) != b.digest:
                 problem(f"block {block_id} in page {b.page_id} does not match its content digest")
-            found = txn.get(b.digest, db=dbs["hashes"])
+            found = txn.get(b.key, db=dbs["hashes"])
             if found is None or int.from_bytes(found, "big") != block_id:
                 problem(f"block {block_id} is missing from the hash index")
     hashes = txn.stat(dbs["hashes"])["entries"]
