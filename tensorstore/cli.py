@@ -99,9 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_verify)
 
     b = sub.add_parser("bench", help="compare the store with the alternatives on a model family (docs/benchmarks.md)")
-    b.add_argument("--suite", choices=["compare", "core", "chunking"], default="compare",
+    b.add_argument("--suite", choices=["compare", "core", "chunking", "neardup"], default="compare",
                    help="compare: against safetensors, chunk dedup, zstd, tensor dedup (default); "
-                        "core: ingest/load speed, sizes, scaling; chunking: row-aligned blocks against 2-D tiles")
+                        "core: ingest/load speed, sizes, scaling; chunking: row-aligned blocks against 2-D tiles; "
+                        "neardup: LSH recall against brute force and search speed")
     b.add_argument("--corpus", default="digits", help="digits (default), minilm, or a folder of .safetensors files")
     b.add_argument("--repeat", type=int, default=5, help="runs per timing; the median is reported")
     b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
@@ -275,6 +276,15 @@ def _bench(args) -> int:
         return _bench_chunking(args)
     if args.suite == "compare":
         return _bench_compare(args)
+    if args.suite == "neardup":
+        from .bench import neardup
+
+        rows = neardup.main(args.corpus, args.workdir)
+        print(json.dumps(rows, indent=2) if args.json else "\n".join(
+            f"tolerance {r['tolerance']}: recall {r['recall']:.4f} ({r['found_by_lsh']} found by LSH, "
+            f"{r['found_by_exhaustive']} by brute force), LSH {r['lsh_MBps']:.0f} MB/s, brute force "
+            f"{r['exhaustive_MBps']:.0f} MB/s over {r['query_bytes'] / 1e6:.1f} MB of blocks" for r in rows))
+        return 0
     if args.corpus not in ("digits", "minilm"):
         raise _UsageError("--suite core runs on --corpus digits or minilm")
     result = core.main(args.corpus, args.repeat, args.workdir)

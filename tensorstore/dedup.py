@@ -98,26 +98,8 @@ class _Planned:
 
 
 def _plan(store, name: str, evaluate, budget: float, tolerance: float) -> _Planned:
-    from .store import _Reader
-
     with store.env.read() as txn:
-        record = store._record(txn, name)
-        reader = _Reader(store, txn, verify=True)
-        original = {t.name: reader.tensor(t) for t in record.tensors}
-        blocks = _float_blocks(store, txn)
-        own = Counter(int(i) for t in record.tensors for i in t.block_ids)
-        private = {i for i, n in own.items() if i in blocks and blocks[i].refs == n}
-        vectors = {i: _vector(reader, b) for i, b in blocks.items()}
-
-    # Representatives: every float block that is not a candidate, one index per class
-    # (domain, dtype, length): blocks of another dedup domain are never compared.
-    indexes = index.LSHIndexes()
-    by_class: dict[tuple[int, int], list[int]] = {}
-    for i, b in blocks.items():
-        if i not in private:
-            by_class.setdefault((b.domain, b.dtype_code, b.nbytes), []).append(i)
-    for cls, ids in by_class.items():
-        indexes.add(cls, np.array(ids, dtype=np.int64), np.stack([vectors[i] for i in ids]))
+        record, original, blocks, private, vectors = gather(store, txn, name)
 
     # Candidates, ordered low magnitude first (a block's first position scores it).
     positions: dict[int, list[tuple[str, int]]] = {}
@@ -131,16 +113,7 @@ def _plan(store, name: str, evaluate, budget: float, tolerance: float) -> _Plann
             if i in private:
                 positions.setdefault(i, []).append((t.name, k))
                 score.setdefault(i, float(s))
-    matches: dict[int, tuple[int, float]] = {}
-    by_query_class: dict[tuple[int, int], list[int]] = {}
-    for i in positions:
-        by_query_class.setdefault((blocks[i].domain, blocks[i].dtype_code, blocks[i].nbytes), []).append(i)
-    for cls, ids in by_query_class.items():
-        found = indexes.match(cls, np.stack([vectors[i] for i in ids]), index.RelativeL2(tolerance),
-                              query_ids=np.array(ids, dtype=np.int64))
-        for i, rep, err in zip(ids, found.ids.tolist(), found.errors.tolist()):
-            if rep >= 0:
-                matches[i] = (int(rep), float(err))
+    matches = find_matches(blocks, private, list(positions), vectors, tolerance)
     order = sorted(matches, key=lambda i: (score[i], i))
     candidates = [index.Replacement(i, matches[i][0], matches[i][1]) for i in order]
 
@@ -178,6 +151,65 @@ def _plan(store, name: str, evaluate, budget: float, tolerance: float) -> _Plann
     ]
     result = ModelDedup(name, len(candidates), replaced, sum(r.nbytes for r in replaced), evaluations, before, after)
     return _Planned(record, result, apply(k), {c.position: c.representative for c in accepted})
+
+
+def find_matches(
+    blocks: dict[int, cat.BlockRecord],
+    private: set[int],
+    queries: list[int],
+    vectors: dict[int, np.ndarray],
+    tolerance: float,
+    *,
+    exhaustive: bool = False,
+) -> dict[int, tuple[int, float]]:
+    """For each query block, the closest non-private block of its class within tolerance.
+
+    Representatives are every float block that is not private to the model, one index per
+    class (domain, dtype, length): blocks of another dedup domain are never compared.
+    ``exhaustive`` searches every pair instead of the LSH (the reference for recall).
+    """
+    by_class: dict[tuple[int, int, int], list[int]] = {}
+    for i, b in blocks.items():
+        if i not in private:
+            by_class.setdefault((b.domain, b.dtype_code, b.nbytes), []).append(i)
+    indexes = index.LSHIndexes()
+    if not exhaustive:
+        for cls, ids in by_class.items():
+            indexes.add(cls, np.array(ids, dtype=np.int64), np.stack([vectors[i] for i in ids]))
+    by_query_class: dict[tuple[int, int, int], list[int]] = {}
+    for i in queries:
+        by_query_class.setdefault((blocks[i].domain, blocks[i].dtype_code, blocks[i].nbytes), []).append(i)
+    matches: dict[int, tuple[int, float]] = {}
+    for cls, ids in by_query_class.items():
+        q = np.stack([vectors[i] for i in ids])
+        qids = np.array(ids, dtype=np.int64)
+        if not exhaustive:
+            found = indexes.match(cls, q, index.RelativeL2(tolerance), query_ids=qids)
+        elif cls in by_class:
+            reps = by_class[cls]
+            found = index.exhaustive_match(np.array(reps, dtype=np.int64), np.stack([vectors[i] for i in reps]), q,
+                                           index.RelativeL2(tolerance), query_ids=qids)
+        else:
+            continue
+        for i, rep, err in zip(ids, found.ids.tolist(), found.errors.tolist()):
+            if rep >= 0:
+                matches[i] = (int(rep), float(err))
+    return matches
+
+
+def gather(store, txn, name: str):
+    """What dedup needs of one model in one snapshot: its record, its tensors, the store's
+    float blocks, which of them are private to the model, and every block as a vector."""
+    from .store import _Reader
+
+    record = store._record(txn, name)
+    reader = _Reader(store, txn, verify=True)
+    original = {t.name: reader.tensor(t) for t in record.tensors}
+    blocks = _float_blocks(store, txn)
+    own = Counter(int(i) for t in record.tensors for i in t.block_ids)
+    private = {i for i, n in own.items() if i in blocks and blocks[i].refs == n}
+    vectors = {i: _vector(reader, b) for i, b in blocks.items()}
+    return record, original, blocks, private, vectors
 
 
 def _representative_bytes(store, ids: set[int]) -> dict[int, np.ndarray]:

@@ -271,25 +271,29 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(corpus: str, workdir: str | None, repeat: int, max_accuracy_drop: float, tolerance: float) -> dict:
-    import tempfile
-
+def load_corpus(corpus: str):
+    """``(family, evaluate, page_size, block_bytes)`` for a corpus name or a folder."""
     if corpus == "digits":
         from ..corpora import digits
 
-        family, evaluate, page, block = digits.build_family(), digits.evaluate, "256KiB", "16KiB"
-    elif corpus == "minilm":
+        return digits.build_family(), digits.evaluate, "256KiB", "16KiB"
+    if corpus == "minilm":
         from ..corpora import minilm_family
 
-        family, evaluate, page, block = minilm_family.load_family(), minilm_family.evaluate, "1MiB", "64KiB"
-    else:
-        from ..formats import read_model_file
+        return minilm_family.load_family(), minilm_family.evaluate, "1MiB", "64KiB"
+    from ..formats import read_model_file
 
-        folder = Path(corpus)
-        family = {p.stem: read_model_file(p)[0] for p in sorted(folder.glob("*.safetensors"))}
-        if not family:
-            raise FileNotFoundError(f"no .safetensors files in {folder}")
-        evaluate, page, block = (lambda n, t: 0.0), "1MiB", "64KiB"
+    folder = Path(corpus)
+    family = {p.stem: read_model_file(p)[0] for p in sorted(folder.glob("*.safetensors"))}
+    if not family:
+        raise FileNotFoundError(f"no .safetensors files in {folder}")
+    return family, (lambda n, t: 0.0), "1MiB", "64KiB"
+
+
+def main(corpus: str, workdir: str | None, repeat: int, max_accuracy_drop: float, tolerance: float) -> dict:
+    import tempfile
+
+    family, evaluate, page, block = load_corpus(corpus)
     tmp = Path(tempfile.mkdtemp(prefix="ts-compare-", dir=workdir))
     try:
         return run(family, evaluate, tmp, page_size=page, block_bytes=block, repeat=repeat,

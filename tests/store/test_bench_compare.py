@@ -27,3 +27,16 @@ def test_compare_on_digits(tmp_path):
     for row in res["cache"]["by_capacity"]:
         assert all(row[p] <= row["belady"] + 1e-12 for p in ("lru", "arc", "s3fifo", "queueing"))
     assert "| store-neardup |" in compare.table(res)
+
+
+def test_lsh_recall_against_brute_force_on_digits(tmp_path):
+    import tensorstore as ts
+    from tensorstore.bench.neardup import measure
+
+    with ts.open(tmp_path / "s", "w", page_size="256KiB", block_bytes="16KiB") as s:
+        for name, tensors in digits.build_family().items():
+            s.add_model(name, tensors)
+    r = measure(tmp_path / "s", 0.05)
+    assert r["found_by_exhaustive"] > 10
+    assert r["found_by_lsh"] <= r["query_bytes"]
+    assert r["recall"] >= 0.95
