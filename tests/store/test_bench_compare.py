@@ -38,5 +38,5 @@ def test_lsh_recall_against_brute_force_on_digits(tmp_path):
             s.add_model(name, tensors)
     r = measure(tmp_path / "s", 0.05)
     assert r["found_by_exhaustive"] > 10
-    assert r["found_by_lsh"] <= r["query_bytes"]
+    assert r["found_by_lsh"] <= r["found_by_exhaustive"]  # what the LSH finds is within tolerance
     assert r["recall"] >= 0.95
