@@ -10,17 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-# `pytest` run as a script (rather than `python -m pytest`, which `make test` uses) leaves the
-# repository root off sys.path; tests/index then shadows the `index` package as a namespace
-# package and the store's dedup fails. Put the root first, before anything imports `index`.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 _COUNTS: list[tuple[str, str, object]] = []
 
