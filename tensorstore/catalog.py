@@ -10,8 +10,9 @@ Tables (one LMDB database each) and their keys:
 ``pagemeta``  page id (u64)        -> bytes used and live in the page, ids of its blocks
 ``meta``      a few fixed keys      -> store format, id counters, running totals, open pages
 
-Every record decodes through one function here, and a record that does not decode raises
-``CorruptionError``: the catalog is input like any other and is never trusted blindly.
+Every record ends with the XXH3-64 checksum of the rest and decodes through one function
+here; a record that fails its checksum or does not decode raises ``CorruptionError``: the
+catalog is input like any other and is never trusted blindly.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import struct
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import xxhash
 
+from .dtypes import DTYPES
 from .errors import CorruptionError
 
 FORMAT_NAME = "tensorstore"
@@ -31,6 +34,17 @@ ID = struct.Struct(">Q")  # big-endian ids: LMDB key order is id order
 
 def id_key(n: int) -> bytes:
     return ID.pack(n)
+
+
+def _seal(payload: bytes) -> bytes:
+    return payload + xxhash.xxh3_64_digest(payload)
+
+
+def _unseal(value, what: str) -> bytes:
+    value = bytes(value)
+    if len(value) < 8 or xxhash.xxh3_64_digest(value[:-8]) != value[-8:]:
+        raise CorruptionError(f"the catalog record of {what} failed its checksum")
+    return value[:-8]
 
 
 # -- records --------------------------------------------------------------------------
@@ -89,12 +103,12 @@ def encode_model(m: ModelRecord) -> bytes:
     }
     text = json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode()
     ids = np.concatenate([t.block_ids for t in m.tensors]) if m.tensors else np.zeros(0, np.uint64)
-    return _MODEL_MAGIC + _U32.pack(len(text)) + text + ids.astype("<u8").tobytes()
+    return _seal(_MODEL_MAGIC + _U32.pack(len(text)) + text + ids.astype("<u8").tobytes())
 
 
 def decode_model(name: str, value) -> ModelRecord:
+    value = _unseal(value, f"model {name!r}")
     try:
-        value = bytes(value)
         if value[:4] != _MODEL_MAGIC:
             raise ValueError("bad magic")
         (n,) = _U32.unpack_from(value, 4)
@@ -105,6 +119,9 @@ def decode_model(name: str, value) -> ModelRecord:
             count = int(t["blocks"])
             shape = tuple(int(d) for d in t["shape"])
             step, nbytes = int(t["step"]), int(t["nbytes"])
+            dtype = DTYPES[str(t["dtype"])]  # KeyError: an unknown dtype
+            if step <= 0 or any(d < 0 for d in shape) or int(np.prod(shape, dtype=object)) * dtype.itemsize != nbytes:
+                raise ValueError(f"tensor {t['name']!r}: shape {shape} of {t['dtype']} does not make {nbytes} bytes")
             if count != (-(-nbytes // step) if nbytes else 0) or at + count > len(ids):
                 raise ValueError(f"tensor {t['name']!r} has {count} blocks for {nbytes} bytes")
             tensors.append(TensorRecord(str(t["name"]), str(t["dtype"]), shape, nbytes, step, ids[at : at + count]))
@@ -145,12 +162,13 @@ def hash_key(domain: int, digest: bytes) -> bytes:
 
 
 def encode_block(b: BlockRecord) -> bytes:
-    return _BLOCK.pack(b.page_id, b.offset, b.nbytes, b.refs, b.dtype_code, b.domain, b.digest)
+    return _seal(_BLOCK.pack(b.page_id, b.offset, b.nbytes, b.refs, b.dtype_code, b.domain, b.digest))
 
 
 def decode_block(block_id: int, value) -> BlockRecord:
+    value = _unseal(value, f"block {block_id}")
     try:
-        return BlockRecord(block_id, *_BLOCK.unpack(bytes(value)))
+        return BlockRecord(block_id, *_BLOCK.unpack(value))
     except struct.error as exc:
         raise CorruptionError(f"the catalog record of block {block_id} is damaged ({exc})") from exc
 
@@ -167,12 +185,12 @@ _PAGE = struct.Struct("<II")
 
 
 def encode_page(p: PageRecord) -> bytes:
-    return _PAGE.pack(p.used, p.live) + np.asarray(p.block_ids, dtype="<u8").tobytes()
+    return _seal(_PAGE.pack(p.used, p.live) + np.asarray(p.block_ids, dtype="<u8").tobytes())
 
 
 def decode_page(page_id: int, value) -> PageRecord:
+    value = _unseal(value, f"page {page_id}")
     try:
-        value = bytes(value)
         used, live = _PAGE.unpack_from(value)
         if (len(value) - _PAGE.size) % 8:
             raise ValueError("block id list is cut")
@@ -201,11 +219,12 @@ class StoreState:
     domains: dict[str, int] = field(default_factory=lambda: {"": 0})  # dedup domain -> id
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return _seal(json.dumps(asdict(self), separators=(",", ":")).encode())
 
     @classmethod
     def decode(cls, value) -> "StoreState":
+        value = _unseal(value, "the store's state")
         try:
-            return cls(**json.loads(bytes(value)))
+            return cls(**json.loads(value))
         except Exception as exc:
             raise CorruptionError(f"the store's state record is damaged ({exc})") from exc

@@ -18,13 +18,14 @@ from typing import Iterator, TypeVar
 
 import lmdb
 
-from .errors import CorruptionError, ReadOnlyError, StoreError, StoreFullError
+from .errors import CorruptionError, NotAStoreError, ReadOnlyError, StoreError, StoreFullError
 
 T = TypeVar("T")
 
 DATA_FILE = "data.mdb"
 DB_NAMES = ("meta", "models", "blocks", "hashes", "pages", "pagemeta", "replacements")
 _MIN_MAP = 256 << 20
+_MIN_LMDB_PAGE = 4096  # a data file shorter than its two meta pages is no LMDB file
 _MAX_GROW_ATTEMPTS = 16
 
 
@@ -46,6 +47,8 @@ class Environment:
         self.readonly = readonly
         data = self.path / DATA_FILE
         size = data.stat().st_size if data.exists() else 0
+        if data.exists() and size < 2 * _MIN_LMDB_PAGE:
+            raise NotAStoreError(f"{data} is {size} bytes: too short to hold a store (empty or cut)")
         try:
             self.env = lmdb.open(
                 str(self.path),
@@ -60,7 +63,21 @@ class Environment:
                 readahead=True,
             )
         except lmdb.Error as exc:
+            if isinstance(exc, (lmdb.InvalidError, lmdb.VersionMismatchError)):
+                raise NotAStoreError(f"{data} is not an LMDB data file ({exc})") from exc
+            if isinstance(exc, lmdb.ReadonlyError) or _errno_of(exc) in (errno.EACCES, errno.EROFS):
+                raise ReadOnlyError(f"cannot open the store at {self.path} for writing ({exc}); open it with mode 'r'") from exc
             raise _translate(exc, f"cannot open the store at {self.path}") from exc
+        # LMDB maps the file and trusts it to be as long as its meta page says: a cut file
+        # would kill the process with SIGBUS on the first read past its end.
+        info, psize = self.env.info(), self.env.stat()["psize"]
+        needed = (info["last_pgno"] + 1) * psize
+        if size and size < needed:
+            self.env.close()
+            raise CorruptionError(f"{data} is cut short: {size} bytes, but its pages run to {needed}; restore it from a copy")
+        # Slots of reader processes that died inside a read transaction pin old pages and
+        # stop LMDB from reusing space; clear them now and before each write.
+        self.env.reader_check()
         self._write_lock = threading.Lock()
         self.verified_pages: set[int] = set()  # see PageFile.verified
         self.live_views = 0  # zero-copy views handed out by readers and still referenced
@@ -70,7 +87,7 @@ class Environment:
             self.dbs = {n: self.env.open_db(n.encode(), create=not readonly) for n in DB_NAMES}
         except lmdb.Error as exc:
             self.env.close()
-            raise CorruptionError(f"{self.path} is an LMDB environment without the store's databases: {exc}") from exc
+            raise NotAStoreError(f"{self.path} is an LMDB environment without the store's databases: {exc}") from exc
 
     # -- transactions ---------------------------------------------------------------
 
@@ -98,6 +115,7 @@ class Environment:
         if self.readonly:
             raise ReadOnlyError(f"the store at {self.path} is open read-only; open it with mode 'r+' or 'a' to change it")
         with self._write_lock:
+            self.env.reader_check()
             if expect_bytes:
                 self._ensure_room(expect_bytes)
             for _ in range(_MAX_GROW_ATTEMPTS):
@@ -109,12 +127,19 @@ class Environment:
                 except lmdb.MapResizedError:
                     self.env.set_mapsize(0)
                 except lmdb.Error as exc:
+                    if _errno_of(exc) == errno.EIO and self._disk_nearly_full(expect_bytes):
+                        # A full disk reaches LMDB as a short write, which it reports as EIO.
+                        raise StoreFullError(f"the disk under {self.path} is full; the store was left as it was") from exc
                     raise _translate(exc, f"writing to the store at {self.path} failed") from exc
                 except OSError as exc:
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise StoreFullError(f"the disk under {self.path} is full; the store was left as it was") from exc
                     raise
             raise StoreFullError(f"the store at {self.path} could not grow its map after {_MAX_GROW_ATTEMPTS} attempts")
+
+    def _disk_nearly_full(self, expect_bytes: int) -> bool:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize < max(expect_bytes, 1 << 20) + (16 << 20)
 
     def _ensure_room(self, expect_bytes: int) -> None:
         info = self.env.info()
@@ -166,6 +191,14 @@ def acquire(path: Path, *, readonly: bool, create: bool = False) -> Environment:
 def is_open(path: Path) -> bool:
     """Whether this process holds the store at ``path`` open."""
     return Path(path).resolve() in _shared
+
+
+def _errno_of(exc: lmdb.Error) -> int | None:
+    """The errno an LMDB error carries (py-lmdb puts it in the message, e.g. "...: Input/output error")."""
+    for code in (errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+        if os.strerror(code) in str(exc):
+            return code
+    return None
 
 
 def _translate(exc: lmdb.Error, doing: str) -> StoreError:

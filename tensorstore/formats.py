@@ -51,15 +51,43 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                _check_npy_member(path, zf, info)
         with np.load(path, allow_pickle=False) as archive:
             tensors = {name: archive[name] for name in archive.files}
     except ValueError as exc:
         if "pickle" in str(exc).lower() or "object" in str(exc).lower():
             raise FileFormatError(f"{path} holds pickled Python objects; they are refused, never unpickled") from None
         raise FileFormatError(f"{path} is not a valid .npz file: {exc}") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, KeyError) as exc:
         raise FileFormatError(f"{path} is not a valid .npz file: {exc}") from None
+    for name, value in tensors.items():
+        if not isinstance(value, np.ndarray):  # np.load hands back raw bytes for non-.npy members
+            raise FileFormatError(f"{path}: member {name!r} is not a .npy array")
     return tensors, {"source": path.name, "format": "npz"}
+
+
+def _check_npy_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Refuse a member whose header declares more data than the member holds, before
+    numpy allocates what the header asks for (a 200-byte file may declare terabytes)."""
+    if not info.filename.endswith(".npy"):
+        raise FileFormatError(f"{path}: member {info.filename!r} is not a .npy array")
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f, max_header_size=10000)
+        except Exception as exc:  # numpy raises ValueError or SyntaxError on a bad header
+            raise FileFormatError(f"{path}: member {info.filename!r} has a damaged .npy header ({exc})") from None
+        header = f.tell()
+    if dtype.hasobject:
+        raise FileFormatError(f"{path} holds pickled Python objects; they are refused, never unpickled")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > info.file_size - header:
+        raise FileFormatError(
+            f"{path}: member {info.filename!r} declares {declared} bytes of data but holds {info.file_size - header}"
+        )
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:

@@ -184,10 +184,7 @@ class Store:
 
     @classmethod
     def _open_existing(cls, path: Path, *, readonly: bool, page_size: int | None, block_bytes: int | None) -> "Store":
-        try:
-            env = acquire(path, readonly=readonly)
-        except CorruptionError as exc:
-            raise NotAStoreError(f"{path} is not a store: {exc}") from exc
+        env = acquire(path, readonly=readonly)
         try:
             with env.read() as txn:
                 raw = txn.get(_FORMAT_KEY, db=env.dbs["meta"])

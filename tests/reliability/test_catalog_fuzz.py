@@ -24,7 +24,7 @@ from support import random_model
 
 import tensorstore as ts
 from tensorstore import catalog as cat
-from reliability.common import BLOCK_BYTES, PAGE_SIZE, env_int, raw_env
+from reliability_common import BLOCK_BYTES, PAGE_SIZE, env_int, raw_env
 
 _FUZZ = env_int("TS_FUZZ_EXAMPLES", 200)
 _SETTINGS = settings(max_examples=_FUZZ, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -231,27 +231,17 @@ def test_verify_reports_damaged_model_records_without_raising(flip_sweep, counts
     assert unnoticed == [], unnoticed[:3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: load_model on a damaged model record raises ValueError ('cannot reshape array of "
-    "size 4096 into shape (74,64)') or InvalidTensorError ('unknown dtype name') instead of "
-    "CorruptionError: decode_model checks block counts but not that shape x itemsize == nbytes "
-    "or that the dtype is known. Repro: rewrite the record with '\"shape\":[201,64]' for "
-    "'\"shape\":[200,64]' (see test_damaged_shape_or_dtype_raise_corruption_error).",
-)
 def test_load_of_a_damaged_model_record_raises_only_corruption_error(flip_sweep):
     wrong = [r for r in flip_sweep if r[2] not in ("exact", "different", "CorruptionError")]
     assert wrong == [], f"{len(wrong)} of {len(flip_sweep)} flips, e.g. {wrong[:2]}"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: see test_load_of_a_damaged_model_record_raises_only_corruption_error")
 @pytest.mark.parametrize("old, new", [(b'"shape":[200,64]', b'"shape":[201,64]'), (b'"dtype":"F32"', b'"dtype":"F06"')])
 def test_damaged_shape_or_dtype_raise_corruption_error(record_store, old, new):
     path, original = record_store
-    assert original.count(old) == 1
+    assert original.count(old) >= 1
     head_len = struct.unpack_from("<I", original, 4)[0]
-    value = original[:8] + original[8 : 8 + head_len].replace(old, new) + original[8 + head_len :]
+    value = original[:8] + original[8 : 8 + head_len].replace(old, new, 1) + original[8 + head_len :]
     value = value[:4] + struct.pack("<I", head_len + len(new) - len(old)) + value[8:]
     _put_record(path, value)
     try:
@@ -262,13 +252,6 @@ def test_damaged_shape_or_dtype_raise_corruption_error(record_store, old, new):
     assert load == "CorruptionError", load
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="GAP: catalog records carry no checksum (only pages do), so some single-bit flips in a "
-    "model record (a tensor's name, a metadata value) change what load_model returns while "
-    "verify() still passes. Repro: flip a bit inside a tensor name in the 'models' record.",
-)
 def test_every_damaging_flip_in_a_model_record_is_detected(flip_sweep, counts):
     silent = [r for r in flip_sweep if r[2] == "different" and r[3] == "ok"]
     counts("flips that changed the loaded model with verify() passing", len(silent))

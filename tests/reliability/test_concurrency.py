@@ -19,7 +19,7 @@ import pytest
 
 import tensorstore as ts
 import tensorstore.environment as environment
-from reliability.common import BLOCK_BYTES, PAGE_SIZE, check_model, env_int, expected_model, raw_env, worker
+from reliability_common import BLOCK_BYTES, PAGE_SIZE, check_model, env_int, expected_model, raw_env, worker
 
 STYLES = ("model", "cache", "tensor", "verify")
 
@@ -145,15 +145,6 @@ def test_a_writer_killed_holding_the_lock_does_not_block_the_next(small_store):
         assert check_model("m0", s.load_model("m0")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a reader process killed inside a read transaction leaves a stale LMDB reader slot; "
-    "the store never calls reader_check(), so while any other process keeps the store open the "
-    "dead reader's snapshot stays pinned, freed pages are never reused and data.mdb grows with "
-    "every write (and the 512-slot table can fill). Repro: SIGKILL a process inside "
-    "store.env.read() while another holds the store open; the dead pid stays in readers().",
-)
 def test_a_killed_readers_slot_is_reclaimed(small_store, counts):
     keeper = worker("keep_open", small_store)  # a long-lived process: the table is never reset
     keeper.expect("ready")
@@ -177,7 +168,7 @@ def test_a_killed_readers_slot_is_reclaimed(small_store, counts):
 def test_the_consistency_check_catches_torn_and_damaged_models():
     # The soak is only as good as check_model: a model mixing two versions, or with one
     # byte changed, must fail it.
-    from reliability.common import expected_tensor
+    from reliability_common import expected_tensor
 
     assert check_model("m3", expected_model("m3", 7)) == 7
     torn = expected_model("m3", 7) | {"fresh": expected_tensor("m3", 8, "fresh")}

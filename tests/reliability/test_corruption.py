@@ -22,7 +22,7 @@ import pytest
 from support import random_model
 
 import tensorstore as ts
-from reliability.common import BLOCK_BYTES, PAGE_SIZE, env_int, raw_env, worker
+from reliability_common import BLOCK_BYTES, PAGE_SIZE, env_int, raw_env, worker
 
 PAGE_BYTES = 64 << 10
 VALUE_BYTES = PAGE_BYTES + 8  # payload + XXH3-64 checksum
@@ -188,29 +188,11 @@ def test_a_file_cut_inside_its_meta_pages_is_not_a_store(built, tmp_path, size, 
     counts(f"opening data.mdb cut to {size} bytes raises", _short(got, path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: opening a data.mdb truncated to 0 bytes with mode 'r' raises the base StoreError "
-    "'cannot open the store at P: P: Bad file descriptor' (not a subclass, and the message does "
-    "not say the file is empty or damaged). Repro: truncate -s 0 P/data.mdb; rm P/lock.mdb; "
-    "ts.open(P, 'r').",
-)
 def test_an_empty_data_file_is_a_clear_error(built, tmp_path):
     got = _open_elsewhere(_damaged(built, tmp_path, lambda b: b""))
     assert got["result"] in ("NotAStoreError", "CorruptionError"), got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a data.mdb truncated after its meta pages kills the process with SIGBUS: LMDB maps "
-    "the file and reads pages past its end, and nothing compares the file size with LMDB's last "
-    "page (env.info()['last_pgno']) on open. Cut to 8192 bytes or to half: ts.open() dies in "
-    "Environment.__init__ (open_db); cut by 64 KiB: ts.open() succeeds and list(store) dies. "
-    "Repro: truncate -s 8192 P/data.mdb; python -c \"import tensorstore as ts; ts.open('P', 'r')\" "
-    "-> exit 135 (Bus error).",
-)
 @pytest.mark.parametrize("cut", ["8192 bytes", "half", "all but 64 KiB"])
 def test_a_truncated_data_file_is_a_clear_error(built, tmp_path, cut):
     keep = {"8192 bytes": lambda n: 8192, "half": lambda n: n // 2, "all but 64 KiB": lambda n: n - 65536}[cut]

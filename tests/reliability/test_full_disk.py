@@ -78,14 +78,6 @@ def test_a_full_disk_leaves_the_store_whole(mount_tmpfs, counts):
         assert s.verify().ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: on a full disk add_model raises the base StoreError('writing to the store at ... "
-    "failed: mdb_txn_commit: Input/output error'), not StoreFullError: LMDB reports the short "
-    "pwrite of a full disk as EIO, and environment._translate only maps lmdb.DiskError (ENOSPC). "
-    "Repro: mount -t tmpfs -o size=64m tmpfs D; add 2 MiB models to a store in D until one fails.",
-)
 def test_a_full_disk_raises_store_full_error(mount_tmpfs):
     _, _, exc, _, _ = _fill(mount_tmpfs("64m"))
     assert isinstance(exc, ts.StoreFullError), f"{type(exc).__name__}: {exc}"

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from support import random_model, snapshot
 
 import tensorstore as ts
-from reliability.common import BLOCK_BYTES, PAGE_SIZE, env_int
+from reliability_common import BLOCK_BYTES, PAGE_SIZE, env_int
 
 HOSTILE = [
     # path separators and traversal

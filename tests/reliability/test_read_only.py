@@ -17,7 +17,7 @@ import pytest
 from support import random_model
 
 import tensorstore as ts
-from reliability.common import BLOCK_BYTES, PAGE_SIZE, file_state
+from reliability_common import BLOCK_BYTES, PAGE_SIZE, file_state
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Worker processes of the reliability tests: ``python workers.py ROLE ARGS...``.
+"""Worker processes of the reliability tests: ``python reliability_workers.py ROLE ARGS...``.
 
 Each role prints ``ready`` when it is set up, then one JSON line with what it saw, and
 exits 0; a failed check exits non-zero with the traceback on stderr.
@@ -15,7 +15,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402  (this file runs as a script, beside common.py)
+import reliability_common as common  # noqa: E402  (this file runs as a script, beside it)
 
 import tensorstore as ts  # noqa: E402
 import tensorstore.environment as environment  # noqa: E402

@@ -1,7 +1,7 @@
 """Helpers shared by the reliability tests and the worker processes they start.
 
-Imported by the tests as ``reliability.common`` and by ``workers.py`` (run as a script) as
-``common``: nothing here may depend on pytest.
+Imported by the tests as ``reliability_common`` and by ``reliability_workers.py`` (run as a script),
+beside it: nothing here may depend on pytest.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-WORKERS = HERE / "workers.py"
+WORKERS = HERE / "reliability_workers.py"
 PYTHON = sys.executable
 
 # Small pages and blocks: a model of a few hundred KiB spans many blocks and pages.
@@ -105,7 +105,7 @@ def check_model(name: str, got: dict[str, np.ndarray]) -> int:
 
 
 class Worker:
-    """A worker process (``workers.py ROLE ARGS``) whose output lines are read by a thread,
+    """A worker process (``reliability_workers.py ROLE ARGS``) whose output lines are read by a thread,
     so that waiting for a line has a timeout and a stuck worker fails the test, not hangs it."""
 
     def __init__(self, *args: object) -> None:
