@@ -99,10 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_verify)
 
     b = sub.add_parser("bench", help="compare the store with the alternatives on a model family (docs/benchmarks.md)")
-    b.add_argument("--suite", choices=["compare", "core", "chunking", "neardup"], default="compare",
+    b.add_argument("--suite", choices=["compare", "core", "chunking", "neardup", "packing"], default="compare",
                    help="compare: against safetensors, chunk dedup, zstd, tensor dedup (default); "
                         "core: ingest/load speed, sizes, scaling; chunking: row-aligned blocks against 2-D tiles; "
-                        "neardup: LSH recall against brute force and search speed")
+                        "neardup: LSH recall against brute force and search speed; packing: every packer on the store's layout")
     b.add_argument("--corpus", default="digits", help="digits (default), minilm, or a folder of .safetensors files")
     b.add_argument("--repeat", type=int, default=5, help="runs per timing; the median is reported")
     b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
@@ -276,6 +276,19 @@ def _bench(args) -> int:
         return _bench_chunking(args)
     if args.suite == "compare":
         return _bench_compare(args)
+    if args.suite == "packing":
+        from .bench import packing_suite
+
+        rows = packing_suite.main(args.corpus, args.workdir)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                print(f"{r['algorithm']:<10} pages {r['pages']} (bound {r['lower_bound_pages']}, x{r['pages_over_bound']:.4f}); "
+                      f"per-tensor reads x{r['tensor_reads_over_bound']:.4f} of bound; per-model reads "
+                      f"{r['model_pages_read_mean']:.1f} (bound {r['model_pages_read_bound_mean']:.1f}); "
+                      f"{r['solve_seconds']:.1f} s, {r['status']}")
+        return 0
     if args.suite == "neardup":
         from .bench import neardup
 
@@ -336,9 +349,14 @@ def _bench_chunking(args) -> int:
     from .bench.chunking import study
     from .corpora import digits
 
-    if args.corpus != "digits":
-        raise _UsageError("the chunking study needs a fine-tuned family; only --corpus digits has one so far")
-    rows = study(digits.build_family(), digits.FAMILY[0].name)
+    if args.corpus == "digits":
+        rows = study(digits.build_family(), digits.FAMILY[0].name)
+    elif args.corpus == "minilm":
+        from .corpora import minilm_family
+
+        rows = study(minilm_family.load_family(), "minilm-base")
+    else:
+        raise _UsageError("the chunking study needs a fine-tuned family with a base: --corpus digits or minilm")
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

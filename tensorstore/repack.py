@@ -21,9 +21,12 @@ from .catalog import BlockRecord, PageRecord, id_key
 from .reports import PackReport
 
 
-def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, time_limit: float) -> PackReport:
-    dbs = store.env.dbs
-    state = store._state(txn)
+def catalog_problem(store, txn: lmdb.Transaction):
+    """The store's layout question as plain data for ``packing``.
+
+    Returns ``(models, tensors, blocks)``: model -> its tensor keys, tensor key -> its distinct
+    block ids in order, block id -> its record.
+    """
     models: dict[str, list[str]] = {}
     tensors: dict[str, list[int]] = {}
     for m in store._iter_records(txn):
@@ -34,18 +37,29 @@ def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, tim
             keys.append(key)
         models[m.name] = keys
     blocks: dict[int, BlockRecord] = {}
-    with txn.cursor(db=dbs["blocks"]) as cur:
+    with txn.cursor(db=store.env.dbs["blocks"]) as cur:
         for k, v in cur:
             block_id = cat.ID.unpack(bytes(k))[0]
             blocks[block_id] = cat.decode_block(block_id, v)
+    return models, tensors, blocks
+
+
+def packing_problem(store, models, tensors, blocks) -> "packing.PackingProblem":
+    return packing.PackingProblem.from_tensors(
+        tensors, {i: b.nbytes for i, b in blocks.items()}, store.page_size, models=models, alignment=ALIGN
+    )
+
+
+def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, time_limit: float) -> PackReport:
+    dbs = store.env.dbs
+    state = store._state(txn)
+    models, tensors, blocks = catalog_problem(store, txn)
     before = _pages_read(models, tensors, {i: b.page_id for i, b in blocks.items()})
     old_pages = store._pages.ids(txn)
     if not blocks:
         return PackReport(algorithm, "empty", 0.0, len(old_pages), 0, 0, {}, {}, {})
 
-    problem = packing.PackingProblem.from_tensors(
-        tensors, {i: b.nbytes for i, b in blocks.items()}, store.page_size, models=models, alignment=ALIGN
-    )
+    problem = packing_problem(store, models, tensors, blocks)
     result = packing.pack(problem, algorithm, read_weight=read_weight, time_limit=time_limit)
     placement = result.placement()
 

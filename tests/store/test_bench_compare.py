@@ -40,3 +40,14 @@ def test_lsh_recall_against_brute_force_on_digits(tmp_path):
     assert r["found_by_exhaustive"] > 10
     assert r["found_by_lsh"] <= r["found_by_exhaustive"]  # what the LSH finds is within tolerance
     assert r["recall"] >= 0.95
+
+
+def test_packing_suite_on_digits(tmp_path):
+    from tensorstore.bench import packing_suite
+
+    rows = {r["algorithm"]: r for r in packing_suite.main("digits", str(tmp_path), time_limit=2.0)}
+    assert set(rows) == {"baseline", "greedy-1", "greedy-2", "two-stage"}
+    for r in rows.values():
+        assert r["pages"] >= r["lower_bound_pages"] and r["tensor_reads_over_bound"] >= 1.0
+        assert r["model_pages_read_mean"] >= r["model_pages_read_bound_mean"]
+    assert rows["two-stage"]["pages"] <= min(rows["greedy-2"]["pages"], rows["baseline"]["pages"])
