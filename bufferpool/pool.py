@@ -133,7 +133,7 @@ class BufferPool:
         writes the page into ``frame`` (a writable memoryview of ``page_bytes`` bytes, e.g.
         with ``os.preadv``) and returns the number of bytes written.
     **policy_options
-        Passed to the policy's constructor (e.g. ``half_life=200`` for ``"queueing"``).
+        Passed to the policy's constructor (e.g. ``hazard=0.01`` for ``"queueing"``).
 
     Examples
     --------
@@ -330,7 +330,8 @@ class BufferPool:
             entry.nbytes = nbytes
             entry.view = self._readonly[start : start + nbytes]
             self._bytes_loaded += nbytes
-            self._replacer.set_page_bytes(page_id, nbytes, self._page_bytes)
+            if nbytes < self._page_bytes:  # (a page starts out as a full one)
+                self._replacer.set_page_bytes(page_id, nbytes, self._page_bytes)
             entry.loading = False
             waiters = entry.loaded  # read under the lock: no waiter can add one after this
         if waiters is not None:

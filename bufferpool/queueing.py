@@ -1,20 +1,20 @@
 r"""Queueing-model priority: evict the page whose reuse is least likely, per byte and reload cost.
 
 The model (SPEC §6). Each model's requests form a Poisson stream whose rate is estimated
-online with exponential decay; a page is needed by every request of every model that uses
-it, so its requests are the superposition of those streams — again Poisson, with the sum of
-the rates. The clock ticks once per :meth:`QueueingReplacer.note_request`, so rates are in
-"requests of that model per request overall". Precisely, at clock time ``T``:
+online; a page is needed by every request of every model that uses it, so its requests are
+the superposition of those streams — again Poisson, with the sum of the rates. The clock
+ticks once per :meth:`QueueingReplacer.note_request`, so rates are in "requests of that
+model per request overall". Precisely, at clock time ``T``:
 
 .. code-block:: text
 
-    r_m  = share of requests that are for model m, from exponentially decayed counts
-           (half-life h), restarted when a CUSUM test detects a shift (see bufferpool.rates)
+    r_m  = probability that the next request is for model m: by default the posterior
+           predictive of a Bayesian online changepoint detector (bufferpool.rates)
     λ_p  = sum of r_m over the models m that need page p           (from set_sharing)
     W    = F / ℓ                                    the horizon, by Little's law: a page stays
                                                     resident ~W requests when F frames turn
                                                     over at ℓ loads per request (ℓ: moving
-                                                    average, same half-life as the rates)
+                                                    average, half-life 400 requests)
     P_p  = 1 - exp(-λ_p * W)                        P(p is requested within the horizon)
     v_p  = P_p * (o + n_p) / B                      expected reload cost saved per frame byte
 
@@ -29,46 +29,62 @@ order, so the page read last is the one needed last — Belady's choice. When on
 model fits, this keeps a stable part resident that every request hits, where LRU would cycle
 every page through the cache and hit nothing.
 
+One exception (``protect_request``): while a request for model ``m`` is being served, a page
+of ``m`` that this request has not read yet will be read within the request — its next use
+is the nearest of all — so a class holding such pages is passed over (when ``m`` fits in the
+cache; if every candidate is such a page, the best one goes anyway).
+
 Efficiency. Pages needed by the same set of models have the same ``λ_p`` at all times, so
 pages are grouped into *sharing classes* (one per distinct set: the base, each group, each
-model's private pages ...). Each class keeps a lazy heap of its evictable pages; a lazy heap
-of classes, keyed by the value of each class's best victim, picks the class. An eviction
-costs O(log classes + log pages), not O(frames). Class values are recomputed (O(classes +
-Σ models per class)) at the first eviction after every ``revalue_every`` requests and at
-once after a detected shift; in between, rates move by about 1/(half-life) per request, so
-the order of classes barely changes (measured: hit ratios within 0.1 point of recomputing
-on every request).
+model's private pages ...). Each class keeps its pages in access order (an ``OrderedDict``;
+pages lighter than a full frame apart), and a lazy heap of classes is keyed by the value of
+each class's best victim. Keys change only when rates are recomputed or when a lighter
+page arrives, so an access or an unpin pushes nothing; a key that grew (its lightest page
+left) is corrected when it reaches the top. An eviction costs O(log classes) amortised, an
+access O(1). Rates, ``W`` and every class's value are recomputed in :meth:`note_request` —
+per request, not per miss — every ``revalue_every`` requests and at once after a detected
+shift; in between, rates move by about 1/(requests seen) per request.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
 from heapq import heapify, heappop, heappush
+from typing import Any
 
 from ._checks import positive_float, positive_int, sharing_map
 from .errors import InvalidArgumentError, InvalidTypeError
-from .rates import RateEstimator, RequestRates
+from .rates import ChangepointRates, RateEstimator, RequestRates
 from .replacer import Replacer
 
 _NO_MODELS: frozenset[Hashable] = frozenset()
 _MAX_HORIZON = 1e12  # requests; stands in for "no loads seen yet"
+_LOAD_HALF_LIFE = 400.0  # requests; the moving average of loads per request (Little's law)
+_UNSET: Any = object()  # "not given" for options whose None means something
 
 
 class _SharingClass:
     """The tracked pages needed by exactly one set of models (so all have the same λ)."""
 
-    __slots__ = ("models", "rank", "serial", "members", "heap", "version", "rate", "prob")
+    __slots__ = (
+        "models", "rank", "serial", "pages", "light", "entry", "entry_weight", "rate", "prob", "epoch",
+    )
 
     def __init__(self, models: frozenset[Hashable], serial: int) -> None:
         self.models = models
         self.rank = 1 if models else 0  # on a tie, pages of no known model go first
         self.serial = serial
-        self.members: set[int] = set()
-        self.heap: list[tuple[float, int, int]] = []  # (weight, order, page), lazily cleaned
-        self.version = 0  # bumped whenever the class's entry in the class heap is replaced
+        # Full pages -> sequence number of their last access, least recent first.
+        self.pages: OrderedDict[int, int] = OrderedDict()
+        # Pages lighter than a full frame (cheaper to reload) -> (weight, sequence number).
+        self.light: dict[int, tuple[float, int]] = {}
+        self.entry: tuple | None = None  # this class's live entry in the class heap
+        self.entry_weight = 1.0  # the weight that entry was computed with
         self.rate = 0.0  # λ of every page in the class
-        self.prob = math.nan  # P(requested within the horizon); NaN: to be computed
+        self.prob = 0.0  # P(requested within the horizon)
+        self.epoch = -1  # revaluation at which rate and prob were computed
 
 
 class QueueingReplacer(Replacer):
@@ -78,21 +94,26 @@ class QueueingReplacer(Replacer):
     ----------
     capacity
         Number of frames ``F``.
-    half_life
-        Half-life of the rate estimates, in requests. Long is precise under a steady
-        popularity; shifts are caught by the restart test, not by a short half-life.
-    fast_half_life, change_threshold
-        The shift test's fast counts and threshold (``None``: no restarts); see
-        :class:`bufferpool.rates.RequestRates`.
+    hazard, prior, hypotheses
+        The default rate estimator's prior probability of a popularity change per request,
+        Dirichlet pseudo-count and number of run hypotheses; see
+        :class:`bufferpool.rates.ChangepointRates`.
+    half_life, fast_half_life, change_threshold
+        Giving any of these selects the older estimator, exponentially decayed counts
+        restarted by a CUSUM test (:class:`bufferpool.rates.RequestRates`, defaults 400,
+        10 and 5.0; ``change_threshold=None``: no restarts); ``half_life`` then also sets
+        the averaging of loads per request for ``W``.
     horizon
         Fixed horizon ``W`` in requests; ``None`` (default) estimates it by Little's law.
     read_overhead_bytes
         Fixed cost ``o`` of one page read, in byte-equivalents.
     rates
-        Another estimator of ``r_m`` (replacing the three options above), e.g. the true
+        Another estimator of ``r_m`` (replacing the options above), e.g. the true
         rates of a synthetic workload, to measure how much estimation costs.
     revalue_every
         Requests between two recomputations of every class's value.
+    protect_request
+        Pass over pages that the request being served has still to read (see above).
     """
 
     name = "queueing"
@@ -101,20 +122,31 @@ class QueueingReplacer(Replacer):
         self,
         capacity: int,
         *,
-        half_life: float = 400.0,
-        fast_half_life: float = 10.0,
-        change_threshold: float | None = 5.0,
+        hazard: float = 1e-3,
+        prior: float = 0.5,
+        hypotheses: int = 8,
+        half_life: float | None = _UNSET,
+        fast_half_life: float | None = _UNSET,
+        change_threshold: float | None = _UNSET,
         horizon: float | None = None,
         read_overhead_bytes: int = 64 * 1024,
         rates: RateEstimator | None = None,
         revalue_every: int = 4,
+        protect_request: bool = True,
     ) -> None:
         super().__init__(capacity)
+        legacy = {k: v for k, v in (("half_life", half_life), ("fast_half_life", fast_half_life),
+                                    ("change_threshold", change_threshold)) if v is not _UNSET}
         if rates is None:
-            rates = RequestRates(half_life, fast_half_life, change_threshold)
+            if legacy:
+                rates = RequestRates(**{"half_life": 400.0, "fast_half_life": 10.0,
+                                        "change_threshold": 5.0, **legacy})
+            else:
+                rates = ChangepointRates(hazard, prior, hypotheses)
         self._rates = rates
-        # Little's law: loads per request, averaged with the rates' half-life.
-        self._load_decay = 0.5 ** (1.0 / positive_float(half_life, "half_life"))
+        load_half_life = legacy.get("half_life", _LOAD_HALF_LIFE)
+        # Little's law: loads per request, averaged with a half-life of some hundred requests.
+        self._load_decay = 0.5 ** (1.0 / positive_float(load_half_life, "half_life"))
         self._loads_per_request = 0.0  # decayed sum of loads per request ...
         self._requests_weight = 0.0  # ... and of requests: their ratio is the average
         self._loads_now = 0  # loads since the last request
@@ -124,21 +156,28 @@ class QueueingReplacer(Replacer):
         if read_overhead_bytes < 0:
             raise InvalidArgumentError(f"read_overhead_bytes must be >= 0, got {read_overhead_bytes}")
         self._overhead = read_overhead_bytes
+        self._revalue_every = positive_int(revalue_every, "revalue_every")
+        self._protect = bool(protect_request)
         self._clock = 0  # requests noted so far
-        self._seq = 0  # access counter: the LRU order of pages of no known model
+        self._seq = 0  # access counter: the order of pages within a class
         self._serial = 0
         self._horizon = _MAX_HORIZON
+        self._horizon_known = horizon is not None
         self._sharing: dict[int, frozenset[Hashable]] = {}
+        self._model_size: dict[Hashable, int] = {}  # pages each model needs
         self._classes: dict[frozenset[Hashable], _SharingClass] = {}
+        self._classes_of_model: dict[Hashable, list[_SharingClass]] = {}  # classes seen so far
+        self._class_cache: dict[int, _SharingClass] = {}  # page -> its class, tracked or not
+        self._class_of: dict[int, _SharingClass] = {}  # tracked page -> its class
         self._occupied: set[_SharingClass] = set()  # classes with tracked pages
-        self._class_of: dict[int, _SharingClass] = {}
-        self._key: dict[int, tuple[float, int]] = {}  # page -> (weight, order) within its class
-        self._live: dict[int, tuple[float, int]] = {}  # page -> key of its entry in its class heap
-        self._heap: list[tuple[float, float, int, int, int, _SharingClass]] = []
-        self._valued_at = -math.inf  # clock time at which class values were last computed
-        self._revalue_every = positive_int(revalue_every, "revalue_every")
+        self._heap: list[tuple] = []  # (value, λ, rank, serial, class); lazily cleaned
+        self._epoch = 0
+        self._rate_of: dict[Hashable, float] = {}  # model rates at the last revaluation
+        self._valued_at = -math.inf  # clock time of the last revaluation
         self._restarts = 0
-        self._dirty: set[_SharingClass] = set()  # classes whose best victim may have changed
+        self._current: Hashable | None = None  # the model of the request being served
+        self._request_start = 0  # self._seq when that request was noted
+        self._guarded: Hashable | None = None  # that model, if it fits (see protect_request)
 
     # -- hints ----------------------------------------------------------------------------
     def note_request(self, model: Hashable) -> None:
@@ -151,106 +190,168 @@ class QueueingReplacer(Replacer):
             self._requests_weight = self._load_decay * self._requests_weight + 1.0
             self._loads_now = 0
         self._clock += 1
+        self._current = model
+        self._request_start = self._seq
+        self._guarded = (
+            model if self._protect and 0 < self._model_size.get(model, 0) <= self.capacity else None
+        )
         self._rates.observe(model, self._clock)
         restarts = getattr(self._rates, "restarts", 0)
-        if restarts != self._restarts:  # popularity shifted: the old values are stale now
+        if (
+            restarts != self._restarts  # a detected shift makes the old values stale at once
+            or self._clock - self._valued_at >= self._revalue_every
+            or (not self._horizon_known and self._loads_per_request > 0.0)  # W can be estimated now
+        ):
             self._restarts = restarts
-            self._valued_at = -math.inf
+            self._revalue()
+        else:  # the requested model's rate moved most: its classes valued from now on (pages
+            # coming back) use the new one; the others wait for the next revaluation
+            self._rate_of[model] = self._rates.rate(model, self._clock)
+        # Value now the classes of this model that hold no page: this request is about to
+        # load pages into them, and a miss should not pay for it.
+        for cls in self._classes_of_model.get(model, ()):
+            if cls.entry is None and not cls.pages and not cls.light:
+                self._value(cls)
 
     def set_sharing(self, sharing: Mapping[int, Iterable[Hashable]]) -> None:
         self._sharing = sharing_map(sharing)
-        # Re-file every tracked page under its new class; keep weights and pin state.
-        old_key, old_class = self._key, self._class_of
-        self._classes, self._class_of, self._key, self._live = {}, {}, {}, {}
-        self._occupied = set()
-        self._heap, self._dirty, self._valued_at = [], set(), -math.inf
-        for page_id in old_class:
-            cls = self._class_for(page_id)
-            cls.members.add(page_id)
+        sizes: dict[Hashable, int] = {}
+        for models in self._sharing.values():
+            for model in models:
+                sizes[model] = sizes.get(model, 0) + 1
+        self._model_size = sizes
+        current = self._current
+        self._guarded = current if self._protect and 0 < sizes.get(current, 0) <= self.capacity else None
+        # Re-file every tracked page under its new class, in access order; keep weights.
+        old = [(seq, page, 1.0) for cls in self._occupied for page, seq in cls.pages.items()]
+        old += [(seq, page, weight) for cls in self._occupied for page, (weight, seq) in cls.light.items()]
+        old.sort()
+        for cls in self._occupied:
+            cls.entry = None
+        self._classes, self._class_cache, self._class_of = {}, {}, {}
+        self._classes_of_model = {}
+        self._occupied, self._heap = set(), []
+        for seq, page, weight in old:
+            cls = self._class_for(page)
             self._occupied.add(cls)
-            self._class_of[page_id] = cls
-            weight, order = old_key[page_id]
-            if bool(cls.rank) != bool(old_class[page_id].rank):  # the order's sense flips
-                order = -order
-            self._key[page_id] = (weight, order)
-            if page_id in self._evictable:
-                self._push_page(cls, page_id)
+            self._class_of[page] = cls
+            if weight < 1.0:
+                cls.light[page] = (weight, seq)
+            else:
+                cls.pages[page] = seq
+        self._revalue()
 
     def set_page_bytes(self, page_id: int, nbytes: int, frame_bytes: int) -> None:
-        self._require_tracked(page_id)
-        weight = (self._overhead + nbytes) / (self._overhead + frame_bytes)  # 1.0 for a full page
-        old_weight, order = self._key[page_id]
-        if weight != old_weight:
-            self._key[page_id] = (weight, order)
-            if page_id in self._evictable:
-                self._push_page(self._class_of[page_id], page_id)
+        cls = self._class_of.get(page_id)
+        if cls is None:
+            self._require_tracked(page_id)  # raises
+        if nbytes >= frame_bytes:  # a full page (the common case): weight 1.0
+            if cls.light and page_id in cls.light:  # heavier than before: its key may rise,
+                cls.pages[page_id] = cls.light.pop(page_id)[1]  # which is fixed lazily
+            return
+        weight = (self._overhead + nbytes) / (self._overhead + frame_bytes)
+        seq = cls.pages.pop(page_id) if page_id in cls.pages else cls.light[page_id][1]
+        cls.light[page_id] = (weight, seq)
+        if page_id in self._evictable and (cls.entry is None or weight < cls.entry_weight):
+            self._push_class(cls)
 
     # -- the replacer verbs ---------------------------------------------------------------
     def record_access(self, page_id: int) -> None:
+        self._seq = seq = self._seq + 1
         cls = self._class_of.get(page_id)
-        if cls is None:
-            cls = self._class_for(page_id)
-            cls.members.add(page_id)
-            self._occupied.add(cls)
+        if cls is None:  # a new page: tracked, not evictable (it is being loaded)
+            cls = self._class_cache.get(page_id) or self._class_for(page_id)
+            if not cls.pages and not cls.light:
+                self._occupied.add(cls)
             self._class_of[page_id] = cls
-            self._key[page_id] = (1.0, self._order(cls, page_id))
+            cls.pages[page_id] = seq
             self._loads_now += 1
+            return
+        pages = cls.pages
+        if page_id in pages:
+            pages[page_id] = seq
+            pages.move_to_end(page_id)
         else:
-            self._key[page_id] = (self._key[page_id][0], self._order(cls, page_id))
-            if page_id in self._evictable:
-                self._push_page(cls, page_id)
+            cls.light[page_id] = (cls.light[page_id][0], seq)
 
     def set_evictable(self, page_id: int, evictable: bool) -> None:
-        key = self._key.get(page_id)
-        if key is None:
+        cls = self._class_of.get(page_id)
+        if cls is None:
             self._require_tracked(page_id)  # raises
         if not evictable:
             self._evictable.discard(page_id)
             return
         self._evictable.add(page_id)
-        if self._live.get(page_id) != key:  # its heap entry was dropped while it was pinned
-            self._push_page(self._class_of[page_id], page_id)
+        if cls.entry is None:
+            self._push_class(cls)
+        elif cls.light and page_id in cls.light and cls.light[page_id][0] < cls.entry_weight:
+            self._push_class(cls)
 
     def evict(self) -> int | None:
-        if not self._evictable:
+        evictable = self._evictable
+        if not evictable:
             return None
-        stale = self._clock - self._valued_at >= self._revalue_every
-        if stale or len(self._heap) > 4 * len(self._occupied) + 16:  # (or too many dead entries)
-            self._revalue()
-        else:
-            for cls in self._dirty:
+        heap, aside, victim = self._heap, None, None
+        guarded = self._guarded  # the current request's model, if its unread pages are spared
+        while heap:
+            entry = heap[0]
+            cls = entry[4]
+            if entry is not cls.entry:
+                heappop(heap)  # superseded
+                continue
+            if cls.light:
+                victim, weight, seq = self._victim(cls)
+            else:  # the common case, inlined: the most (or least) recent evictable full page
+                weight = 1.0
+                pages = cls.pages
+                for victim in reversed(pages) if cls.rank else pages:
+                    if victim in evictable:
+                        seq = pages[victim]
+                        break
+                else:
+                    victim = None
+            if victim is None:  # every page of the class is pinned: set_evictable re-queues it
+                heappop(heap)
+                cls.entry = None
+                continue
+            if weight != cls.entry_weight:  # its lightest page left: the key rose
+                heappop(heap)
                 self._push_class(cls)
-        self._dirty.clear()
-        while self._heap:
-            *_, version, cls = heappop(self._heap)
-            if version != cls.version:
-                continue  # superseded entry
-            head = self._head(cls)
-            if head is None:
-                continue  # every page of the class is pinned; set_evictable re-queues it
-            victim = head[2]
-            self.remove(victim)
-            self._dirty.discard(cls)
-            if cls.members:
-                self._push_class(cls)
-            return victim
-        return None
+                victim = None
+                continue
+            if guarded is not None and seq <= self._request_start and guarded in cls.models:
+                if aside is None:
+                    aside = []
+                aside.append(heappop(heap))  # still to be read by the current request
+                victim = None
+                continue
+            break
+        if aside is not None:
+            if victim is None:  # nothing else is evictable: the best of those goes after all
+                cls = aside[0][4]
+                victim = self._victim(cls)[0]
+            for entry in aside:
+                heappush(heap, entry)
+        if victim is not None:  # (the class keeps its heap entry; a stale one goes lazily)
+            del self._class_of[victim]
+            evictable.discard(victim)
+            if cls.pages.pop(victim, None) is None:
+                del cls.light[victim]
+            if not cls.pages and not cls.light:
+                self._occupied.discard(cls)
+                cls.entry = None
+        return victim
 
     def remove(self, page_id: int) -> None:
         cls = self._class_of.pop(page_id, None)
         if cls is None:
             return
-        cls.members.discard(page_id)
         self._evictable.discard(page_id)
-        del self._key[page_id]
-        self._live.pop(page_id, None)
-        if cls.members:
-            self._dirty.add(cls)
-        else:  # out of the revaluation loop until a page of it comes back
+        if cls.pages.pop(page_id, None) is None:
+            del cls.light[page_id]
+        if not cls.pages and not cls.light:
             self._occupied.discard(cls)
-            self._dirty.discard(cls)
-            cls.version += 1
-            cls.prob = math.nan
+            cls.entry = None
 
     def __contains__(self, page_id: object) -> bool:
         return page_id in self._class_of
@@ -269,24 +370,47 @@ class QueueingReplacer(Replacer):
         """The horizon ``W`` (requests) used at the last revaluation."""
         return self._horizon
 
+    @property
+    def rates(self) -> RateEstimator:
+        """The rate estimator."""
+        return self._rates
+
     # -- internals ------------------------------------------------------------------------
     def _class_for(self, page_id: int) -> _SharingClass:
-        models = self._sharing.get(page_id, _NO_MODELS)
-        cls = self._classes.get(models)
+        models = self._sharing.get(page_id)
+        cls = self._classes.get(models if models is not None else _NO_MODELS)
         if cls is None:
             self._serial += 1
-            cls = self._classes[models] = _SharingClass(models, self._serial)
+            cls = self._classes[models or _NO_MODELS] = _SharingClass(models or _NO_MODELS, self._serial)
+            for model in cls.models:
+                self._classes_of_model.setdefault(model, []).append(cls)
+        if models is not None:  # (pages of the sharing map only: the cache stays bounded)
+            self._class_cache[page_id] = cls
         return cls
 
-    def _order(self, cls: _SharingClass, page_id: int) -> int:
-        """Place of a page just accessed within its class (lowest goes first)."""
-        self._seq += 1
-        # Known class: most recent first (its next use is the farthest, see the docstring).
+    def _victim(self, cls: _SharingClass) -> tuple[Any, float, int]:
+        """The class's best evictable page, its weight and its access number (or Nones)."""
+        evictable = self._evictable
+        if cls.light:
+            best = None
+            for page, (weight, seq) in cls.light.items():
+                if page in evictable:
+                    key = (weight, -seq if cls.rank else seq)
+                    if best is None or key < best[0]:
+                        best = (key, page, seq)
+            if best is not None:
+                return best[1], best[0][0], best[2]
+        pages = cls.pages
+        # Known models: most recent first (its next use is the farthest, see the docstring).
         # No known model: least recent first, as recency is then the only hint.
-        return -self._seq if cls.rank else self._seq
+        for page in reversed(pages) if cls.rank else pages:
+            if page in evictable:
+                return page, 1.0, pages[page]
+        return None, 1.0, 0
 
-    def _value(self, cls: _SharingClass, rate_of: dict[Hashable, float]) -> None:
-        """Set the class's λ and P; ``rate_of`` caches model rates for this clock time."""
+    def _value(self, cls: _SharingClass) -> None:
+        """Set the class's λ and P from the rates of the last revaluation."""
+        rate_of = self._rate_of
         rate = 0.0
         for model in cls.models:
             r = rate_of.get(model)
@@ -295,61 +419,52 @@ class QueueingReplacer(Replacer):
             rate += r
         cls.rate = rate
         cls.prob = -math.expm1(-rate * self._horizon) if rate > 0.0 else 0.0
+        cls.epoch = self._epoch
+
+    def _push_class(self, cls: _SharingClass) -> None:
+        """(Re)queue the class with the key of its lightest evictable page."""
+        if cls.epoch != self._epoch:
+            self._value(cls)
+        weight = self._lightest(cls) if cls.light else 1.0
+        cls.entry = entry = (cls.prob * weight, cls.rate, cls.rank, cls.serial, cls)
+        cls.entry_weight = weight
+        heappush(self._heap, entry)
+
+    def _lightest(self, cls: _SharingClass) -> float:
+        """The lowest weight among the class's evictable pages (1.0 if all are full)."""
+        weight, evictable = 1.0, self._evictable
+        for page, (w, _) in cls.light.items():
+            if w < weight and page in evictable:
+                weight = w
+        return weight
 
     def _revalue(self) -> None:
         """Recompute W and every class's λ and P, and rebuild the class heap."""
         if self._fixed_horizon is not None:
             self._horizon = self._fixed_horizon
         else:
-            # completed requests only (the current one is partial), unless there are none
+            # completed requests only (the current one has just begun), unless there are none
             loads, requests = self._loads_per_request, self._requests_weight
             if loads == 0.0:
                 loads, requests = float(self._loads_now), 1.0
             self._horizon = min(self.capacity * requests / loads, _MAX_HORIZON) if loads > 0 else _MAX_HORIZON
-        rate_of: dict[Hashable, float] = {}
-        heap = []
+            self._horizon_known = loads > 0
+        self._epoch += 1
+        # Every model's rate once, so that classes valued before the next revaluation (new
+        # ones, or ones whose pages come back) cost a few look-ups, not an estimator call.
+        snapshot = getattr(self._rates, "snapshot", None)
+        if snapshot is not None:  # all rates at once (cheaper than one by one)
+            rates, unseen = snapshot()
+            self._rate_of = {model: rates.get(model, unseen) for model in self._model_size}
+        else:
+            rate, clock = self._rates.rate, self._clock
+            self._rate_of = {model: rate(model, clock) for model in self._model_size}
+        heap = self._heap = []
         for cls in self._occupied:
-            head = self._head(cls)
-            cls.version += 1
-            if head is None:  # nothing evictable: valued when a page becomes evictable
-                cls.prob = math.nan
-                continue
-            self._value(cls, rate_of)
-            heap.append((cls.prob * head[0], cls.rate, cls.rank, cls.serial, cls.version, cls))
+            self._value(cls)
+            weight = self._lightest(cls) if cls.light else 1.0
+            cls.entry = entry = (cls.prob * weight, cls.rate, cls.rank, cls.serial, cls)
+            cls.entry_weight = weight
+            heap.append(entry)
         heapify(heap)
-        self._heap = heap
         self._valued_at = self._clock
-
-    def _push_class(self, cls: _SharingClass) -> None:
-        cls.version += 1
-        head = self._head(cls)
-        if head is not None:
-            if math.isnan(cls.prob):  # skipped by the last revaluation
-                self._value(cls, {})
-            heappush(self._heap, (cls.prob * head[0], cls.rate, cls.rank, cls.serial, cls.version, cls))
-
-    def _push_page(self, cls: _SharingClass, page_id: int) -> None:
-        key = self._key[page_id]
-        heappush(cls.heap, (key[0], key[1], page_id))
-        self._live[page_id] = key
-        self._dirty.add(cls)
-        if len(cls.heap) > 2 * len(cls.members) + 16:  # too many stale entries: rebuild
-            for weight, order, page in cls.heap:
-                if self._live.get(page) == (weight, order):
-                    del self._live[page]
-            cls.heap = [(*self._key[p], p) for p in cls.members if p in self._evictable]
-            heapify(cls.heap)
-            for weight, order, page in cls.heap:
-                self._live[page] = (weight, order)
-
-    def _head(self, cls: _SharingClass) -> tuple[float, int, int] | None:
-        """The class's best victim (lowest weight, then order), dropping stale entries."""
-        heap = cls.heap
-        while heap:
-            weight, order, page_id = entry = heap[0]
-            if page_id in self._evictable and self._key.get(page_id) == (weight, order):
-                return entry
-            heappop(heap)
-            if self._live.get(page_id) == (weight, order):
-                del self._live[page_id]  # so that set_evictable(page, True) re-queues it
-        return None

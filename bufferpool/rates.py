@@ -30,15 +30,26 @@ and when ``g`` exceeds ``change_threshold`` the slow counts are restarted from t
 counted since ``g`` last left zero (the estimated change point) and ``g`` goes back to zero.
 Under a steady popularity the fast shares are only noisier, ``g`` keeps falling back to
 zero and the slow memory is kept; after a shift ``g`` climbs within a few dozen requests.
+
+:class:`ChangepointRates` (the queueing policy's default) does better on both counts: it is
+Bayesian online changepoint detection (Adams & MacKay, 2007) with a Dirichlet–categorical
+model of which model each request is for. It keeps a few hypotheses about when popularity
+last changed ("the current run started at request τ"), weighs them by how well each
+predicted the requests since, and predicts with the weighted mixture of their posterior
+means. With no shift the oldest run keeps almost all the weight (all the history counts,
+no decay); after a shift the run that starts at it takes over within a few dozen requests,
+and in between the prediction blends the two instead of switching abruptly.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from operator import itemgetter
 from typing import Protocol
 
-from ._checks import positive_float
+from ._checks import positive_float, positive_int
+from .errors import InvalidArgumentError
 
 
 class RateEstimator(Protocol):
@@ -173,3 +184,162 @@ class RequestRates:
             denominator = self._slow.total(now) + self._prior * (len(self._slow) + 1)
             self._denominator = (now, denominator)
         return (self._slow.count(model, now) + self._prior) / denominator
+
+
+_weight = itemgetter(1)
+
+
+class ChangepointRates:
+    r"""Per-model request rates by Bayesian online changepoint detection (pruned).
+
+    Model: popularity is piecewise constant; at each request it changes with probability
+    ``hazard`` (to a new, unknown popularity); within a run of constant popularity the
+    requests are i.i.d. categorical with a symmetric Dirichlet(``prior``) prior over the
+    ``M`` = models seen + 1 categories (the extra one stands for every model not seen yet).
+    The posterior over the start ``τ_h`` of the current run is kept on at most
+    ``hypotheses`` candidate starts, each with weight ``w_h`` and the counts ``c_{h,m}`` of
+    each model's requests since ``τ_h``. On a request for ``m``:
+
+    .. code-block:: text
+
+        w_h   <- w_h (1 - hazard) (c_{h,m} + prior) / (n_h + prior M)     n_h = requests since τ_h
+        w_new  = hazard / M                      a run starting with this request
+        normalise; drop hypotheses below ``min_weight``; if one too many remain, merge two
+        whose starts differ by at most ``merge`` x the younger one's length, else drop the lightest
+
+    and the rate of any model is the posterior predictive
+    ``r_m = Σ_h w_h (c_{h,m} + prior) / (n_h + prior M)``. Cost: O(hypotheses) per request,
+    O(hypotheses × models) to recompute every rate (once per clock tick, on demand).
+
+    Parameters
+    ----------
+    hazard
+        Prior probability that popularity changes at a given request (1/hazard: the
+        expected number of requests between changes). Small values cost little under a
+        steady popularity; detection speed depends mostly on the evidence.
+    prior
+        Dirichlet pseudo-count per model.
+    hypotheses
+        Most run-start hypotheses kept.
+    min_weight
+        Hypotheses whose weight falls below this are dropped.
+    merge
+        Two runs whose starts differ by at most this fraction of the younger one's length
+        predict alike: they are merged (into the older) before any run is dropped, so
+        that a long stream does not fill every slot with near-copies of the oldest run.
+
+    Attributes
+    ----------
+    restarts
+        Number of times the most probable run start moved later: detected shifts (a shift
+        may be counted a few times while the estimate of its position settles).
+    change_point
+        Request number (0-based) at which the most probable current run starts.
+    """
+
+    def __init__(
+        self,
+        hazard: float = 1e-3,
+        prior: float = 0.5,
+        hypotheses: int = 8,
+        min_weight: float = 1e-4,
+        merge: float = 0.1,
+    ) -> None:
+        self.hazard = positive_float(hazard, "hazard")
+        if self.hazard >= 1.0:
+            raise InvalidArgumentError(f"hazard must be < 1, got {hazard!r}")
+        self.prior = positive_float(prior, "prior")
+        self.hypotheses = positive_int(hypotheses, "hypotheses")
+        self.min_weight = positive_float(min_weight, "min_weight")
+        if isinstance(merge, bool) or not isinstance(merge, (int, float)) or not 0.0 <= merge < math.inf:
+            raise InvalidArgumentError(f"merge must be a number >= 0, got {merge!r}")
+        self.merge = float(merge)
+        if self.min_weight * (self.hypotheses + 1) >= 1.0:  # the heaviest run must survive
+            raise InvalidArgumentError(f"min_weight must be < 1/(hypotheses + 1), got {min_weight!r}")
+        self._seen: dict[Hashable, None] = {}
+        self._runs: list[list] = [[0, 1.0, {}]]  # [start, weight, {model: requests since start}]
+        self._t = 0  # requests observed
+        self._rates: dict[Hashable, float] = {}
+        self._unseen = 0.0
+        self._rates_at = -1
+        self.restarts = 0
+        self.change_point = 0
+
+    def observe(self, model: Hashable, now: float) -> None:
+        """Count a request for ``model`` (the clock is the number of requests observed)."""
+        seen = self._seen
+        if model not in seen:
+            seen[model] = None
+        a, t = self.prior, self._t
+        a_m = a * (len(seen) + 1)
+        keep = 1.0 - self.hazard
+        new = self.hazard / (len(seen) + 1)  # a fresh run predicts 1/M for any model
+        total = lightest = new
+        runs = self._runs
+        for run in runs:
+            counts = run[2]
+            c = counts.get(model, 0)
+            run[1] = weight = run[1] * keep * (c + a) / (t - run[0] + a_m)
+            total += weight
+            if weight < lightest:
+                lightest = weight
+            counts[model] = c + 1
+        runs.append([t, new, {model: 1}])
+        floor = self.min_weight * total
+        if lightest < floor or len(runs) > self.hypotheses:
+            if lightest < floor:
+                runs = self._runs = [run for run in runs if run[1] >= floor]
+            if len(runs) > self.hypotheses:  # one too many: merge two alike, or drop the lightest
+                self._merge_or_drop(runs, t)
+            total = sum(run[1] for run in runs)
+        best = runs[0]
+        for run in runs:
+            run[1] /= total
+            if run[1] > best[1]:
+                best = run
+        self._t = t + 1
+        if best[0] > self.change_point:
+            self.restarts += 1
+        self.change_point = best[0]
+
+    def _merge_or_drop(self, runs: list[list], t: int) -> None:
+        """Make room for one run: merge two adjacent runs whose starts differ by at most
+        ``merge`` times the younger one's length (their predictions are then alike), into
+        the older; if no two are that close, drop the lightest run."""
+        merge = self.merge
+        for i in range(len(runs) - 1):  # runs are in order of start
+            older, younger = runs[i], runs[i + 1]
+            if younger[0] - older[0] <= merge * (t - younger[0]):
+                older[1] += younger[1]
+                del runs[i + 1]
+                return
+        runs.remove(min(runs, key=_weight))
+
+    def rate(self, model: Hashable, now: float) -> float:
+        """Posterior predictive probability that the next request is for ``model``: O(runs)."""
+        if self._rates_at == self._t:
+            return self._rates.get(model, self._unseen)
+        a, t = self.prior, self._t
+        a_m = a * (len(self._seen) + 1)
+        return sum(w * (counts.get(model, 0) + a) / (t - start + a_m) for start, w, counts in self._runs)
+
+    def snapshot(self) -> tuple[dict[Hashable, float], float]:
+        """Every seen model's rate, and the rate of any model not seen yet: O(runs × models)."""
+        if self._rates_at != self._t:
+            self._compute()
+        return self._rates, self._unseen
+
+    def _compute(self) -> None:
+        a, t = self.prior, self._t
+        a_m = a * (len(self._seen) + 1)
+        rates = dict.fromkeys(self._seen, 0.0)
+        scale = 0.0
+        for start, weight, counts in self._runs:
+            x = weight / (t - start + a_m)
+            scale += x
+            for model, c in counts.items():
+                rates[model] += x * c
+        unseen = scale * a
+        for model in rates:
+            rates[model] += unseen
+        self._rates, self._unseen, self._rates_at = rates, unseen, t

@@ -14,7 +14,10 @@ Protocol, as :class:`bufferpool.BufferPool` and :func:`bufferpool.simulate` use 
 * on a miss with no free frame: ``record_access(new)`` first, then ``evict()`` — so the
   policy knows which page is coming in (ARC and S3-FIFO look it up in their ghost lists) —
   and ``evict()`` returns an evictable page it stops tracking, or ``None`` if there is none;
-* ``remove(page)`` forgets a page (and its history) when its content changes.
+* ``remove(page)`` forgets a page (and its history) when its content changes;
+* hints: ``note_request(model)`` once per model request, before its pages are read;
+  ``set_sharing(map)``; ``set_page_bytes(page, n, frame)`` after loading a page that holds
+  less than a frame (a page is taken to be full until told otherwise).
 
 Replacers are not thread-safe: the pool calls them under its lock.
 """
@@ -88,7 +91,11 @@ class Replacer(ABC):
         """Which models need each page: ``{page_id: [model, ...]}``, replacing any earlier map."""
 
     def set_page_bytes(self, page_id: int, nbytes: int, frame_bytes: int) -> None:
-        """``page_id`` holds ``nbytes`` of data in a frame of ``frame_bytes`` (its reload cost)."""
+        """``page_id`` holds ``nbytes`` of data in a frame of ``frame_bytes`` (its reload cost).
+
+        A page is taken to fill its frame until this says otherwise; the pool calls it only
+        for pages that hold less than a frame (after each load of such a page).
+        """
 
     def _require_tracked(self, page_id: int) -> None:
         if page_id not in self:

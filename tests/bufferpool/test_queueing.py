@@ -6,10 +6,12 @@ import math
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bufferpool import belady, simulate
 from bufferpool.queueing import QueueingReplacer
-from bufferpool.rates import DecayedCounts, RequestRates
+from bufferpool.rates import ChangepointRates, DecayedCounts, RequestRates
 
 
 def fill(replacer: QueueingReplacer, pages: list[int]) -> None:
@@ -185,3 +187,193 @@ def test_an_unseen_model_gets_the_prior_not_zero():
     rates = RequestRates(prior=0.5)
     rates.observe("a", 1)
     assert 0.0 < rates.rate("never", 1) < rates.rate("a", 1)
+
+
+# -- the lazy class heap against the rule it implements -------------------------------------
+class FixedRates:
+    """Rates that do not move: the victim is then a function of the documented rule alone."""
+
+    def __init__(self, rates: dict[str, float]) -> None:
+        self.rates = rates
+
+    def observe(self, model, now):
+        pass
+
+    def rate(self, model, now):
+        return self.rates.get(model, 0.0)
+
+
+SHARING = {0: ["a", "b"], 1: ["a", "b"], 2: ["a"], 3: ["a"], 4: ["b"], 5: ["c"], 6: ["c"], 7: ["b", "c"]}
+RATES = {"a": 0.5, "b": 0.3, "c": 0.05}
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("access"), st.integers(0, 9)),  # 8 and 9: pages of no known model
+        st.tuples(st.just("pin"), st.integers(0, 9)),
+        st.tuples(st.just("unpin"), st.integers(0, 9)),
+        st.tuples(st.just("bytes"), st.integers(0, 9), st.sampled_from([100, 2000, 4096])),
+        st.tuples(st.just("evict")),
+        st.tuples(st.just("request"), st.sampled_from(["a", "b", "c"])),
+    ),
+    max_size=80,
+)
+
+
+@given(script=actions)
+def test_every_victim_is_the_lowest_by_the_documented_rule(script):
+    """The lazy heaps (keys fixed only when they reach the top) choose exactly what a scan
+    of every evictable page by (v_p, λ_p, known model, most recent within a class) would."""
+    horizon, frame, overhead = 3.0, 4096, 1024
+    q = QueueingReplacer(16, rates=FixedRates(RATES), horizon=horizon, read_overhead_bytes=overhead,
+                         protect_request=False)
+    q.set_sharing(SHARING)
+    tracked, pinned, nbytes, last = set(), set(), {}, {}
+    clock = 0
+    for step in script:
+        if step[0] == "request":
+            q.note_request(step[1])
+        elif step[0] == "access":
+            page = step[1]
+            clock += 1
+            last[page] = clock
+            q.record_access(page)
+            if page not in tracked:
+                tracked.add(page)
+                nbytes[page] = frame
+            q.set_evictable(page, page not in pinned)
+        elif step[0] in ("pin", "unpin") and step[1] in tracked:
+            (pinned.add if step[0] == "pin" else pinned.discard)(step[1])
+            q.set_evictable(step[1], step[0] == "unpin")
+        elif step[0] == "bytes" and step[1] in tracked:
+            nbytes[step[1]] = step[2]
+            q.set_page_bytes(step[1], step[2], frame)
+        elif step[0] == "evict":
+            candidates = tracked - pinned
+            victim = q.evict()
+            if not candidates:
+                assert victim is None
+                continue
+
+            def key(page):
+                rate = sum(RATES[m] for m in SHARING.get(page, []))
+                known = page in SHARING
+                value = (1 - math.exp(-rate * horizon)) * (overhead + nbytes[page]) / (overhead + frame)
+                return (value, rate, known, -last[page] if known else last[page])
+
+            best = min(key(p) for p in candidates)
+            assert key(victim) == best
+            tracked.discard(victim)
+            nbytes.pop(victim)
+
+
+# -- sparing the pages that the current request has still to read ----------------------------
+def _serve_b(q: QueueingReplacer) -> tuple[int, list[int]]:
+    """Pages 1, 2 (model a, three times as popular) and 4 (model b) resident in 3 frames;
+    then a request for b, which reads 3, 4, 5 in order. Returns (hits, victims)."""
+    q.set_sharing({1: ["a"], 2: ["a"], 3: ["b"], 4: ["b"], 5: ["b"]})
+    for model in ["a", "a", "a", "b", "a", "a", "a", "b"]:
+        q.note_request(model)
+    fill(q, [1, 2, 4])
+    q.note_request("b")
+    resident, hits, victims = {1, 2, 4}, 0, []
+    for page in [3, 4, 5]:
+        q.record_access(page)
+        if page in resident:
+            hits += 1
+        else:
+            victims.append(q.evict())
+            resident.discard(victims[-1])
+            resident.add(page)
+        q.set_evictable(page, True)
+    return hits, victims
+
+
+def test_a_page_the_current_request_will_read_is_passed_over():
+    hits, victims = _serve_b(QueueingReplacer(3))
+    assert victims[0] in (1, 2)  # not 4, which b reads next, though b's rate is the lowest
+    assert (hits, victims[1]) == (1, 4)  # 4 hits; once read, it is b's page used last
+
+
+def test_without_the_guard_the_lowest_rate_goes_even_if_read_next():
+    hits, victims = _serve_b(QueueingReplacer(3, protect_request=False))
+    assert (hits, victims[0]) == (0, 4)
+
+
+def test_the_guard_is_off_when_the_model_does_not_fit():
+    """Below one model's size the stable subset matters more (see the small-cache test)."""
+    q = QueueingReplacer(2)
+    q.set_sharing({1: ["a"], 2: ["a"], 3: ["a"]})
+    q.note_request("a")
+    fill(q, [1, 2])
+    q.note_request("a")
+    q.record_access(3)
+    assert q.evict() == 2  # most recent of the class, although this request reads it next
+
+
+def test_legacy_estimator_options_select_the_decayed_counts():
+    assert isinstance(QueueingReplacer(4, half_life=200).rates, RequestRates)
+    assert isinstance(QueueingReplacer(4, change_threshold=None).rates, RequestRates)
+    assert isinstance(QueueingReplacer(4).rates, ChangepointRates)
+    with pytest.raises(ValueError, match="half_life"):
+        QueueingReplacer(4, half_life=0)
+
+
+# -- the changepoint estimator ----------------------------------------------------------------
+def test_changepoint_rates_are_precise_under_steady_popularity():
+    rates = ChangepointRates()
+    trace = _stream(random.Random(1), {"a": 0.6, "b": 0.3, "c": 0.1}, 3000)
+    for now, model in enumerate(trace, 1):
+        rates.observe(model, now)
+    assert rates.rate("a", 3000) == pytest.approx(0.6, abs=0.03)
+    assert rates.rate("c", 3000) == pytest.approx(0.1, abs=0.02)
+    assert rates.change_point < 100  # the whole history is kept
+    total = sum(rates.rate(m, 3000) for m in "abc") + rates.rate("never", 3000)
+    assert total == pytest.approx(1.0)  # a probability distribution over the next request
+
+
+def test_changepoint_rates_follow_a_shift_within_a_few_dozen_requests():
+    rng = random.Random(2)
+    before = _stream(rng, {"a": 0.8, "b": 0.1, "c": 0.1}, 1000)
+    after = _stream(rng, {"a": 0.1, "b": 0.8, "c": 0.1}, 40)
+    rates = ChangepointRates()
+    for now, model in enumerate(before + after, 1):
+        rates.observe(model, now)
+    now = len(before) + len(after)
+    assert rates.restarts >= 1
+    assert 990 <= rates.change_point <= 1010  # the estimated start of the current run
+    assert rates.rate("b", now) > 0.6 > 0.2 > rates.rate("a", now)
+
+
+def test_changepoint_rates_keep_few_hypotheses_however_long_the_stream():
+    starts = {}
+    for merge in (0.1, 0.0):
+        rates = ChangepointRates(hypotheses=5, merge=merge)
+        rng = random.Random(4)
+        for now, model in enumerate(_stream(rng, {"a": 0.5, "b": 0.5}, 5000), 1):
+            rates.observe(model, now)
+            assert len(rates._runs) <= 5
+        assert rates.rate("a", 5000) == pytest.approx(0.5, abs=0.05)
+        assert rates.snapshot()[0]["a"] == rates.rate("a", 5000)
+        starts[merge] = sorted(run[0] for run in rates._runs)
+    # Near-copies of the oldest run are merged, leaving the slots to recent starts.
+    assert sum(start < 4000 for start in starts[0.1]) == 1
+    assert sum(start < 4000 for start in starts[0.0]) > 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"hazard": 1.0}, "hazard"), ({"prior": 0}, "prior"), ({"hypotheses": 0}, "hypotheses"),
+     ({"min_weight": 0.5}, "min_weight"), ({"merge": -1}, "merge")],
+)
+def test_changepoint_rates_reject_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ChangepointRates(**kwargs)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_default_estimator_follows_shifts_better_than_plain_decay(seed):
+    from bufferpool.workload import generate
+
+    w = generate(12, n_requests=900, shift_every=150, seed=seed)
+    default = simulate(w.trace, w.model_pages, 40, QueueingReplacer(40)).hit_ratio
+    plain = simulate(w.trace, w.model_pages, 40, QueueingReplacer(40, change_threshold=None)).hit_ratio
+    assert default - plain >= 0.02
