@@ -548,6 +548,16 @@ class Store:
     def _put_state(self, txn: lmdb.Transaction, state: StoreState) -> None:
         txn.put(_STATE_KEY, state.encode(), db=self.env.dbs["meta"])
 
+    def _models_in_page(self, txn: lmdb.Transaction, page_id: int) -> str:
+        """Which models a damaged page affects, for the error that reports it (a slow scan)."""
+        try:
+            value = txn.get(id_key(page_id), db=self.env.dbs["pagemeta"])
+            in_page = set(cat.decode_page(page_id, value).block_ids) if value is not None else set()
+            names = [m.name for m in self._iter_records(txn) if any(int(i) in in_page for t in m.tensors for i in t.block_ids)]
+        except CorruptionError:
+            return "models the damaged catalog no longer names"
+        return "models " + ", ".join(repr(n) for n in names) if names else "no model"
+
     def _iter_records(self, txn: lmdb.Transaction) -> Iterator[ModelRecord]:
         with txn.cursor(db=self.env.dbs["models"]) as cur:
             for k, v in cur:
@@ -567,7 +577,10 @@ class _Reader:
     def page(self, page_id: int) -> memoryview:
         view = self.pages.get(page_id)
         if view is None:
-            view = self.pages[page_id] = self.store._pages.read(self.txn, page_id, verify=self.verify)
+            try:
+                view = self.pages[page_id] = self.store._pages.read(self.txn, page_id, verify=self.verify)
+            except CorruptionError as exc:
+                raise CorruptionError(f"{exc}; it holds blocks of {self.store._models_in_page(self.txn, page_id)}") from None
         return view
 
     def tensor(self, t: TensorRecord) -> np.ndarray:

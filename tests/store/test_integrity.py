@@ -30,7 +30,7 @@ def test_a_flipped_byte_is_caught_on_read_and_by_verify(store_path):
         page = s.catalog()["blocks"].filter(__import__("pyarrow.compute", fromlist=["x"]).equal(s.catalog()["blocks"]["model"], "a")).column("page_id")[0].as_py()
     _flip_byte_in_page(store_path, page, 100)
     with ts.open(store_path, "r") as s:
-        with pytest.raises(ts.CorruptionError, match=f"page {page} failed its checksum"):
+        with pytest.raises(ts.CorruptionError, match=f"page {page} failed its checksum; it holds blocks of models 'a'"):
             s.load_model("a")
         report = s.verify()
         assert not report.ok and any(f"page {page}" in p for p in report.problems)
