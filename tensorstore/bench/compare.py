@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 import shutil
 import statistics
 import time
@@ -288,6 +289,22 @@ def load_corpus(corpus: str):
     if not family:
         raise FileNotFoundError(f"no .safetensors files in {folder}")
     return family, (lambda n, t: 0.0), "1MiB", "64KiB"
+
+
+@contextmanager
+def stored_corpus(corpus: str, workdir: str | None):
+    """Store a corpus's family (exact dedup) in a temporary store; yield its path and the family."""
+    import tempfile
+
+    family, _, page, block = load_corpus(corpus)
+    tmp = Path(tempfile.mkdtemp(prefix="ts-bench-", dir=workdir))
+    try:
+        with open_store(tmp / "store", "w", page_size=page, block_bytes=block) as s:
+            for name, tensors in family.items():
+                s.add_model(name, tensors)
+        yield tmp / "store", family
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(corpus: str, workdir: str | None, repeat: int, max_accuracy_drop: float, tolerance: float) -> dict:

@@ -49,17 +49,7 @@ def measure(store_path: Path, tolerance: float) -> dict:
 
 def main(corpus: str, workdir: str | None, tolerances=(0.01, 0.05)) -> list[dict]:
     """Store the corpus's family in a temporary store and measure at each tolerance."""
-    import shutil
-    import tempfile
+    from .compare import stored_corpus
 
-    from .compare import load_corpus
-
-    family, _, page, block = load_corpus(corpus)
-    tmp = Path(tempfile.mkdtemp(prefix="ts-neardup-", dir=workdir))
-    try:
-        with open_store(tmp / "store", "w", page_size=page, block_bytes=block) as s:
-            for name, tensors in family.items():
-                s.add_model(name, tensors)
-        return [measure(tmp / "store", t) for t in tolerances]
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with stored_corpus(corpus, workdir) as (path, _):
+        return [measure(path, t) for t in tolerances]

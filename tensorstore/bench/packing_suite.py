@@ -7,10 +7,7 @@ against theirs, and solve time.
 
 from __future__ import annotations
 
-import shutil
 import statistics
-import tempfile
-from pathlib import Path
 
 import packing
 
@@ -19,34 +16,26 @@ from ..repack import catalog_problem, packing_problem
 
 
 def main(corpus: str, workdir: str | None, time_limit: float = 10.0) -> list[dict]:
-    from .compare import load_corpus
+    from .compare import stored_corpus
 
-    family, _, page, block = load_corpus(corpus)
-    tmp = Path(tempfile.mkdtemp(prefix="ts-packing-", dir=workdir))
-    try:
-        with open_store(tmp / "store", "w", page_size=page, block_bytes=block) as s:
-            for name, tensors in family.items():
-                s.add_model(name, tensors)
-            with s.env.read() as txn:
-                models, tensors, blocks = catalog_problem(s, txn)
-            problem = packing_problem(s, models, tensors, blocks)
-        rows = []
-        for algorithm in packing.ALGORITHMS:
-            r = packing.pack(problem, algorithm, time_limit=time_limit)
-            reads = r.model_reads(models)
-            rows.append({
-                "algorithm": algorithm,
-                "blocks": len(blocks),
-                "tensors": len(tensors),
-                "pages": r.pages,
-                "lower_bound_pages": r.lower_bound_pages,
-                "pages_over_bound": r.pages / r.lower_bound_pages,
-                "tensor_reads_over_bound": r.mean_read_ratio,
-                "model_pages_read_mean": float(reads.mean_pages_read),
-                "model_pages_read_bound_mean": float(statistics.mean(reads.lower_bound.tolist())),
-                "solve_seconds": r.solve_seconds,
-                "status": r.status,
-            })
-        return rows
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with stored_corpus(corpus, workdir) as (path, _), open_store(path, "r") as s, s.env.read() as txn:
+        models, tensors, blocks = catalog_problem(s, txn)
+        problem = packing_problem(s, models, tensors, blocks)
+    rows = []
+    for algorithm in packing.ALGORITHMS:
+        r = packing.pack(problem, algorithm, time_limit=time_limit)
+        reads = r.model_reads(models)
+        rows.append({
+            "algorithm": algorithm,
+            "blocks": len(blocks),
+            "tensors": len(tensors),
+            "pages": r.pages,
+            "lower_bound_pages": r.lower_bound_pages,
+            "pages_over_bound": r.pages / r.lower_bound_pages,
+            "tensor_reads_over_bound": r.mean_read_ratio,
+            "model_pages_read_mean": float(reads.mean_pages_read),
+            "model_pages_read_bound_mean": float(statistics.mean(reads.lower_bound.tolist())),
+            "solve_seconds": r.solve_seconds,
+            "status": r.status,
+        })
+    return rows
