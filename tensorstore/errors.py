@@ -27,25 +27,23 @@ class ReadOnlyError(StoreError, PermissionError):
     """A write was attempted on a store opened read-only (``mode="r"``)."""
 
 
-class ModelNotFoundError(StoreError, KeyError):
+class _KeyMessage(KeyError):
+    """A KeyError that prints its message, not the message's repr."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelNotFoundError(StoreError, _KeyMessage):
     """No model of that name is in the store."""
 
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0]) if self.args else ""
 
-
-class ModelExistsError(StoreError, KeyError):
+class ModelExistsError(StoreError, _KeyMessage):
     """A model of that name already exists (pass ``replace=True`` to overwrite it)."""
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
-
-class TensorNotFoundError(StoreError, KeyError):
+class TensorNotFoundError(StoreError, _KeyMessage):
     """The model has no tensor of that name."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class InvalidTensorError(StoreError, ValueError):
