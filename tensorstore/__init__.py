@@ -17,6 +17,7 @@ from .errors import (
     ModelNotFoundError,
     NotAStoreError,
     ReadOnlyError,
+    SharedCacheError,
     StoreClosedError,
     StoreError,
     StoreExistsError,
@@ -34,6 +35,6 @@ __all__ = [
     "StoreError", "StoreNotFoundError", "StoreExistsError", "NotAStoreError", "ReadOnlyError",
     "ModelNotFoundError", "ModelExistsError", "TensorNotFoundError", "InvalidTensorError",
     "InvalidArgumentError", "FileFormatError", "CorruptionError", "StoreFullError", "StoreClosedError",
-    "EvaluatorError", "ConflictError", "ViewsAliveError", "Reader", "DedupReport", "PackReport",
+    "EvaluatorError", "ConflictError", "ViewsAliveError", "SharedCacheError", "Reader", "DedupReport", "PackReport",
 ]
 __version__ = "0.1.0"

@@ -108,7 +108,7 @@ def _run(directory: Path, out) -> dict:
     with open_store(store_path, "r", cache_bytes=cache) as store:
         for name in requests:
             store.load_model(str(name))
-        cs = store.cache_stats()
+        cs = store.cache_stats().pool
     out(f"Buffer pool of {format_size(cache)} ({cache // stats.page_size} of {after.pages} pages), 200 Zipf requests: "
         f"hit ratio {cs.hit_ratio:.2f} ({cs.hits} hits, {cs.misses} misses)")
     return {

@@ -80,3 +80,7 @@ class ConflictError(StoreError, RuntimeError):
 
 class ViewsAliveError(StoreError, RuntimeError):
     """The store cannot close while zero-copy views into its memory map are referenced."""
+
+
+class SharedCacheError(StoreError, OSError):
+    """The shared tensor cache cannot be used as asked (permissions, platform, path)."""

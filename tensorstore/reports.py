@@ -13,6 +13,22 @@ class _AsDict:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheStats(_AsDict):
+    """One process's caches, from ``store.cache_stats()``.
+
+    ``pool`` holds the buffer pool's counters (None without ``cache_bytes``); ``shared``
+    the shared tensor cache's (None without ``shared_cache``). ``private_bytes`` is the
+    memory only this process holds (the pool's frames); ``shared_bytes`` the bytes it
+    maps from the shared cache, which every process mapping them shares.
+    """
+
+    pool: object | None
+    shared: object | None
+    private_bytes: int
+    shared_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStats(_AsDict):
     """What the store holds and what it costs.
 

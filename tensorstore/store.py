@@ -41,7 +41,7 @@ from .errors import (
 )
 from .pagefile import PageFile
 from .progress import progress
-from .reports import StoreStats
+from .reports import CacheStats, StoreStats
 from .units import parse_size
 
 DEFAULT_PAGE_SIZE = 1 << 20
@@ -63,6 +63,9 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     page_size: int | str | None = None,
     block_bytes: int | str | None = None,
     cache_bytes: int | str | None = None,
+    shared_cache: bool | str | Path | None = None,
+    shared_cache_bytes: int | str | None = None,
+    shared_cache_keep_alive: float | None = None,
 ) -> "Store":
     """Open (or create) the store at ``path``.
 
@@ -82,6 +85,17 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         pages through it, and its queueing-model eviction keeps the pages that the most
         requested models share. Without it, loads read LMDB's memory map directly and the
         OS page cache is the cache.
+    shared_cache : bool, str or Path, optional
+        Share assembled tensors with every process on this machine that opens the store
+        (:mod:`tensorstore.sharedcache`): ``True`` for a directory in ``/dev/shm`` named
+        after the store, a bare name for ``/dev/shm/NAME``, or a directory path.
+        ``store.reader()`` then maps tensors from it read-only instead of assembling a
+        private copy in each process.
+    shared_cache_bytes : int or str, optional
+        The shared cache's budget, for all processes together (default: a quarter of the
+        size of the filesystem that holds it).
+    shared_cache_keep_alive : float, optional
+        Seconds a tensor no process uses stays cached (default 300).
     """
     if mode not in MODES:
         raise InvalidArgumentError(f"mode {mode!r} is not one of {', '.join(map(repr, MODES))}")
@@ -89,6 +103,11 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     page = parse_size(page_size, "page_size") if page_size is not None else None
     block = parse_size(block_bytes, "block_bytes") if block_bytes is not None else None
     cache = parse_size(cache_bytes, "cache_bytes") if cache_bytes is not None else None
+    shared_budget = parse_size(shared_cache_bytes, "shared_cache_bytes") if shared_cache_bytes is not None else None
+    if shared_cache in (None, False) and (shared_budget is not None or shared_cache_keep_alive is not None):
+        raise InvalidArgumentError("shared_cache_bytes and shared_cache_keep_alive need shared_cache")
+    if shared_cache_keep_alive is not None and not shared_cache_keep_alive >= 0:
+        raise InvalidArgumentError(f"shared_cache_keep_alive must be a number of seconds >= 0, not {shared_cache_keep_alive!r}")
     is_store = (path / DATA_FILE).is_file()
     if path.exists() and not path.is_dir():
         raise NotAStoreError(f"{path} is a file, not a store directory")
@@ -113,12 +132,14 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         store = Store._open_existing(path, readonly=(mode == "r"), page_size=page, block_bytes=block)
     else:
         store = Store._create(path, page_size=page or DEFAULT_PAGE_SIZE, block_bytes=block or DEFAULT_BLOCK_BYTES)
-    if cache is not None:
-        try:
+    try:
+        if cache is not None:
             store._attach_cache(cache)
-        except BaseException:
-            store.close()
-            raise
+        if shared_cache not in (None, False):
+            store._attach_shared(shared_cache, shared_budget, shared_cache_keep_alive)
+    except BaseException:
+        store.close()
+        raise
     return store
 
 
@@ -142,6 +163,7 @@ class Store:
         self._pool = None  # a BufferPool when opened with cache_bytes
         self._pool_txn = threading.local()  # the read transaction the pool loads pages from
         self._sharing_snapshot = -1  # txn id the pool's sharing map was computed at
+        self._shared = None  # a SharedCache when opened with shared_cache
 
     def _attach_cache(self, cache_bytes: int) -> None:
         from bufferpool import BufferPool
@@ -150,16 +172,45 @@ class Store:
             raise InvalidArgumentError(f"cache_bytes ({cache_bytes}) must hold at least one page ({self.page_size} bytes)")
         self._pool = BufferPool(cache_bytes, self.page_size, None, policy="queueing", load_into=self._load_into_frame)
 
+    def _attach_shared(self, where: bool | str | Path, budget: int | None, keep_alive: float | None) -> None:
+        import os
+        import stat
+
+        from . import sharedcache
+
+        if where is True:
+            directory = sharedcache.default_directory(self.path)
+        elif isinstance(where, (str, Path)) and str(where) and os.sep not in str(where):
+            directory = sharedcache.SHM_ROOT / str(where)
+        elif isinstance(where, (str, Path)) and str(where):
+            directory = Path(where)
+        else:
+            raise InvalidArgumentError(f"shared_cache must be True, a name or a directory path, not {where!r}")
+        self._shared = sharedcache.SharedCache(
+            directory,
+            budget if budget is not None else sharedcache.default_budget(directory),
+            sharedcache.DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive,
+            dir_mode=stat.S_IMODE(self.path.stat().st_mode),
+            file_mode=stat.S_IMODE((self.path / DATA_FILE).stat().st_mode) & 0o666,
+        )
+
     def _load_into_frame(self, page_id: int, frame: memoryview) -> int:
         # Called by the pool, in the loading thread, inside that thread's read transaction.
         payload = self._pages.read(self._pool_txn.txn, page_id, recheck=True)
         frame[: len(payload)] = payload
         return len(payload)
 
-    def cache_stats(self):
-        """The buffer pool's counters (hits, misses, evictions, bytes loaded), or None
-        when the store was opened without ``cache_bytes``."""
-        return None if self._pool is None else self._pool.stats()
+    def cache_stats(self) -> CacheStats:
+        """This process's caches: the buffer pool's counters, the shared tensor cache's,
+        and the bytes each holds (private to this process, or mapped from shared memory)."""
+        pool = None if self._pool is None else self._pool.stats()
+        shared = None if self._shared is None else self._shared.stats()
+        return CacheStats(
+            pool=pool,
+            shared=shared,
+            private_bytes=0 if self._pool is None else self._pool.capacity_bytes,
+            shared_bytes=0 if shared is None else shared.mapped_bytes,
+        )
 
     # -- opening --------------------------------------------------------------------
 
@@ -218,6 +269,8 @@ class Store:
                     f"{self._env.live_views} zero-copy view(s) of the store at {self.path} are still referenced; "
                     "delete them (or keep np.array(view) copies) before closing the store"
                 )
+            if self._shared is not None:
+                self._shared.close()  # tensors still mapped stay valid and held
             self._env.close()
             self._env = None
 
@@ -586,18 +639,25 @@ class _Reader:
     def tensor(self, t: TensorRecord) -> np.ndarray:
         return self.assemble(t, self.runs(t))
 
-    def runs(self, t: TensorRecord) -> list[tuple[int, int, int, int]]:
+    def blocks(self, t: TensorRecord) -> list[cat.BlockRecord]:
+        """The catalog records of the tensor's blocks, in order."""
+        out = []
+        for block_id in t.block_ids.tolist():
+            value = self.txn.get(id_key(block_id), db=self.blocks_db)
+            if value is None:
+                raise CorruptionError(f"tensor {t.name!r} references block {block_id}, which is missing")
+            out.append(cat.decode_block(block_id, value))
+        return out
+
+    def runs(self, t: TensorRecord, blocks: list[cat.BlockRecord] | None = None) -> list[tuple[int, int, int, int]]:
         """Where the tensor's bytes lie: ``(page, offset in page, offset in tensor, length)``.
 
         Blocks of a tensor mostly lie back to back in a page; each such run is one entry.
         """
         runs: list[tuple[int, int, int, int]] = []
         at = 0
-        for block_id in t.block_ids.tolist():
-            value = self.txn.get(id_key(block_id), db=self.blocks_db)
-            if value is None:
-                raise CorruptionError(f"tensor {t.name!r} references block {block_id}, which is missing")
-            b = cat.decode_block(block_id, value)
+        for b in self.blocks(t) if blocks is None else blocks:
+            block_id = b.block_id
             want = min(t.step, t.nbytes - at)
             if b.nbytes != want:
                 raise CorruptionError(f"block {block_id} holds {b.nbytes} bytes where tensor {t.name!r} needs {want}")
@@ -609,8 +669,9 @@ class _Reader:
             at += b.nbytes
         return runs
 
-    def assemble(self, t: TensorRecord, runs: list[tuple[int, int, int, int]]) -> np.ndarray:
-        out = np.empty(t.nbytes, dtype=np.uint8)
+    def assemble(self, t: TensorRecord, runs: list[tuple[int, int, int, int]], out: np.ndarray | None = None) -> np.ndarray:
+        """The tensor's bytes copied from its runs, into ``out`` (uint8) if given."""
+        out = np.empty(t.nbytes, dtype=np.uint8) if out is None else out
         pool = self.store._pool
         if pool is None:
             for page_id, offset, start, n in runs:

@@ -1,6 +1,9 @@
 """Helpers shared by the store's tests (importable: tests/ is on pytest's path)."""
 
+import ml_dtypes
 import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import tensorstore as ts
 
@@ -25,3 +28,39 @@ def snapshot(store: ts.Store) -> tuple:
         tables["models"].drop(["created"]).to_pylist(),
         {m: {k: v.tobytes() for k, v in store.load_model(m).items()} for m in store},
     )
+
+
+# -- arrays of every dtype, shape and layout, for property tests --------------------
+
+DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.float16, ml_dtypes.bfloat16,
+          np.int32, np.uint32, np.float32, np.int64, np.uint64, np.float64]
+
+
+def bits(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a).tobytes()
+
+
+def _random_array(draw, dtype, shape):
+    """Arbitrary bit patterns: NaN payloads, -0.0, infinities and subnormals included."""
+    itemsize = np.dtype(dtype).itemsize
+    n = int(np.prod(shape))
+    raw = draw(st.binary(min_size=n * itemsize, max_size=n * itemsize))
+    arr = np.frombuffer(raw, dtype=np.uint8).view(dtype) if n else np.zeros(0, dtype)
+    if dtype is np.bool_:
+        arr = arr.view(np.uint8) % 2 == 1  # a bool array holds only 0 and 1
+    return arr.reshape(shape)
+
+
+@st.composite
+def tensors(draw):
+    dtype = draw(st.sampled_from(DTYPES))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=40))
+    arr = _random_array(draw, dtype, shape)
+    layout = draw(st.sampled_from(["c", "fortran", "strided", "reversed"]))
+    if layout == "fortran":
+        arr = np.asfortranarray(arr)
+    elif layout == "strided" and arr.ndim:
+        arr = np.repeat(arr, 2, axis=0)[::2]
+    elif layout == "reversed" and arr.ndim:
+        arr = arr[::-1]
+    return arr

@@ -1,46 +1,11 @@
 """Round trips are bit-exact for every dtype, shape and memory layout."""
 
-import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
-from hypothesis.extra import numpy as hnp
+from support import bits, tensors
 
 import tensorstore as ts
-
-DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.float16, ml_dtypes.bfloat16,
-          np.int32, np.uint32, np.float32, np.int64, np.uint64, np.float64]
-
-
-def _bits(a: np.ndarray) -> bytes:
-    return np.ascontiguousarray(a).tobytes()
-
-
-def _random_array(draw, dtype, shape):
-    """Arbitrary bit patterns: NaN payloads, -0.0, infinities and subnormals included."""
-    itemsize = np.dtype(dtype).itemsize
-    n = int(np.prod(shape))
-    raw = draw(st.binary(min_size=n * itemsize, max_size=n * itemsize))
-    arr = np.frombuffer(raw, dtype=np.uint8).view(dtype) if n else np.zeros(0, dtype)
-    if dtype is np.bool_:
-        arr = arr.view(np.uint8) % 2 == 1  # a bool array holds only 0 and 1
-    return arr.reshape(shape)
-
-
-@st.composite
-def tensors(draw):
-    dtype = draw(st.sampled_from(DTYPES))
-    shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=40))
-    arr = _random_array(draw, dtype, shape)
-    layout = draw(st.sampled_from(["c", "fortran", "strided", "reversed"]))
-    if layout == "fortran":
-        arr = np.asfortranarray(arr)
-    elif layout == "strided" and arr.ndim:
-        arr = np.repeat(arr, 2, axis=0)[::2]
-    elif layout == "reversed" and arr.ndim:
-        arr = arr[::-1]
-    return arr
-
 
 @given(model=st.dictionaries(st.text(min_size=1, max_size=20).filter(str.isprintable), tensors(), min_size=1, max_size=4))
 def test_round_trip_is_bit_exact(tmp_path_factory, model):
@@ -52,8 +17,8 @@ def test_round_trip_is_bit_exact(tmp_path_factory, model):
         for name, arr in model.items():
             got = out[name]
             assert got.dtype == arr.dtype and got.shape == arr.shape
-            assert _bits(got) == _bits(arr)
-            assert _bits(store.load_tensor("m", name)) == _bits(arr)
+            assert bits(got) == bits(arr)
+            assert bits(store.load_tensor("m", name)) == bits(arr)
         assert store.verify().ok
 
 
