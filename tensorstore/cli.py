@@ -99,16 +99,18 @@ def _parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_verify)
 
     b = sub.add_parser("bench", help="compare the store with the alternatives on a model family (docs/benchmarks.md)")
-    b.add_argument("--suite", choices=["compare", "core", "chunking", "neardup", "packing"], default="compare",
+    b.add_argument("--suite", choices=["compare", "core", "chunking", "neardup", "packing", "serving"], default="compare",
                    help="compare: against safetensors, chunk dedup, zstd, tensor dedup (default); "
                         "core: ingest/load speed, sizes, scaling; chunking: row-aligned blocks against 2-D tiles; "
-                        "neardup: LSH recall against brute force and search speed; packing: every packer on the store's layout")
+                        "neardup: LSH recall against brute force and search speed; packing: every packer on the store's layout; "
+                        "serving: memory (PSS) and cold start of many processes, shared cache against safetensors")
     b.add_argument("--corpus", default="digits", help="digits (default), minilm, or a folder of .safetensors files")
     b.add_argument("--repeat", type=int, default=5, help="runs per timing; the median is reported")
     b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
     b.add_argument("--tolerance", type=float, default=0.05, help="near-dup relative L2 error per block (compare suite)")
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the bytes per alternative (needs matplotlib)")
     b.add_argument("--workdir", help="where to put temporary stores (default: the system's temp dir)")
+    b.add_argument("--processes", type=int, default=8, help="worker processes (serving suite)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=_bench)
 
@@ -289,6 +291,8 @@ def _bench(args) -> int:
                       f"{r['model_pages_read_mean']:.1f} (bound {r['model_pages_read_bound_mean']:.1f}); "
                       f"{r['solve_seconds']:.1f} s, {r['status']}")
         return 0
+    if args.suite == "serving":
+        return _bench_serving(args)
     if args.suite == "neardup":
         from .bench import neardup
 
@@ -307,6 +311,29 @@ def _bench(args) -> int:
     print(f"store core on {args.corpus} ({format_size(result['raw']['model_bytes'])}, {result['raw']['tensors']} tensors); {result['machine']}")
     for k, v in result["summary"].items():
         print(f"  {k:<28} {v:.4g}")
+    return 0
+
+
+def _bench_serving(args) -> int:
+    from .bench import serving
+
+    if args.processes < 1:
+        raise _UsageError("--processes must be at least 1")
+    result = serving.main(args.corpus, args.workdir, args.processes, args.repeat)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for r in result["memory"]:
+        sh, st = r["shared"], r["safetensors"]
+        print(f"{r['scenario']}: {r['processes']} processes, distinct bytes {format_size(r['distinct_bytes'])}; "
+              f"PSS sum shared cache {format_size(sh['pss_sum'])} (idle {format_size(r['idle_shared_pss_sum'])}), "
+              f"safetensors {format_size(st['pss_sum'])} (idle {format_size(r['idle_safetensors_pss_sum'])}); "
+              f"above idle / distinct: {r['shared_over_distinct']:.2f} against {r['safetensors_over_distinct']:.2f}")
+    c = result["cold_start"]
+    print(f"cold start of {c['model']} ({format_size(c['model_bytes'])}) in a new process: shared cache "
+          f"{c['shared_store_warm_s'] * 1e3:.1f} ms (store catalog cold: {c['shared_store_cold_s'] * 1e3:.1f} ms), "
+          f"safetensors with a cold page cache {c['safetensors_cold_s'] * 1e3:.1f} ms: "
+          f"x{c['speedup_store_warm']:.1f} (x{c['speedup_store_cold']:.1f})")
     return 0
 
 

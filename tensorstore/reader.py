@@ -10,10 +10,14 @@ writer can reuse its pages). Closing the *store* while views are referenced rais
 ``ViewsAliveError``, because closing unmaps the memory the views point into. For a
 private writable copy: ``np.array(view)``.
 
-With a shared cache (``ts.open(..., shared_cache=True)``), a tensor that is not one run
-is mapped read-only from shared memory, where the first process to load it put it
-(:mod:`tensorstore.sharedcache`); such an array depends on nothing but its mapping, so it
-stays valid after the reader and the store are closed.
+With a shared cache (``ts.open(..., shared_cache=True)``) every tensor is mapped read-only
+from shared memory, where the first process to load it put it
+(:mod:`tensorstore.sharedcache`). Such an array depends on nothing but its mapping: it
+stays valid after the reader and the store are closed, and holds no LMDB snapshot (a
+long-lived view of the memory map would keep writers from reusing freed pages). One-run
+tensors are copied into the cache too, so that a process that finds a model in the cache
+touches neither the store's pages nor their checksums: it maps what another process
+assembled and verified.
 """
 
 from __future__ import annotations
@@ -45,10 +49,14 @@ class Reader:
         self._closed = False
 
     def load_model(self, name: str) -> dict[str, np.ndarray]:
-        """Every tensor of the model: read-only views where a tensor is one run, else copies."""
+        """Every tensor of the model, read-only: mapped from the shared cache when the store
+        has one; else views of the memory map where a tensor is one run, and copies."""
         self._check_open()
-        record = self._store._record(self._txn, name)
-        return {t.name: self._tensor(t, record.domain) for t in record.tensors}
+        raw, record = self._store._record_value(self._txn, name)
+        if self._store._shared is None:
+            return {t.name: self._tensor(t) for t in record.tensors}
+        keys = self._content_keys(raw, record)
+        return {t.name: self._shared_tensor(t, key) for t, key in zip(record.tensors, keys)}
 
     def load_tensor(self, name: str, tensor_name: str) -> np.ndarray:
         from .errors import TensorNotFoundError
@@ -58,13 +66,14 @@ class Reader:
         t = record.tensor(tensor_name)
         if t is None:
             raise TensorNotFoundError(f"model {name!r} has no tensor {tensor_name!r}")
-        return self._tensor(t, record.domain)
+        if self._store._shared is None:
+            return self._tensor(t)
+        return self._shared_tensor(t, content_key(record.domain, t, self._reader.blocks(t)))
 
-    def _tensor(self, t, domain: str) -> np.ndarray:
-        blocks = self._reader.blocks(t)
-        runs = self._reader.runs(t, blocks)
+    def _tensor(self, t) -> np.ndarray:
+        runs = self._reader.runs(t)
         if len(runs) != 1:
-            return self._assembled(t, domain, blocks, runs)
+            return self._reader.assemble(t, runs)
         page_id, offset, _, n = runs[0]
         raw = self._reader.page(page_id)[offset : offset + n]
         view = np.frombuffer(raw, dtype=dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
@@ -82,26 +91,44 @@ class Reader:
         if last:
             self._txn.abort()
 
-    def _assembled(self, t, domain: str, blocks, runs) -> np.ndarray:
+    def _content_keys(self, raw: bytes, record) -> list[bytes]:
+        # The keys of a model's tensors depend only on its catalog record (block ids name
+        # the same bytes for the life of a store), so they are kept in the cache too: a
+        # process that finds them there reads no block record at all.
         shared = self._store._shared
-        if shared is None or t.nbytes == 0:
-            return self._reader.assemble(t, runs)
+        manifest = manifest_key(self._store._identity(), raw)
+        keys = shared.read_manifest(manifest, len(record.tensors))
+        if keys is None:
+            keys = [content_key(record.domain, t, self._reader.blocks(t)) for t in record.tensors]
+            shared.write_manifest(manifest, keys)
+        return keys
+
+    def _shared_tensor(self, t, key: bytes) -> np.ndarray:
+        if t.nbytes == 0:
+            return self._tensor(t)
 
         def fill(buffer: memoryview) -> None:
+            runs = self._reader.runs(t)
             self._reader.assemble(t, runs, np.frombuffer(buffer, dtype=np.uint8))
             if self._store._pool is None:
                 for page_id in {r[0] for r in runs}:
                     _drop_resident(self._reader.page(page_id))
 
-        mapping = shared.acquire(content_key(domain, t, blocks), t.nbytes, fill)
-        if mapping is None:  # no room in the shared cache: a private copy
-            return self._reader.assemble(t, runs)
+        mapping = self._store._shared.acquire(key, t.nbytes, fill)
+        if mapping is None:  # no room in the shared cache: a private, read-only copy
+            out = self._reader.tensor(t)
+            out.flags.writeable = False
+            return out
         return np.frombuffer(mapping, dtype=dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
 
     @staticmethod
     def is_view(arr: np.ndarray) -> bool:
-        """Whether ``arr`` reads the store's memory map (not a private copy)."""
-        return not arr.flags.writeable and not arr.flags.owndata
+        """Whether ``arr`` maps memory it does not own (the store's memory map or the shared
+        cache), as opposed to a private copy."""
+        root = arr
+        while isinstance(root, np.ndarray) and root.base is not None:
+            root = root.base
+        return not isinstance(root, np.ndarray)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -122,6 +149,11 @@ class Reader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def manifest_key(store_identity: bytes, record_value: bytes) -> bytes:
+    """The cache's name for the list of a model's content keys."""
+    return xxhash.xxh3_128_digest(b"manifest\0" + store_identity + b"\0" + bytes(record_value))
 
 
 def content_key(domain: str, t, blocks) -> bytes:

@@ -9,6 +9,9 @@ assembling its own copy. The cache directory holds:
     One tensor's bytes, named by its content key: a hash of the dedup domain, the dtype,
     the shape and the content digests of its blocks as stored. Equal tensors of different
     models are one file; a tensor of one dedup domain never serves another domain.
+``<key>.m``
+    A model's manifest: the content keys of its tensors, so that a process finding a model
+    here reads nothing of the store but the model's catalog record.
 ``refs``
     An empty file whose byte-range locks are the reference counts (see below).
 ``tmp-<pid>-<n>``
@@ -43,6 +46,8 @@ import struct
 import threading
 import time
 import weakref
+
+import xxhash
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +58,14 @@ DEFAULT_KEEP_ALIVE = 300.0  # seconds an unused tensor stays for the next proces
 DEFAULT_SHARE = 0.25  # of the cache filesystem's size, when no budget is given
 SHM_ROOT = Path("/dev/shm")
 _SUFFIX = ".t"
+_MANIFEST = ".m"
+_MANIFEST_MAGIC = b"TSM1"
 _REFS = "refs"
 _STALE_TMP = 60.0  # seconds after which a dead process's half-written tensor is removed
 
 # struct flock on Linux (x86-64, aarch64): l_type, l_whence, l_start, l_len, l_pid (+ padding).
 _FLOCK = struct.Struct("hh4xqqi4x")
+_PUBLISHING = 1 << 56  # lock bytes from here on say "being assembled"; below, "in use"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +137,9 @@ class SharedCache:
         self._held: dict[bytes, tuple[weakref.ref, int, int]] = {}  # key -> (mapping, bytes, token)
         self._token = 0
         self._counts = dict(hits=0, misses=0, fallbacks=0, published_bytes=0, reclaimed=0)
-        self._estimate = 0
-        self._last_sweep = 0.0
+        self._estimate: int | None = None  # bytes cached, as of the last scan; None: not scanned yet
+        self._last_sweep = time.time()  # opening stays cheap: the first sweep is due later
         self._closed = False
-        self.reclaim()
 
     def _open_directory(self, dir_mode: int) -> None:
         d = self.directory
@@ -175,15 +182,11 @@ class SharedCache:
                 self._reclaim_locked(0)
             self._set_lock(self._refs, key, fcntl.F_RDLCK, wait=True)
             try:
-                buffer = self._map_existing(key, nbytes)
-                if buffer is None:
-                    buffer = self._publish(key, nbytes, fill)
-                    self._counts["misses" if buffer is not None else "fallbacks"] += 1
-                else:
-                    self._counts["hits"] += 1
+                buffer, outcome = self._obtain(key, nbytes, fill)
             except BaseException:
                 self._set_lock(self._refs, key, fcntl.F_UNLCK)
                 raise
+            self._counts[outcome] += 1
             if buffer is None:
                 self._set_lock(self._refs, key, fcntl.F_UNLCK)
                 return None
@@ -191,6 +194,24 @@ class SharedCache:
             self._held[key] = (weakref.ref(buffer), nbytes, self._token)
             weakref.finalize(buffer, self._released, key, self._token)
             return buffer
+
+    def _obtain(self, key: bytes, nbytes: int, fill: Callable[[memoryview], None]) -> tuple[mmap.mmap | None, str]:
+        # Called holding the tensor's reference lock, so no process can delete it meanwhile.
+        buffer = self._map_existing(key, nbytes)
+        if buffer is not None:
+            return buffer, "hits"
+        if not self.writable:
+            return None, "fallbacks"
+        # One process assembles a tensor; the others wait for it, then map what it wrote.
+        self._set_lock(self._probe, key, fcntl.F_WRLCK, wait=True, space=_PUBLISHING)
+        try:
+            buffer = self._map_existing(key, nbytes)
+            if buffer is not None:
+                return buffer, "hits"
+            buffer = self._publish(key, nbytes, fill)
+            return buffer, ("misses" if buffer is not None else "fallbacks")
+        finally:
+            self._set_lock(self._probe, key, fcntl.F_UNLCK, space=_PUBLISHING)
 
     def _released(self, key: bytes, token: int) -> None:
         # The mapping's last user is gone: drop this process's reference.
@@ -222,7 +243,10 @@ class SharedCache:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if entry.name.endswith(_SUFFIX):
+            if entry.name.endswith(_MANIFEST):
+                if now - st.st_mtime >= keep and self.writable:
+                    (self.directory / entry.name).unlink(missing_ok=True)  # rebuilt on demand
+            elif entry.name.endswith(_SUFFIX):
                 try:
                     entries.append((st.st_mtime, st.st_size, bytes.fromhex(entry.name[: -len(_SUFFIX)])))
                 except ValueError:
@@ -313,7 +337,15 @@ class SharedCache:
             with mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED) as out:
                 with memoryview(out) as view:
                     fill(view)
-            os.rename(tmp, self.directory / (key.hex() + _SUFFIX))
+            # link, not rename: never replace a file other processes may have mapped, or
+            # they would keep a second copy alive. (Only a size mismatch gets here with
+            # the name taken; then ours replaces it.)
+            final = self.directory / (key.hex() + _SUFFIX)
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                os.replace(tmp, final)
+            tmp.unlink(missing_ok=True)
             buffer = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -327,21 +359,54 @@ class SharedCache:
     def _make_room(self, nbytes: int) -> bool:
         if nbytes > self.max_bytes:
             return False
-        if self._estimate + nbytes > self.max_bytes:
+        if self._estimate is None or self._estimate + nbytes > self.max_bytes:
             self._reclaim_locked(nbytes)  # other processes add too: rescan before deciding
         return self._estimate + nbytes <= self.max_bytes
 
-    def _touch(self, key: bytes) -> None:
+    # -- manifests ---------------------------------------------------------------------------
+
+    def read_manifest(self, key: bytes, count: int) -> list[bytes] | None:
+        """The ``count`` content keys stored under ``key``, or None (absent or damaged)."""
+        path = self.directory / (key.hex() + _MANIFEST)
         try:
-            os.utime(self.directory / (key.hex() + _SUFFIX))
+            data = path.read_bytes()
+        except OSError:
+            return None
+        body, check = data[:-8], data[-8:]
+        if (len(data) != len(_MANIFEST_MAGIC) + 16 * count + 8 or not body.startswith(_MANIFEST_MAGIC)
+                or xxhash.xxh3_64_digest(body) != check):
+            return None
+        self._touch(key, _MANIFEST)
+        return [body[i : i + 16] for i in range(len(_MANIFEST_MAGIC), len(body), 16)]
+
+    def write_manifest(self, key: bytes, keys: list[bytes]) -> None:
+        """Keep a model's content keys for the next process (best effort: a failure is a miss)."""
+        if not self.writable:
+            return
+        body = _MANIFEST_MAGIC + b"".join(keys)
+        tmp = self.directory / f"tmp-{os.getpid()}-{threading.get_ident()}-{key.hex()[:16]}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self._file_mode)
+            try:
+                os.fchmod(fd, self._file_mode)
+                os.write(fd, body + xxhash.xxh3_64_digest(body))
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.directory / (key.hex() + _MANIFEST))  # nothing maps a manifest
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+    def _touch(self, key: bytes, suffix: str = _SUFFIX) -> None:
+        try:
+            os.utime(self.directory / (key.hex() + suffix))
         except OSError:
             pass  # not the owner or deleted: recency is a hint, not a correctness matter
 
     @staticmethod
-    def _set_lock(fd: int, key: bytes, kind: int, wait: bool = False) -> None:
+    def _set_lock(fd: int, key: bytes, kind: int, wait: bool = False, space: int = 0) -> None:
         # One byte per tensor, chosen by its key: two tensors share a byte with
-        # probability ~n²/2^49, and then only keep each other alive longer.
-        slot = int.from_bytes(key[:6], "big")
+        # probability ~n²/2^49, and then only keep each other alive (or wait) longer.
+        slot = space + int.from_bytes(key[:6], "big")
         cmd = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
         fcntl.fcntl(fd, cmd, _FLOCK.pack(kind, os.SEEK_SET, slot, 1, 0))
 
@@ -352,7 +417,7 @@ class SharedCache:
             return SharedCacheStats(
                 mapped_tensors=len(self._held),
                 mapped_bytes=sum(nbytes for _, nbytes, _ in self._held.values()),
-                cache_bytes=self._estimate,
+                cache_bytes=self._estimate or 0,
                 max_bytes=self.max_bytes,
                 **self._counts,
             )
@@ -373,8 +438,6 @@ class SharedCache:
 
 def default_directory(store_path: Path) -> Path:
     """``/dev/shm/tensorstore-<id>``, one per store: its device and inode and the path."""
-    import xxhash
-
     st = store_path.stat()
     ident = f"{st.st_dev}:{st.st_ino}:{store_path.resolve()}".encode()
     return SHM_ROOT / f"tensorstore-{xxhash.xxh3_64_hexdigest(ident)}"

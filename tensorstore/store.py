@@ -164,6 +164,7 @@ class Store:
         self._pool_txn = threading.local()  # the read transaction the pool loads pages from
         self._sharing_snapshot = -1  # txn id the pool's sharing map was computed at
         self._shared = None  # a SharedCache when opened with shared_cache
+        self._ident: bytes | None = None
 
     def _attach_cache(self, cache_bytes: int) -> None:
         from bufferpool import BufferPool
@@ -587,10 +588,25 @@ class Store:
     # -- helpers for the parts that read the catalog ---------------------------------
 
     def _record(self, txn: lmdb.Transaction, name: str) -> ModelRecord:
+        return self._record_value(txn, name)[1]
+
+    def _record_value(self, txn: lmdb.Transaction, name: str) -> tuple[bytes, ModelRecord]:
+        """A model's catalog record, raw and decoded."""
         value = txn.get(_name_key(name), db=self.env.dbs["models"])
         if value is None:
             raise ModelNotFoundError(f"no model {name!r} in the store at {self.path}")
-        return cat.decode_model(name, value)
+        return value, cat.decode_model(name, value)
+
+    def _identity(self) -> bytes:
+        """What tells this store from any other, for names kept outside it (the shared
+        cache): its data file's device and inode, and its creation time. A copied or
+        re-created store differs, even where its block ids are the same numbers."""
+        if self._ident is None:
+            st = (self.path / DATA_FILE).stat()
+            with self.env.read() as txn:
+                created = json.loads(bytes(txn.get(_FORMAT_KEY, db=self.env.dbs["meta"]))).get("created")
+            self._ident = f"{st.st_dev}:{st.st_ino}:{created!r}".encode()
+        return self._ident
 
     def _state(self, txn: lmdb.Transaction) -> StoreState:
         value = txn.get(_STATE_KEY, db=self.env.dbs["meta"])

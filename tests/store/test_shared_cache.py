@@ -204,3 +204,62 @@ def test_round_trip_through_the_shared_cache_is_bit_exact(tmp_path_factory, mode
                 assert bits(out[name]) == bits(arr)
             del out
             gc.collect()
+
+
+@pytest.fixture
+def shm_cache():
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="ts-test-", dir="/dev/shm")) / "cache"
+    yield path
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def test_processes_mapping_a_tensor_count_it_once_between_them(tmp_path, shm_cache):
+    from tensorstore.bench.serving import pss_bytes
+
+    store, cache = tmp_path / "store", shm_cache
+    rng = np.random.default_rng(3)
+    model = {f"w{i}": rng.standard_normal(1 << 20).astype(np.float32) for i in range(4)}  # 16 MiB
+    with ts.open(store, "w", page_size="1MiB", block_bytes="64KiB") as s:
+        s.add_model("m", model)
+    procs = [_worker(store, cache, "m", hold=True) for _ in range(2)]
+    try:
+        reports = [_report(p) for p in procs]
+        shmem = [pss_bytes(p.pid).get("Pss_Shmem", 0) for p in procs]
+    finally:
+        for p in procs:
+            p.communicate("")
+    cached = sum(f.stat().st_size for f in cache.glob("*.t"))
+    # Started together: each tensor is assembled by one of them; the other waits and maps it.
+    assert cached == 16 << 20 and sum(r["stats"]["misses"] for r in reports) == 4
+    assert sum(r["stats"]["hits"] for r in reports) == 4
+    assert abs(sum(shmem) - cached) < 0.05 * cached  # one copy between them, not two
+    assert all(abs(x - cached / 2) < 0.05 * cached for x in shmem)  # and each pays half
+
+
+def test_a_model_manifest_is_kept_and_a_damaged_one_is_rebuilt(paths):
+    store, cache = paths
+    with ts.open(store, "r", shared_cache=cache) as s:
+        with s.reader() as r:
+            r.load_model("base")
+        (manifest,) = cache.glob("*.m")
+        manifest.write_bytes(manifest.read_bytes()[:-1] + b"!")  # fails its checksum
+        with s.reader() as r:
+            t = r.load_model("base")
+        assert all(np.array_equal(t[k], v) for k, v in _model(0).items())
+        assert s._shared.read_manifest(bytes.fromhex(manifest.stem), 4) is not None  # rewritten
+        del t
+
+
+def test_a_copied_store_keeps_its_own_manifests(paths, tmp_path):
+    import shutil
+
+    store, cache = paths
+    twin = tmp_path / "twin"
+    shutil.copytree(store, twin)  # same block ids, same records; it may diverge from here
+    for path in (store, twin):
+        with ts.open(path, "r", shared_cache=cache) as s, s.reader() as r:
+            r.load_model("base")
+    assert len(list(cache.glob("*.m"))) == 2 and len(_cached_files(cache)) == 4
