@@ -18,6 +18,7 @@ catalog is input like any other and is never trusted blindly.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import asdict, dataclass, field
 
@@ -120,7 +121,7 @@ def decode_model(name: str, value) -> ModelRecord:
             shape = tuple(int(d) for d in t["shape"])
             step, nbytes = int(t["step"]), int(t["nbytes"])
             dtype = DTYPES[str(t["dtype"])]  # KeyError: an unknown dtype
-            if step <= 0 or any(d < 0 for d in shape) or int(np.prod(shape, dtype=object)) * dtype.itemsize != nbytes:
+            if step <= 0 or any(d < 0 for d in shape) or math.prod(shape) * dtype.itemsize != nbytes:
                 raise ValueError(f"tensor {t['name']!r}: shape {shape} of {t['dtype']} does not make {nbytes} bytes")
             if count != (-(-nbytes // step) if nbytes else 0) or at + count > len(ids):
                 raise ValueError(f"tensor {t['name']!r} has {count} blocks for {nbytes} bytes")

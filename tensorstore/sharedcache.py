@@ -61,6 +61,7 @@ _SUFFIX = ".t"
 _MANIFEST = ".m"
 _MANIFEST_MAGIC = b"TSM1"
 _REFS = "refs"
+_TOUCH_EVERY = 1.0  # seconds: recency finer than this is not worth a syscall per load
 _STALE_TMP = 60.0  # seconds after which a dead process's half-written tensor is removed
 
 # struct flock on Linux (x86-64, aarch64): l_type, l_whence, l_start, l_len, l_pid (+ padding).
@@ -119,6 +120,7 @@ class SharedCache:
         if not hasattr(fcntl, "F_OFD_SETLK"):
             raise SharedCacheError("the shared tensor cache needs Linux (open file description locks)")
         self.directory = Path(directory)
+        self._root = str(self.directory)
         self.max_bytes = int(max_bytes)
         self.keep_alive = float(keep_alive)
         self._file_mode = file_mode
@@ -276,7 +278,7 @@ class SharedCache:
                 return False  # some process holds it
             raise
         try:
-            (self.directory / (key.hex() + _SUFFIX)).unlink(missing_ok=True)
+            Path(self._path(key, _SUFFIX)).unlink(missing_ok=True)
         finally:
             self._set_lock(self._probe, key, fcntl.F_UNLCK)
         return True
@@ -300,19 +302,23 @@ class SharedCache:
 
     # -- files -----------------------------------------------------------------------------
 
+    def _path(self, key: bytes, suffix: str) -> str:
+        return f"{self._root}/{key.hex()}{suffix}"  # a str: this is on every load's path
+
     def _map_existing(self, key: bytes, nbytes: int) -> mmap.mmap | None:
-        path = self.directory / (key.hex() + _SUFFIX)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._path(key, _SUFFIX), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         try:
-            if os.fstat(fd).st_size != nbytes:
+            st = os.fstat(fd)
+            if st.st_size != nbytes:
                 return None  # not this tensor (damaged or foreign): publish over it
             buffer = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            if time.time() - st.st_mtime > _TOUCH_EVERY:
+                self._touch(key, fd=fd)
         finally:
             os.close(fd)
-        self._touch(key)
         return buffer
 
     def _publish(self, key: bytes, nbytes: int, fill: Callable[[memoryview], None]) -> mmap.mmap | None:
@@ -340,7 +346,7 @@ class SharedCache:
             # link, not rename: never replace a file other processes may have mapped, or
             # they would keep a second copy alive. (Only a size mismatch gets here with
             # the name taken; then ours replaces it.)
-            final = self.directory / (key.hex() + _SUFFIX)
+            final = self._path(key, _SUFFIX)
             try:
                 os.link(tmp, final)
             except FileExistsError:
@@ -367,16 +373,15 @@ class SharedCache:
 
     def read_manifest(self, key: bytes, count: int) -> list[bytes] | None:
         """The ``count`` content keys stored under ``key``, or None (absent or damaged)."""
-        path = self.directory / (key.hex() + _MANIFEST)
         try:
-            data = path.read_bytes()
+            with open(self._path(key, _MANIFEST), "rb") as f:
+                data = f.read()
         except OSError:
             return None
         body, check = data[:-8], data[-8:]
         if (len(data) != len(_MANIFEST_MAGIC) + 16 * count + 8 or not body.startswith(_MANIFEST_MAGIC)
                 or xxhash.xxh3_64_digest(body) != check):
             return None
-        self._touch(key, _MANIFEST)
         return [body[i : i + 16] for i in range(len(_MANIFEST_MAGIC), len(body), 16)]
 
     def write_manifest(self, key: bytes, keys: list[bytes]) -> None:
@@ -392,13 +397,13 @@ class SharedCache:
                 os.write(fd, body + xxhash.xxh3_64_digest(body))
             finally:
                 os.close(fd)
-            os.replace(tmp, self.directory / (key.hex() + _MANIFEST))  # nothing maps a manifest
+            os.replace(tmp, self._path(key, _MANIFEST))  # nothing maps a manifest
         except OSError:
             tmp.unlink(missing_ok=True)
 
-    def _touch(self, key: bytes, suffix: str = _SUFFIX) -> None:
+    def _touch(self, key: bytes, suffix: str = _SUFFIX, fd: int | None = None) -> None:
         try:
-            os.utime(self.directory / (key.hex() + suffix))
+            os.utime(self._path(key, suffix) if fd is None else fd)
         except OSError:
             pass  # not the owner or deleted: recency is a hint, not a correctness matter
 

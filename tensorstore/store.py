@@ -9,6 +9,8 @@ in exactly one LMDB write transaction, so a failed or interrupted call changes n
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 import time
 import unicodedata
@@ -19,6 +21,7 @@ import lmdb
 import numpy as np
 
 from . import catalog as cat
+from . import sharedcache
 from .blockwriter import BlockWriter
 from .catalog import ModelRecord, StoreState, TensorRecord, id_key
 from .chunking import as_bytes, block_spans, block_step, canonical
@@ -174,11 +177,6 @@ class Store:
         self._pool = BufferPool(cache_bytes, self.page_size, None, policy="queueing", load_into=self._load_into_frame)
 
     def _attach_shared(self, where: bool | str | Path, budget: int | None, keep_alive: float | None) -> None:
-        import os
-        import stat
-
-        from . import sharedcache
-
         if where is True:
             directory = sharedcache.default_directory(self.path)
         elif isinstance(where, (str, Path)) and str(where) and os.sep not in str(where):
