@@ -101,15 +101,23 @@ class PinnedPage:
     def __enter__(self) -> np.ndarray:
         if self._entry is not None:
             raise RuntimeError(f"page {self.page_id} is already pinned by this handle")
-        self._entry = self._pool._pin(self.page_id)
-        return self._entry.view  # type: ignore[return-value]
+        entry = self._entry = self._pool._pin(self.page_id)
+        return entry.view  # type: ignore[return-value]
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        entry, self._entry = self._entry, None
+        entry = self._entry
         if entry is not None:
-            self._pool._unpin(self.page_id, entry)
+            self._entry = None
+            pool = self._pool
+            with pool._lock:  # unpin; the last pin makes the page evictable again
+                entry.pins -= 1
+                if entry.pins == 0:
+                    pool._replacer.set_evictable(self.page_id, True)
+
+
+_new_handle = object.__new__
 
 
 class BufferPool:
@@ -182,6 +190,11 @@ class BufferPool:
         self._arena = np.zeros(self._n_frames * self._page_bytes, dtype=np.uint8)
         self._writable = memoryview(self._arena)
         self._readonly = np.frombuffer(self._writable.toreadonly(), dtype=np.uint8)
+        # Each frame's writable buffer (given to load_into) and read-only view (handed out for
+        # a full page), made once: slicing the arena on every miss costs more than a lookup.
+        page = self._page_bytes
+        self._buffers = [self._writable[i * page : (i + 1) * page] for i in range(self._n_frames)]
+        self._views = [self._readonly[i * page : (i + 1) * page] for i in range(self._n_frames)]
         self._free = list(range(self._n_frames - 1, -1, -1))
         self._table: dict[int, _Entry] = {}
         self._lock = threading.Lock()
@@ -257,23 +270,44 @@ class BufferPool:
         """
         if type(page_id) is not int:
             page_id = as_int(page_id, "page_id")
-        return PinnedPage(self, page_id)
+        handle = _new_handle(PinnedPage)  # PinnedPage(self, page_id) without the call
+        handle._pool, handle.page_id, handle._entry = self, page_id, None
+        return handle
 
     def _pin(self, page_id: int) -> _Entry:
         waited = False
+        lock, table, replacer = self._lock, self._table, self._replacer
         while True:
-            with self._lock:
-                entry = self._table.get(page_id)
-                if entry is None:
-                    entry = self._reserve(page_id)
+            with lock:
+                entry = table.get(page_id)
+                if entry is None:  # a miss: reserve a frame, evicting if needed
+                    replacer.record_access(page_id)  # tracked and not evictable while loading
+                    if self._free:
+                        entry = _Entry(self._free.pop())
+                    else:
+                        victim = replacer.evict()
+                        if victim is None:
+                            replacer.remove(page_id)
+                            raise PoolExhaustedError(
+                                f"cannot load page {page_id}: all {self._n_frames} frames hold "
+                                f"pinned or loading pages; release pins or use a larger capacity_bytes"
+                            )
+                        # The victim's record serves the page coming into its frame: it was
+                        # unpinned and loaded, so no handle holds it and no thread waits on it.
+                        entry = table.pop(victim)
+                        entry.pins, entry.nbytes, entry.view, entry.loading, entry.loaded = 1, 0, None, True, None
+                        self._evictions += 1
+                    table[page_id] = entry
+                    self._misses += 1
                     break
                 if not entry.loading:
                     entry.pins += 1
                     if entry.pins == 1:
-                        self._replacer.set_evictable(page_id, False)
-                    self._replacer.record_access(page_id)
+                        replacer.set_evictable(page_id, False)
+                    replacer.record_access(page_id)
                     self._hits += 1
-                    self._load_waits += waited
+                    if waited:
+                        self._load_waits += 1
                     return entry
                 if entry.loaded is None:
                     entry.loaded = threading.Event()
@@ -283,76 +317,65 @@ class BufferPool:
         self._fill(page_id, entry)
         return entry
 
-    def _reserve(self, page_id: int) -> _Entry:
-        """Under the lock: give ``page_id`` a frame (evicting if needed), marked loading."""
-        self._replacer.record_access(page_id)  # tracked and not evictable while loading
-        if self._free:
-            frame = self._free.pop()
-        else:
-            victim = self._replacer.evict()
-            if victim is None:
-                self._replacer.remove(page_id)
-                raise PoolExhaustedError(
-                    f"cannot load page {page_id}: all {self._n_frames} frames hold pinned or "
-                    f"loading pages; release pins or use a larger capacity_bytes"
-                )
-            frame = self._table.pop(victim).frame
-            self._evictions += 1
-        entry = self._table[page_id] = _Entry(frame)
-        self._misses += 1
-        return entry
-
     def _fill(self, page_id: int, entry: _Entry) -> None:
         """Outside the lock: load the page into its frame, then publish it (or undo)."""
-        start = entry.frame * self._page_bytes
+        frame, page_bytes = entry.frame, self._page_bytes
         try:
-            if self._load_into is not None:
-                nbytes = self._read_into(page_id, start)
+            load_into = self._load_into
+            if load_into is not None:
+                buffer = self._buffers[frame]
+                try:
+                    buffer.nbytes
+                except ValueError:  # an earlier load_into released it: make another
+                    start = frame * page_bytes
+                    buffer = self._buffers[frame] = self._writable[start : start + page_bytes]
+                nbytes = load_into(page_id, buffer)
+                if type(nbytes) is not int or not 0 <= nbytes <= page_bytes:
+                    nbytes = self._checked_count(page_id, nbytes)
             else:
                 data = _as_bytes(self._load(page_id), page_id)  # type: ignore[misc]
                 nbytes = data.nbytes
-                if nbytes > self._page_bytes:
+                if nbytes > page_bytes:
                     raise PageTooLargeError(
-                        f"load({page_id}) returned {nbytes} bytes; a frame holds {self._page_bytes}"
+                        f"load({page_id}) returned {nbytes} bytes; a frame holds {page_bytes}"
                     )
+                start = frame * page_bytes
                 self._arena[start : start + nbytes] = np.frombuffer(data, dtype=np.uint8)
         except BaseException:
             with self._lock:
                 del self._table[page_id]
                 self._replacer.remove(page_id)
-                self._free.append(entry.frame)
+                self._free.append(frame)
                 entry.loading = False
                 waiters = entry.loaded
             if waiters is not None:
                 waiters.set()  # they wake, find no entry and try the load themselves
             raise
+        if nbytes == page_bytes:
+            view = self._views[frame]
+        else:
+            start = frame * page_bytes
+            view = self._readonly[start : start + nbytes]
         with self._lock:
             entry.nbytes = nbytes
-            entry.view = self._readonly[start : start + nbytes]
+            entry.view = view
             self._bytes_loaded += nbytes
-            if nbytes < self._page_bytes:  # (a page starts out as a full one)
-                self._replacer.set_page_bytes(page_id, nbytes, self._page_bytes)
+            if nbytes < page_bytes:  # (a page starts out as a full one)
+                self._replacer.set_page_bytes(page_id, nbytes, page_bytes)
             entry.loading = False
             waiters = entry.loaded  # read under the lock: no waiter can add one after this
         if waiters is not None:
             waiters.set()
 
-    def _read_into(self, page_id: int, start: int) -> int:
-        frame = self._writable[start : start + self._page_bytes]
-        nbytes = self._load_into(page_id, frame)  # type: ignore[misc]
+    def _checked_count(self, page_id: int, nbytes: object) -> int:
+        """What ``load_into`` returned, if it is a valid byte count (else raise)."""
         if isinstance(nbytes, bool) or not isinstance(nbytes, int):
             raise InvalidTypeError(f"load_into({page_id}, frame) must return the bytes written, got {nbytes!r}")
         if not 0 <= nbytes <= self._page_bytes:
             raise PageTooLargeError(
                 f"load_into({page_id}, frame) reported {nbytes} bytes; a frame holds {self._page_bytes}"
             )
-        return nbytes
-
-    def _unpin(self, page_id: int, entry: _Entry) -> None:
-        with self._lock:
-            entry.pins -= 1
-            if entry.pins == 0:
-                self._replacer.set_evictable(page_id, True)
+        return int(nbytes)
 
     # -- dropping pages -------------------------------------------------------------------
     def invalidate(self, page_id: int) -> bool:

@@ -245,6 +245,36 @@ def test_load_into_writes_straight_into_the_frame():
     assert pool.stats().bytes_loaded == sum(len(content(p)) for p in [1, 2, 3, 4, 1])
 
 
+def test_a_load_into_that_releases_its_frame_does_not_break_later_loads():
+    """The pool keeps one buffer per frame; a loader may release what it was given."""
+    def load_into(page_id: int, frame: memoryview) -> int:
+        data = content(page_id)
+        with frame:  # releases the memoryview on exit
+            frame[: len(data)] = data
+        return len(data)
+
+    pool = BufferPool(2 * PAGE, PAGE, None, load_into=load_into)
+    for page_id in [1, 2, 3, 4, 5, 1]:  # every frame is loaded three times
+        with pool.pin(page_id) as frame:
+            assert frame.tobytes() == content(page_id)
+    assert pool.stats().misses == 6
+
+
+def test_a_reloaded_frame_serves_its_new_page_and_the_old_one_comes_back_intact():
+    """An evicted page's record is reused for the page loaded into its frame."""
+    pool = BufferPool(PAGE, PAGE, content)
+    for page_id in [1, 2, 1, 2]:
+        with pool.pin(page_id) as frame:
+            assert frame.tobytes() == content(page_id)
+            assert page_id in pool and len(pool) == 1
+    assert pool.stats().to_dict()["evictions"] == 3
+    with pool.pin(2), pytest.raises(RuntimeError):
+        with pool.pin(3):  # the only frame is pinned
+            pass
+    with pool.pin(3) as frame:  # and after a failed reservation, the next one works
+        assert frame.tobytes() == content(3)
+
+
 @pytest.mark.parametrize(("reported", "error"), [(PAGE + 1, PageTooLargeError), ("7", TypeError), (-1, ValueError)])
 def test_load_into_must_report_a_byte_count_that_fits(reported, error):
     pool = BufferPool(2 * PAGE, PAGE, None, load_into=lambda page_id, frame: reported)
