@@ -11,13 +11,15 @@ placing blocks one by one. It minimises::
       + sum_j tensor_cost_j * pages tensor j reads
 
 where ``item_cost_i`` is the read cost of the tensors that read item ``i`` and no other
-item of the cluster, and ``j`` ranges over tensors reading several items.
+item of the cluster, and ``j`` ranges over the other *readers*: tensors reading several
+items and model loads. A page a reader already reads for data outside the cluster costs
+it nothing more (``tensor_read_pages``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
@@ -39,11 +41,16 @@ class ClusterModel:
     item_cost : list of int
         Per item: cost of each page the item is spread over.
     tensor_items : list of list of int
-        Per tensor reading several items: those items.
+        Per reader (a tensor reading several items, or a model): its items.
     tensor_cost : list of int
-        Per such tensor: cost of each page it reads.
+        Per reader: cost of each page it reads.
     page_cost : int
         Cost of a new page.
+    tensor_read_pages : list of list of int
+        Per reader (may be empty: none): pages it reads anyway, for data outside the
+        cluster; reading them costs it nothing more.
+    max_new_pages : int or None
+        At most this many new pages may be used (None: no cap).
     """
 
     capacity: int
@@ -54,6 +61,13 @@ class ClusterModel:
     tensor_items: list[list[int]]
     tensor_cost: list[int]
     page_cost: int
+    tensor_read_pages: list[list[int]] = field(default_factory=list)
+    max_new_pages: int | None = None
+
+    def charged_pages(self, j: int) -> list[int]:
+        """The pages reader `j` pays for when it reads them."""
+        free = set(self.tensor_read_pages[j]) if j < len(self.tensor_read_pages) else set()
+        return [k for k in range(len(self.base_load)) if k not in free]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,15 +149,18 @@ def solve_cluster(
             model.add(cluster.base_load[k] + load <= cluster.capacity)
     for a, b in zip(used, used[1:]):
         model.add(a >= b)  # new pages are interchangeable: use them in order
+    if cluster.max_new_pages is not None:
+        model.add(sum(used) <= cluster.max_new_pages)
 
     reads = []
     for j, items in enumerate(cluster.tensor_items):
-        r = [model.new_bool_var(f"r{j}_{k}") for k in pages]
-        for i in items:
-            for k in pages:
-                model.add_implication(on_page[i][k], r[k])
-        for k in pages:
-            model.add_hint(r[k], any(_hinted(hint[i], k) for i in items))
+        r = []
+        for k in cluster.charged_pages(j):  # elsewhere the reader reads the page anyway
+            rk = model.new_bool_var(f"r{j}_{k}")
+            for i in items:
+                model.add_implication(on_page[i][k], rk)
+            model.add_hint(rk, any(_hinted(hint[i], k) for i in items))
+            r.append(rk)
         reads.append(r)
 
     model.minimize(
@@ -169,8 +186,9 @@ def cluster_cost(cluster: ClusterModel, counts: Sequence[Sequence[Sequence[int]]
     new_used = sum(1 for k in pages if cluster.is_new[k] and any(k in s for s in spread))
     total = cluster.page_cost * new_used
     total += sum(cost * len(s) for cost, s in zip(cluster.item_cost, spread))
-    for cost, items in zip(cluster.tensor_cost, cluster.tensor_items):
-        total += cost * len(set().union(*(spread[i] for i in items)))
+    for j, (cost, items) in enumerate(zip(cluster.tensor_cost, cluster.tensor_items)):
+        charged = set(cluster.charged_pages(j))
+        total += cost * len(charged & set().union(*(spread[i] for i in items)))
     return total
 
 

@@ -177,7 +177,8 @@ class PackResult:
     @property
     def cost(self) -> float:
         """The objective (see :mod:`packing.objective`); lower is better."""
-        return cost(self.problem, self.pages, self.tensor_pages_read, self.read_weight)
+        model_reads = self.model_reads().pages_read if self.problem.n_models else None
+        return cost(self.problem, self.pages, self.tensor_pages_read, self.read_weight, model_reads)
 
     def model_reads(self, models: Mapping[str, Sequence[str]] | None = None) -> ModelReads:
         """Pages read to load each model.

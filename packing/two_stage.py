@@ -6,13 +6,17 @@ Stage 1
     is read in full by every tensor that reads it: nothing wasted, nothing read in vain.
 Stage 2
     What remains of each set (less than a page: a *leftover*) is packed together with
-    the other leftovers. Leftovers read by the same models (or, without models, by the
-    same tensors) are sorted next to each other and cut into small clusters, so that a
-    model's leftovers share pages. Each cluster is first packed by best fit - whole
-    leftovers, except that a leftover whose readers are cheap (by the objective) may
-    be split to fill a gap - and then improved by CP-SAT (:mod:`packing.cpsat`) under
-    the time limit. When time runs out, or there are more than ``cp_max_items``
-    leftovers, the best-fit packing stands; the :class:`SolverReport` says so.
+    the other leftovers. A page is read by every model that needs any of its blocks, so
+    leftovers are visited depth first over their model sets (a set, then the sets it
+    contains) and each goes, by best fit, to a page its models read anyway. Failing
+    that it may be split to fill such a page (when the page and model reads saved
+    outweigh the tensor reads added), open a page of its own when its set has a page's
+    worth still to come, or else go where it adds the cheapest model reads. Pages of one
+    model set are then compacted where splitting pays. Last, CP-SAT
+    (:mod:`packing.cpsat`) improves the leftovers cluster by cluster, the rest of the
+    layout fixed, under the time limit and never using more pages. When time runs out,
+    or there are more than ``cp_max_items`` leftovers, the best-fit packing stands; the
+    :class:`SolverReport` says so.
 Merge
     Finally whole pages are merged by best fit where they fit together: that stores a
     page less and never makes anyone read more pages.
@@ -30,7 +34,7 @@ from packing.cpsat import ClusterModel, cluster_cost, solve_cluster
 from packing.csr import gather_rows, row_of_entries, unique_pairs
 from packing.errors import InvalidProblemError
 from packing.fit import best_fit_decreasing
-from packing.objective import cost_coefficients
+from packing.objective import cost_coefficients, model_cost_coefficients
 from packing.problem import PackingProblem
 from packing.result import SolverReport
 from packing.sharing import SharingGroups, sharing_groups
@@ -178,39 +182,87 @@ def _fill_first_fit(
 
 
 class _FreeSpace:
-    """Free bytes of the stage-2 pages, with a best-fit index over the open ones."""
+    """Free bytes and readers of the stage-2 pages, with a best-fit index per reader set.
+
+    A page's *readers* are the models (without models: the tensors) that read it. A
+    leftover adds no model read to a page whose readers include all of its own, so
+    pages are indexed by reader set to find those first.
+    """
 
     def __init__(self, capacity: int, smallest: int) -> None:
         self.capacity = capacity
         self.smallest = smallest  # a page with less free space than this is closed
         self.free: list[int] = []
-        self._index: list[tuple[int, int]] = []  # (free, page), ascending
+        self.readers: list[frozenset[int]] = []
+        self._index: dict[frozenset[int], list[tuple[int, int]]] = {}  # (free, page), ascending
+        self._keys: list[frozenset[int]] = []  # the index's reader sets, in order of arrival
+        self._supersets: dict[frozenset[int], tuple[int, list[frozenset[int]]]] = {}
 
-    def new_page(self) -> int:
+    def new_page(self, readers: frozenset[int] = frozenset()) -> int:
         self.free.append(self.capacity)
+        self.readers.append(readers)
         self._index_add(len(self.free) - 1)
         return len(self.free) - 1
 
-    def best_fit(self, size: int) -> int | None:
-        """The open page with the least free space that still fits `size`."""
-        k = bisect.bisect_left(self._index, (size, -1))
-        return self._index[k][1] if k < len(self._index) else None
+    def best_fit(self, size: int, key: frozenset[int]) -> int | None:
+        """The page read by all of `key` with the least free space that still fits `size`."""
+        best = None
+        for readers in self._superset_keys(key):
+            entries = self._index[readers]
+            k = bisect.bisect_left(entries, (size, -1))
+            if k < len(entries) and (best is None or entries[k] < best):
+                best = entries[k]
+        return None if best is None else best[1]
 
-    def roomiest(self) -> int | None:
-        """The open page with the most free space."""
-        return self._index[-1][1] if self._index else None
+    def roomiest(self, key: frozenset[int]) -> int | None:
+        """The page read by all of `key` with the most free space."""
+        best = None
+        for readers in self._superset_keys(key):
+            entries = self._index[readers]
+            if entries and (best is None or entries[-1] > best):
+                best = entries[-1]
+        return None if best is None else best[1]
 
-    def change(self, page: int, delta: int) -> None:
-        """Add `delta` (may be negative) bytes of free space to `page`."""
-        k = bisect.bisect_left(self._index, (self.free[page], page))
-        if k < len(self._index) and self._index[k] == (self.free[page], page):
-            self._index.pop(k)
+    def cheapest_fit(self, size: int, key: frozenset[int], cost: np.ndarray) -> tuple[int | None, float]:
+        """The page fitting `size` that adds the cheapest new readers (``cost`` per reader),
+        tightest on ties; and that cost."""
+        best, best_cost = None, 0.0
+        for readers, entries in self._index.items():
+            k = bisect.bisect_left(entries, (size, -1))
+            if k == len(entries):
+                continue
+            added = float(sum(cost[r] for r in key - readers))
+            if best is None or (added, entries[k]) < (best_cost, best):
+                best, best_cost = entries[k], added
+        return (None, 0.0) if best is None else (best[1], best_cost)
+
+    def change(self, page: int, delta: int, readers: frozenset[int] | None = None) -> None:
+        """Add `delta` (may be negative) bytes of free space to `page`; set its readers."""
+        entries = self._index.get(self.readers[page])
+        if entries is not None:
+            k = bisect.bisect_left(entries, (self.free[page], page))
+            if k < len(entries) and entries[k] == (self.free[page], page):
+                entries.pop(k)
         self.free[page] += delta
+        if readers is not None:
+            self.readers[page] = readers
         self._index_add(page)
 
     def _index_add(self, page: int) -> None:
         if self.free[page] >= self.smallest:
-            bisect.insort(self._index, (self.free[page], page))
+            readers = self.readers[page]
+            if readers not in self._index:
+                self._index[readers] = []
+                self._keys.append(readers)
+            bisect.insort(self._index[readers], (self.free[page], page))
+
+    def _superset_keys(self, key: frozenset[int]) -> list[frozenset[int]]:
+        # cached per key, extended as new reader sets appear
+        seen, found = self._supersets.get(key, (0, []))
+        if seen < len(self._keys):
+            found = found + [r for r in self._keys[seen:] if key <= r]
+            self._supersets[key] = (len(self._keys), found)
+        return found
 
 
 class _StageTwo:
@@ -229,25 +281,42 @@ class _StageTwo:
         self.blocks = [b for _, b in leftovers]
         self.tensors = [groups.tensors_of(g) for g, _ in leftovers]
         self.sizes = [int(problem.slot_bytes[b].sum()) for b in self.blocks]
-        self.order, self.keys = _affinity_order(problem, [g for g, _ in leftovers], groups, self.sizes)
+        self.order, keys = _affinity_order(problem, [g for g, _ in leftovers], groups, self.sizes)
+        self.keys = keys
+        # readers of a leftover for the page index: its models. Without models every
+        # page is as good as any other for reads, so best fit is global.
+        self.has_models = problem.n_models > 0
+        self.readers = [frozenset(k) if self.has_models else frozenset() for k in keys]
         page_cost, read_cost = cost_coefficients(problem, read_weight)
         # integer costs, one page stored = _PAGE_COST; a page read by tensor t = read_cost[t]
-        self.read_cost = np.rint(read_cost * (_PAGE_COST / page_cost if page_cost else 0.0))
+        scale = _PAGE_COST / page_cost if page_cost else 0.0
+        self.read_cost = np.rint(read_cost * scale)
+        # cost of a page read by each model
+        self.reader_cost = np.rint(model_cost_coefficients(problem, read_weight) * scale)
         self.split_cost = [float(self.read_cost[t].sum()) for t in self.tensors]
+        self.key_cost = [float(sum(self.reader_cost[r] for r in k)) for k in self.readers]
         smallest = int(problem.slot_bytes[np.concatenate(self.blocks)].min()) if self.blocks else 1
         self.space = _FreeSpace(problem.page_bytes, smallest)
         self.placed: list[list[tuple[int, np.ndarray]]] = [[] for _ in self.blocks]
+        self.pending: dict[frozenset[int], int] = {}  # bytes of each key not yet placed
+        for key, size in zip(self.readers, self.sizes):
+            self.pending[key] = self.pending.get(key, 0) + size
+        self.on_page: list[set[int]] = []  # leftovers with blocks on each stage-2 page
         self.tally = _Tally()
 
     # ------------------------------------------------------------------ driver
     def run(self) -> None:
+        """Best fit for every cluster, then CP-SAT improves one cluster at a time with
+        the rest of the layout fixed, never using more pages than it found."""
         use_cp = len(self.blocks) <= self.options.cp_max_items
-        deadline = time.perf_counter() + self.options.time_limit
-        for cluster in _clusters(self.order, self.keys, self.options.max_cluster_items):
-            self.tally.clusters += 1
-            free_before = list(self.space.free)
+        clusters = _clusters(self.order, self.keys, self.options.max_cluster_items)
+        for cluster in clusters:
             self._greedy(cluster)
-            model, hint, pages = self._model(cluster, free_before)
+        self._compact()
+        deadline = time.perf_counter() + self.options.time_limit
+        for cluster in clusters:
+            self.tally.clusters += 1
+            model, hint, pages = self._model(cluster)
             if not use_cp:
                 self.tally.fallback_size += 1
             elif _greedy_is_optimal(model, hint):
@@ -266,44 +335,125 @@ class _StageTwo:
 
     # ------------------------------------------------------------------ greedy
     def _greedy(self, cluster: list[int]) -> None:
-        """Best fit, largest first; a cheap leftover that fits nowhere may be split to
-        fill the roomiest page when the bytes saved outweigh the reads added."""
+        """Best fit, in the affinity order, among the pages that the leftover's readers
+        read anyway (it adds no read there). Failing that, a cheap leftover may be split
+        to fill the roomiest such page when the bytes saved outweigh the reads added.
+        Else it opens a new page if its readers have enough leftovers still to come to
+        fill it, or goes where it adds the cheapest readers."""
         space, slots = self.space, self.problem.slot_bytes
-        for i in sorted(cluster, key=lambda i: -self.sizes[i]):
-            blocks, size = self.blocks[i], self.sizes[i]
-            page = space.best_fit(size)
+        for i in cluster:
+            blocks, size, key = self.blocks[i], self.sizes[i], self.readers[i]
+            self.pending[key] -= size
+            page = space.best_fit(size, key)
             if page is None:
-                roomy = space.roomiest()
-                if roomy is not None and self._worth_splitting(i, space.free[roomy]):
+                mix, mix_cost = space.cheapest_fit(size, key, self.reader_cost)
+                roomy = space.roomiest(key)
+                if (
+                    roomy is not None
+                    and self._worth_splitting(i, space.free[roomy])
+                    and (mix is None or self.split_cost[i] <= mix_cost)
+                ):
                     head = _first_fit(blocks, slots, space.free[roomy])
                     self._put(i, blocks[head], roomy)
                     blocks = blocks[~head]
                     size = int(slots[blocks].sum())
-                    page = space.best_fit(size)
-                if page is None:
+                    page = space.best_fit(size, key)
+                    if page is None:
+                        mix, _ = space.cheapest_fit(size, key, self.reader_cost)
+                # a page of its own that its readers' later leftovers will fill adds no
+                # reads in the end; a foreign page adds reads for good
+                if page is None and (mix is None or size + self.pending[key] >= space.capacity):
                     page = space.new_page()
+                    self.on_page.append(set())
+                page = mix if page is None else page
             self._put(i, blocks, page)
 
     def _worth_splitting(self, item: int, gap: int) -> bool:
-        # filling `gap` bytes saves gap/capacity of a page; splitting costs one more
-        # page read by each reader of the item
-        return self.split_cost[item] < _PAGE_COST * gap / self.problem.page_bytes
+        # filling `gap` bytes saves gap/capacity of a page of this data, stored and
+        # read by each of its models; splitting costs one more page read by each
+        # tensor reading the item
+        page = _PAGE_COST + self.key_cost[item]
+        return self.split_cost[item] < page * gap / self.problem.page_bytes
 
     def _put(self, item: int, blocks: np.ndarray, page: int) -> None:
         if blocks.size:
+            space = self.space
             self.placed[item].append((page, blocks))
-            self.space.change(page, -int(self.problem.slot_bytes[blocks].sum()))
+            self.on_page[page].add(item)
+            space.change(page, -int(self.problem.slot_bytes[blocks].sum()), space.readers[page] | self.readers[item])
+
+    def _take_out(self, items: list[int]) -> None:
+        """Remove every piece of `items` from its page."""
+        slots, space = self.problem.slot_bytes, self.space
+        pages = set()
+        for i in items:
+            for page, blocks in self.placed[i]:
+                self.on_page[page].discard(i)
+                space.change(page, int(slots[blocks].sum()))
+                pages.add(page)
+            self.placed[i] = []
+        for page in pages:
+            space.change(page, 0, frozenset().union(*(self.readers[i] for i in self.on_page[page])))
+
+    # ------------------------------------------------------------------ compaction
+    def _compact(self) -> None:
+        """Repack the pages of each reader set into fewer pages, splitting leftovers
+        where needed, when the pages and reads saved outweigh the reads added. Never
+        adds a page."""
+        space = self.space
+        by_readers: dict[frozenset[int], list[int]] = {}
+        for page, readers in enumerate(space.readers):
+            if self.on_page[page]:
+                by_readers.setdefault(readers, []).append(page)
+        for pages in by_readers.values():
+            used = sum(space.capacity - space.free[p] for p in pages)
+            if len(pages) > -(-used // space.capacity):
+                self._compact_pages(pages)
+
+    def _compact_pages(self, pages: list[int]) -> None:
+        space, slots = self.space, self.problem.slot_bytes
+        page_set = set(pages)
+        items = sorted(set().union(*(self.on_page[p] for p in pages)))
+        inside = {i: [b for page, b in self.placed[i] if page in page_set] for i in items}
+        if any(len(v) < len(self.placed[i]) for i, v in inside.items()):
+            return  # a leftover also lies elsewhere: leave it
+        content = {i: np.concatenate(inside[i]) for i in items}
+        cost = {r: float(self.reader_cost[r]) for p in pages for r in space.readers[p]}
+        reads_before = sum(cost[r] for p in pages for r in space.readers[p])
+        used = sum(space.capacity - space.free[p] for p in pages)
+        best, best_gain = None, 0.0
+        for n in range(-(-used // space.capacity), len(pages)):
+            layout = _split_fit(content, n, space.capacity, slots)
+            if layout is None:
+                continue
+            gain = (len(pages) - n) * _PAGE_COST + reads_before
+            for on in _bin_items(layout, n):
+                gain -= sum(cost[r] for r in frozenset().union(*(self.readers[i] for i in on)))
+            gain -= sum(self.split_cost[i] * (len(layout[i]) - len(inside[i])) for i in items)
+            if gain > best_gain:
+                best, best_gain = layout, gain
+        if best is not None:
+            self._take_out(items)
+            for i in items:
+                for k, blocks in best[i]:
+                    self._put(i, blocks, pages[k])
 
     # ------------------------------------------------------------------ CP-SAT
-    def _model(
-        self, cluster: list[int], free_before: list[int]
-    ) -> tuple[ClusterModel, list, list[int]]:
-        """The cluster as a CP-SAT model over the pages its greedy packing touched, that
-        packing as a hint, and the stage-2 page of each model page."""
-        pages = sorted({page for i in cluster for page, _ in self.placed[i]})
-        local = {page: k for k, page in enumerate(pages)}
+    def _model(self, cluster: list[int]) -> tuple[ClusterModel, list, list[int]]:
+        """The cluster as a CP-SAT model over the pages it lies on (the rest of the
+        layout fixed), its current packing as a hint, and the stage-2 page of each
+        model page. Pages holding nothing else may be emptied; no page may be added."""
         capacity = self.problem.page_bytes
         slots = self.problem.slot_bytes
+        pages = sorted({page for i in cluster for page, _ in self.placed[i]})
+        local = {page: k for k, page in enumerate(pages)}
+        members = set(cluster)
+        outside = [self.on_page[p] - members for p in pages]  # other leftovers on each page
+        load = [
+            sum(int(slots[b].sum()) for i in out for q, b in self.placed[i] if q == p)
+            for p, out in zip(pages, outside)
+        ]
+        readers_outside = [frozenset().union(*(self.readers[i] for i in out)) for out in outside]
         classes, hint = [], []
         for i in cluster:
             sizes, counts = np.unique(slots[self.blocks[i]], return_counts=True)
@@ -322,17 +472,31 @@ class _StageTwo:
             int(sum(self.read_cost[t] for t in self.tensors[i].tolist() if t not in shared))
             for i in cluster
         ]
+        reader_items = list(shared.values())
+        reader_cost = [int(self.read_cost[t]) for t in shared]
+        read_pages: list[list[int]] = [[] for _ in shared]
+        if self.has_models:
+            # every model of the cluster: a page it reads for other data costs it nothing
+            by_model: dict[int, list[int]] = {}
+            for pos, i in enumerate(cluster):
+                for m in self.keys[i]:
+                    by_model.setdefault(m, []).append(pos)
+            for m, items in by_model.items():
+                reader_items.append(items)
+                reader_cost.append(int(self.reader_cost[m]))
+                read_pages.append([k for k, r in enumerate(readers_outside) if m in r])
         model = ClusterModel(
             capacity=capacity,
-            base_load=[
-                capacity - free_before[p] if p < len(free_before) else 0 for p in pages
-            ],
-            is_new=[p >= len(free_before) for p in pages],
+            base_load=load,
+            is_new=[not out for out in outside],
             item_classes=classes,
             item_cost=item_cost,
-            tensor_items=list(shared.values()),
-            tensor_cost=[int(self.read_cost[t]) for t in shared],
+            tensor_items=reader_items,
+            tensor_cost=reader_cost,
             page_cost=_PAGE_COST,
+            tensor_read_pages=read_pages,
+            # fewer reads, but never more pages than best fit: the page target holds
+            max_new_pages=sum(1 for out in outside if not out),
         )
         return model, hint, pages
 
@@ -355,10 +519,8 @@ class _StageTwo:
         if cluster_cost(model, solution.counts) >= cluster_cost(model, hint):
             return
         slots = self.problem.slot_bytes
+        self._take_out(cluster)
         for pos, i in enumerate(cluster):
-            for page, blocks in self.placed[i]:
-                self.space.change(page, int(slots[blocks].sum()))
-            self.placed[i] = []
             # blocks of one size are interchangeable: deal them out by the counts
             blocks = self.blocks[i]
             by_size = {s: list(blocks[slots[blocks] == s]) for s, _ in model.item_classes[pos]}
@@ -380,10 +542,50 @@ def _first_fit(blocks: np.ndarray, slots: np.ndarray, room: int) -> np.ndarray:
     return take
 
 
+def _split_fit(
+    content: dict[int, np.ndarray], n_pages: int, capacity: int, slots: np.ndarray
+) -> dict[int, list[tuple[int, np.ndarray]]] | None:
+    """Put each item's blocks in `n_pages` pages: whole items by best fit, largest
+    first; the items that fit nowhere whole are split over the roomiest pages. Returns
+    each item's (page, blocks) pieces, or None when they do not fit."""
+    free = [capacity] * n_pages
+    layout: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in content}
+    sizes = {i: int(slots[b].sum()) for i, b in content.items()}
+    rest = []
+    for i in sorted(content, key=lambda i: (-sizes[i], i)):
+        fits = [k for k in range(n_pages) if free[k] >= sizes[i]]
+        if fits:
+            k = min(fits, key=lambda k: (free[k], k))
+            layout[i].append((k, content[i]))
+            free[k] -= sizes[i]
+        else:
+            rest.append(i)
+    for i in rest:
+        blocks = content[i]
+        while blocks.size:
+            k = max(range(n_pages), key=lambda k: (free[k], -k)) if n_pages else -1
+            take = _first_fit(blocks, slots, free[k]) if k >= 0 else np.zeros(blocks.size, dtype=bool)
+            if not take.any():
+                return None
+            layout[i].append((k, blocks[take]))
+            free[k] -= int(slots[blocks[take]].sum())
+            blocks = blocks[~take]
+    return layout
+
+
+def _bin_items(layout: dict[int, list[tuple[int, np.ndarray]]], n_pages: int) -> list[set[int]]:
+    """The items on each page of a :func:`_split_fit` layout."""
+    out: list[set[int]] = [set() for _ in range(n_pages)]
+    for i, pieces in layout.items():
+        for k, _ in pieces:
+            out[k].add(i)
+    return out
+
+
 def _greedy_is_optimal(model: ClusterModel, hint: list) -> bool:
     """True when nothing is left to improve: no leftover split, no more new pages than
-    the cluster's volume needs, and every tensor reading several leftovers reads as
-    few pages as their volume allows."""
+    the cluster's volume needs, and every reader of several leftovers (or any model)
+    reads as few pages as their volume allows."""
     capacity = model.capacity
     spread = [{k for per_class in item for k, n in enumerate(per_class) if n} for item in hint]
     if any(len(s) > 1 for s in spread):
@@ -393,9 +595,15 @@ def _greedy_is_optimal(model: ClusterModel, hint: list) -> bool:
     used_new = sum(1 for k, new in enumerate(model.is_new) if new and any(k in s for s in spread))
     if used_new > max(0, -(-(volume - room) // capacity)):
         return False
-    for items in model.tensor_items:
+    for j, items in enumerate(model.tensor_items):
+        used = set().union(*(spread[i] for i in items))
+        charged = used & set(model.charged_pages(j))
+        if len(charged) < len(used):  # reads some pages for free: only all-free is surely best
+            if charged:
+                return False
+            continue
         needed = sum(size * n for i in items for size, n in model.item_classes[i])
-        if len(set().union(*(spread[i] for i in items))) > -(-needed // capacity):
+        if len(used) > -(-needed // capacity):
             return False
     return True
 
@@ -406,8 +614,13 @@ def _affinity_order(
     """Order leftovers so that those needed by the same readers are neighbours.
 
     The key of a leftover is the sorted tuple of the models that read it (or, without
-    models, of the tensors that do); ties go largest first. Returns the order and the
-    key of each leftover.
+    models, of the tensors that do). Keys are visited depth first, each reader set right
+    before the sets it contains (see :func:`_key_tree_order`): data whose readers are a
+    subset of a page's fills that page without adding a read, so a set's leftovers are
+    packed first and its subsets then fill its pages' gaps, before unrelated leftovers
+    can. Within a key, leftovers follow a best-fit-decreasing packing of the key alone,
+    page by page, so a cluster holds leftovers that complement each other. Returns the
+    order and the key of each leftover.
     """
     n_items = len(item_groups)
     if n_items == 0:
@@ -428,8 +641,44 @@ def _affinity_order(
     item_of_pair, readers = unique_pairs(item_of_pair, readers, n_readers)
     splits = np.searchsorted(item_of_pair, np.arange(1, n_items))
     keys = [tuple(r.tolist()) for r in np.split(readers, splits)]
-    order = sorted(range(n_items), key=lambda i: (keys[i], -sizes[i], i))
+    key_rank = _key_tree_order(sorted(set(keys)))
+    by_key: dict[tuple[int, ...], list[int]] = {}
+    for i in range(n_items):
+        by_key.setdefault(keys[i], []).append(i)
+    order: list[int] = []
+    for key in sorted(by_key, key=key_rank.__getitem__):
+        items = by_key[key]
+        bins = best_fit_decreasing(np.array([sizes[i] for i in items], dtype=np.int64), problem.page_bytes)
+        order += [items[j] for j in sorted(range(len(items)), key=lambda j: (bins[j], -sizes[items[j]], j))]
     return np.array(order, dtype=np.int64), keys
+
+
+def _key_tree_order(keys: list[tuple[int, ...]]) -> dict[tuple[int, ...], int]:
+    """Depth-first rank of each reader set in the tree where a set's parent is its
+    smallest strict superset (first in sorted order on ties); roots and siblings go
+    largest first."""
+    containing: dict[int, list[int]] = {}  # reader -> keys holding it
+    for k, key in enumerate(keys):
+        for r in key:
+            containing.setdefault(r, []).append(k)
+    children: dict[int, list[int]] = {}
+    for k, key in enumerate(keys):
+        members = set(key)
+        # a strict superset holds the key's first reader; the empty key is under everything
+        candidates = containing.get(key[0], []) if key else range(len(keys))
+        parent = min(
+            (c for c in candidates if len(keys[c]) > len(key) and members.issubset(keys[c])),
+            key=lambda c: (len(keys[c]), c),
+            default=-1,
+        )
+        children.setdefault(parent, []).append(k)
+    rank: dict[tuple[int, ...], int] = {}
+    stack = sorted(children.get(-1, []), key=lambda c: (len(keys[c]), -c))  # pop(): largest first
+    while stack:
+        k = stack.pop()
+        rank[keys[k]] = len(rank)
+        stack += sorted(children.get(k, []), key=lambda c: (len(keys[c]), -c))
+    return rank
 
 
 def _clusters(order: np.ndarray, keys: list, max_items: int) -> list[list[int]]:

@@ -70,3 +70,33 @@ def test_existing_pages_are_free_but_bounded_by_their_load():
     solution = solve_cluster(m, [[[0, 1]]], time_limit=5, num_workers=1)
     assert solution.counts == [[[1, 0]]]
     assert cluster_cost(m, solution.counts) == 0
+
+
+def test_a_page_a_reader_already_reads_costs_it_nothing():
+    # a model reads existing page 0 for other data: its 4-byte item belongs there, not
+    # on existing page 1 (which it would read in vain), though both have room
+    m = ClusterModel(
+        capacity=10, base_load=[6, 5], is_new=[False, False], item_classes=[[(4, 1)]],
+        item_cost=[0], tensor_items=[[0]], tensor_cost=[50], page_cost=100,
+        tensor_read_pages=[[0]],
+    )
+    solution = solve_cluster(m, [[[0, 1]]], time_limit=5, num_workers=1)
+    assert solution.counts == [[[1, 0]]]
+    assert cluster_cost(m, solution.counts) == 0
+    assert cluster_cost(m, [[[0, 1]]]) == 50
+
+
+def test_max_new_pages_caps_the_pages_used_even_when_reads_would_pay_for_more():
+    # two 6-byte items read by costly tensors want a new page each; capped at one new
+    # page, the second is split between it and the 2 bytes left on the existing page
+    classes = [[(2, 3)], [(2, 3)]]
+    capped = ClusterModel(
+        capacity=10, base_load=[8, 0, 0], is_new=[False, True, True], item_classes=classes,
+        item_cost=[500, 500], tensor_items=[], tensor_cost=[], page_cost=100, max_new_pages=1,
+    )
+    hint = [[[0, 3, 0]], [[1, 2, 0]]]
+    solution = solve_cluster(capped, hint, time_limit=5, num_workers=1)
+    assert cluster_cost(capped, solution.counts) == 100 + 500 + 2 * 500
+    assert not any(per_class[2] for item in solution.counts for per_class in item)
+    free = ClusterModel(**{f: getattr(capped, f) for f in capped.__dataclass_fields__} | {"max_new_pages": None})
+    assert cluster_cost(free, solve_cluster(free, hint, time_limit=5, num_workers=1).counts) == 2 * 100 + 1000
