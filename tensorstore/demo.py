@@ -111,10 +111,17 @@ def _run(directory: Path, out) -> dict:
         cs = store.cache_stats().pool
     out(f"Buffer pool of {format_size(cache)} ({cache // stats.page_size} of {after.pages} pages), 200 Zipf requests: "
         f"hit ratio {cs.hit_ratio:.2f} ({cs.hits} hits, {cs.misses} misses)")
+
+    # Two serving processes, one copy: the first assembles into shared memory, the next maps.
+    first, second = (_serving_process(store_path, directory / "shared-cache", list(family)) for _ in range(2))
+    out(f"Shared tensor cache, two processes one after the other: the first assembles {first['misses']} distinct "
+        f"tensors ({first['ms']:.1f} ms), the second maps {second['mapped_tensors']} and assembles {second['misses']} "
+        f"({second['ms']:.1f} ms); {format_size(second['mapped_bytes'])}, one copy for both")
     return {
         "dedup": report.to_dict() | {"bytes_saved": report.bytes_saved},
         "repack": pack.to_dict(),
         "cache": cs.to_dict(),
+        "shared_cache": {"first": first, "second": second},
         "stats": stats.to_dict(),
         "sharing": [r.to_dict() for r in sharing],
         "files_bytes": files_bytes,
@@ -132,3 +139,28 @@ def _best_of(fn, repeat: int = 5) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+_SERVE = """
+import json, sys, time
+import tensorstore as ts
+t0 = time.perf_counter()
+store = ts.open(sys.argv[1], "r", shared_cache=sys.argv[2])
+with store.reader() as r:
+    held = [r.load_model(m) for m in sys.argv[3:]]
+ms = (time.perf_counter() - t0) * 1e3
+s = store.cache_stats().shared
+print(json.dumps({"ms": ms, "hits": s.hits, "misses": s.misses, "mapped_tensors": s.mapped_tensors,
+                  "mapped_bytes": s.mapped_bytes}))
+"""
+
+
+def _serving_process(store_path: Path, cache: Path, models: list[str]) -> dict:
+    """Load every model in a new process through the shared cache; its counters."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _SERVE, str(store_path), str(cache), *models],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)

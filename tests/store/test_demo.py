@@ -24,6 +24,10 @@ def test_demo_reports_a_bit_exact_deduplicated_family(tmp_path):
     assert all(m["accuracy_after"] >= m["accuracy_before"] - dedup["max_accuracy_drop"] for m in dedup["models"])
     assert figures["repack"]["pages_after"] <= figures["repack"]["pages_before"]
     assert figures["cache"]["requests"] == 200 and figures["cache"]["hits"] > 0
+    # a second process maps what the first assembled into the shared cache
+    first, second = figures["shared_cache"]["first"], figures["shared_cache"]["second"]
+    assert first["misses"] == first["mapped_tensors"] > 0
+    assert second["misses"] == 0 and second["mapped_tensors"] == first["mapped_tensors"]
 
 
 def test_frozen_layers_are_bit_identical_to_the_base():
@@ -31,3 +35,4 @@ def test_frozen_layers_are_bit_identical_to_the_base():
     base, head = family["digits-base"], family["digits-head-noisy"]
     assert all(np.array_equal(base[k], head[k]) for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"))
     assert not np.array_equal(base["head.weight"], head["head.weight"])
+
