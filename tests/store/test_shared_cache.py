@@ -263,3 +263,32 @@ def test_a_copied_store_keeps_its_own_manifests(paths, tmp_path):
         with ts.open(path, "r", shared_cache=cache) as s, s.reader() as r:
             r.load_model("base")
     assert len(list(cache.glob("*.m"))) == 2 and len(_cached_files(cache)) == 4
+
+
+def test_a_process_killed_while_publishing_leaves_nothing_half_written(tmp_path):
+    import time
+
+    store, cache = tmp_path / "store", tmp_path / "cache"
+    rng = np.random.default_rng(5)
+    model = {f"w{i}": rng.standard_normal(1 << 21).astype(np.float32) for i in range(8)}  # 64 MiB
+    with ts.open(store, "w", page_size="1MiB", block_bytes="64KiB") as s:
+        s.add_model("m", model)
+    caught = 0
+    for _ in range(3):
+        victim = _worker(store, cache, "m", hold=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and victim.poll() is None:
+            if cache.is_dir() and any(p.name.startswith("tmp-") for p in cache.iterdir()):
+                break  # a tensor is being written: kill the writer now
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        caught += any(p.name.startswith("tmp-") for p in cache.iterdir())
+        with ts.open(store, "r", shared_cache=cache) as s:
+            with s.reader() as r:
+                out = r.load_model("m")
+            assert all(bits(out[k]) == bits(v) for k, v in model.items())  # nothing partial was mapped
+            del out
+            gc.collect()
+            s._shared.reclaim(keep_alive=0)  # the dead writer's file goes
+        assert not [p for p in cache.iterdir() if p.name.startswith("tmp-")]
+    assert caught  # at least one kill landed mid-write
