@@ -130,7 +130,10 @@ class SharedCache:
             fd = os.open(refs, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, file_mode)
             self.writable = True
         except PermissionError:
-            fd = os.open(refs, os.O_RDONLY | os.O_CLOEXEC)  # may read and hold, not delete
+            try:
+                fd = os.open(refs, os.O_RDONLY | os.O_CLOEXEC)  # may read and hold, not delete
+            except OSError as exc:
+                raise SharedCacheError(f"cannot use the shared cache {self.directory}: {exc.strerror}") from None
             self.writable = False
         self._refs = fd  # holds this process's shared locks
         self._probe = os.open(refs, (os.O_RDWR if self.writable else os.O_RDONLY) | os.O_CLOEXEC)  # a second OFD, to test for holders
