@@ -28,14 +28,15 @@ from index.errors import InvalidArgumentError, InvalidTypeError
 
 
 def row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dot product of each row of ``a`` with the same row of ``b``.
+    """Dot product of each vector (last axis) of ``a`` with the matching one of ``b``.
 
-    ``np.vecdot`` (numpy >= 2) keeps about 1e-7 relative error on float32 rows of 16K
-    elements at the speed of a float32 einsum (which errs by 2e-6; float64 is 3x slower).
+    ``a`` and ``b`` broadcast against each other. ``np.vecdot`` (numpy >= 2) keeps about
+    1e-7 relative error on float32 rows of 16K elements at the speed of a float32 einsum
+    (which errs by 2e-6; float64 is 3x slower).
     """
     if hasattr(np, "vecdot"):
         return np.vecdot(a, b)
-    return np.einsum("ij,ij->i", a, b, dtype=np.float64)  # numpy 1.x
+    return np.einsum("...j,...j->...", a, b, dtype=np.float64)  # numpy 1.x
 
 
 class Tolerance(Protocol):
@@ -47,7 +48,12 @@ class Tolerance(Protocol):
         ...
 
     def errors(self, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """Exact error of ``candidates[i]`` as a replacement for ``queries[i]`` (float64)."""
+        """Exact error of ``candidates[i]`` as a replacement for ``queries[i]`` (float64).
+
+        Vectors lie on the last axis and the two arrays broadcast against each other:
+        ``queries`` of shape ``(n, 1, d)`` against ``candidates`` of ``(n, m, d)`` gives
+        ``(n, m)`` errors without copying a query per candidate.
+        """
         ...
 
     def may_accept(self, query_norms: np.ndarray, candidate_norms: np.ndarray) -> np.ndarray:
@@ -80,13 +86,14 @@ class RelativeL2:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             diff = queries - candidates  # float32: nearby values subtract exactly
             squared = row_dots(diff, diff).astype(np.float64)
-            norm_sq = row_dots(queries, queries).astype(np.float64)
+            # Each query's norm once, however many candidates it is broadcast against.
+            norm_sq = np.broadcast_to(row_dots(queries, queries).astype(np.float64), squared.shape).copy()
             # float32 squares underflow below ~1e-19 and overflow above ~1e19: redo those rows
             # in float64 (rows holding NaN stay NaN).
             redo = (squared == 0) | (norm_sq == 0) | np.isinf(squared) | np.isinf(norm_sq)
             if redo.any():
-                q64 = queries[redo].astype(np.float64)
-                d64 = q64 - candidates[redo].astype(np.float64)
+                q64 = np.broadcast_to(queries, diff.shape)[redo].astype(np.float64)
+                d64 = q64 - np.broadcast_to(candidates, diff.shape)[redo].astype(np.float64)
                 squared[redo] = np.einsum("ij,ij->i", d64, d64)
                 norm_sq[redo] = np.einsum("ij,ij->i", q64, q64)
             error = np.sqrt(squared) / np.sqrt(norm_sq)
@@ -128,7 +135,7 @@ class ElementShare:
         # NaN compares False, so a NaN element counts as outside delta.
         with np.errstate(invalid="ignore"):
             within = np.abs(queries - candidates) <= self.delta
-        return 1.0 - within.mean(axis=1, dtype=np.float64)
+        return 1.0 - within.mean(axis=-1, dtype=np.float64)
 
     def may_accept(self, query_norms: np.ndarray, candidate_norms: np.ndarray) -> np.ndarray:
         return np.ones(np.broadcast(query_norms, candidate_norms).shape, dtype=bool)

@@ -1,5 +1,8 @@
 """``Store.dedup()``: the accuracy-gated near-duplicate pass (SPEC §5).
 
+One :class:`BlockSearch` serves the whole pass: the store's float blocks are read, hashed
+and normed once, and before each model the indexes are brought in step with that model's
+snapshot (blocks freed by an earlier replacement removed, blocks added meanwhile read).
 For each model, in turn:
 
 1. **Candidates**: the model's *private* float blocks (no other model references them:
@@ -7,6 +10,7 @@ For each model, in turn:
 2. **Representatives**: every other float block in the store, in one FAISS LSH index per
    block class (dtype and length); a candidate's representative is the one with the
    lowest exact relative L2 error within ``tolerance`` (``index`` verifies every hit).
+   The model's private blocks are hidden from the search (``exclude``), not re-indexed.
    Representatives are never candidates in the same pass, so no replacement chains.
 3. **Order**: low-magnitude blocks first (``index.magnitude_scores``): they matter least.
 4. **Gate**: ``index.plan_replacements`` finds the longest prefix of that order whose
@@ -77,9 +81,10 @@ def run_dedup(
     if not dry_run:
         store._writable()
     results = []
+    search = BlockSearch()
     with progress(len(names), "dedup", progress_bar) as bar:
         for name in names:
-            planned = _plan(store, name, evaluate, max_accuracy_drop, tolerance)
+            planned = _plan(store, name, evaluate, max_accuracy_drop, tolerance, search)
             if not dry_run and planned.result.replaced:
                 store.env.write(lambda txn: _apply(store, txn, planned, tolerance))
             results.append(planned.result)
@@ -97,9 +102,9 @@ class _Planned:
         self.mapping = mapping  # replaced block id -> representative id
 
 
-def _plan(store, name: str, evaluate, budget: float, tolerance: float) -> _Planned:
+def _plan(store, name: str, evaluate, budget: float, tolerance: float, search: BlockSearch) -> _Planned:
     with store.env.read() as txn:
-        record, original, blocks, private, vectors = gather(store, txn, name)
+        record, original, blocks, private = gather(store, txn, name, search)
 
     # Candidates, ordered low magnitude first (a block's first position scores it).
     positions: dict[int, list[tuple[str, int]]] = {}
@@ -108,12 +113,12 @@ def _plan(store, name: str, evaluate, budget: float, tolerance: float) -> _Plann
         ids = [int(i) for i in t.block_ids]
         if not ids or DTYPE_CODES.get(t.dtype) not in _FLOAT_CODES:
             continue
-        scores = index.magnitude_scores([vectors[i] for i in ids])
+        scores = index.magnitude_scores([search.vector(i) for i in ids])
         for k, (i, s) in enumerate(zip(ids, scores)):
             if i in private:
                 positions.setdefault(i, []).append((t.name, k))
                 score.setdefault(i, float(s))
-    matches = find_matches(blocks, private, list(positions), vectors, tolerance)
+    matches = search.find(blocks, private, list(positions), tolerance)
     order = sorted(matches, key=lambda i: (score[i], i))
     candidates = [index.Replacement(i, matches[i][0], matches[i][1]) for i in order]
 
@@ -153,63 +158,156 @@ def _plan(store, name: str, evaluate, budget: float, tolerance: float) -> _Plann
     return _Planned(record, result, apply(k), {c.position: c.representative for c in accepted})
 
 
-def find_matches(
-    blocks: dict[int, cat.BlockRecord],
-    private: set[int],
-    queries: list[int],
-    vectors: dict[int, np.ndarray],
-    tolerance: float,
-    *,
-    exhaustive: bool = False,
-) -> dict[int, tuple[int, float]]:
-    """For each query block, the closest non-private block of its class within tolerance.
+class BlockSearch:
+    """The store's float blocks in FAISS LSH indexes, one per block class, for a dedup pass.
 
-    Representatives are every float block that is not private to the model, one index per
-    class (domain, dtype, length): blocks of another dedup domain are never compared.
-    ``exhaustive`` searches every pair instead of the LSH (the reference for recall).
+    Hashing every representative for every model cost most of a pass (the index was rebuilt
+    per model: 55 MB/s on the MiniLM family, docs/benchmarks.md). Here each block is read,
+    hashed and normed once; :meth:`sync` then brings the indexes in step with a snapshot,
+    and :meth:`find` hides the querying model's private blocks instead of leaving them out
+    of a fresh index. The representatives are thus exactly those of a per-model rebuild.
+
+    Blocks never change content under an id (ids are never reused); the digest is compared
+    anyway, and a block whose digest differs is indexed afresh.
     """
-    by_class: dict[tuple[int, int, int], list[int]] = {}
-    for i, b in blocks.items():
-        if i not in private:
-            by_class.setdefault((b.domain, b.dtype_code, b.nbytes), []).append(i)
-    indexes = index.LSHIndexes()
-    if not exhaustive:
-        for cls, ids in by_class.items():
-            indexes.add(cls, np.array(ids, dtype=np.int64), np.stack([vectors[i] for i in ids]))
-    by_query_class: dict[tuple[int, int, int], list[int]] = {}
-    for i in queries:
-        by_query_class.setdefault((blocks[i].domain, blocks[i].dtype_code, blocks[i].nbytes), []).append(i)
-    matches: dict[int, tuple[int, float]] = {}
-    for cls, ids in by_query_class.items():
-        q = np.stack([vectors[i] for i in ids])
-        qids = np.array(ids, dtype=np.int64)
-        if not exhaustive:
-            found = indexes.match(cls, q, index.RelativeL2(tolerance), query_ids=qids)
-        elif cls in by_class:
-            reps = by_class[cls]
-            found = index.exhaustive_match(np.array(reps, dtype=np.int64), np.stack([vectors[i] for i in reps]), q,
-                                           index.RelativeL2(tolerance), query_ids=qids)
-        else:
-            continue
-        for i, rep, err in zip(ids, found.ids.tolist(), found.errors.tolist()):
-            if rep >= 0:
-                matches[i] = (int(rep), float(err))
-    return matches
+
+    def __init__(self) -> None:
+        # The index keeps the float32 vectors (copy=False: one copy, shared with _vectors).
+        self._indexes = index.LSHIndexes()
+        self._known: dict[int, tuple[tuple[int, int, int], bytes]] = {}  # id -> (class, digest)
+        self._vectors: dict[int, np.ndarray] = {}
+        # id -> (sealed catalog value, its record): an unchanged value is not decoded again.
+        self._records: dict[int, tuple[bytes, cat.BlockRecord]] = {}
+
+    def sync(self, store, txn: lmdb.Transaction, reader) -> dict[int, cat.BlockRecord]:
+        """Index the float blocks of ``txn``'s snapshot and forget those no longer in it.
+
+        Parameters
+        ----------
+        store : Store
+            The store ``txn`` belongs to.
+        txn : lmdb.Transaction
+            The snapshot to follow.
+        reader : tensorstore.store._Reader
+            Reads (and verifies) the pages of new blocks; share it to read each page once.
+
+        Returns
+        -------
+        dict
+            Every float block of the snapshot, by id.
+        """
+        blocks = self._float_blocks(store, txn)
+        gone: dict[tuple[int, int, int], list[int]] = {}
+        for i, (cls, digest) in self._known.items():
+            b = blocks.get(i)
+            if b is None or b.digest != digest:
+                gone.setdefault(cls, []).append(i)
+        for cls, ids in gone.items():
+            self._indexes.remove(cls, np.array(ids, dtype=np.int64))
+            for i in ids:
+                del self._known[i], self._vectors[i]
+        new: dict[tuple[int, int, int], list[cat.BlockRecord]] = {}
+        for i, b in blocks.items():
+            if i not in self._known:
+                new.setdefault(_block_class(b), []).append(b)
+        for cls, records in new.items():
+            dtype = _FLOAT_CODES[cls[1]]
+            vectors = np.empty((len(records), cls[2] // dtype.itemsize), dtype=np.float32)
+            for row, b in zip(vectors, records):
+                # F64 blocks are compared in float32 too: the index only proposes and ranks.
+                row[:] = np.frombuffer(reader.page(b.page_id)[b.offset : b.offset + b.nbytes], dtype=dtype)
+            ids = np.array([b.block_id for b in records], dtype=np.int64)
+            self._indexes.add(cls, ids, vectors, copy=False)
+            vectors.setflags(write=False)  # shared by the index, the pass and its callers
+            for b, v in zip(records, vectors):
+                self._known[b.block_id] = (cls, b.digest)
+                self._vectors[b.block_id] = v
+        return blocks
+
+    def _float_blocks(self, store, txn: lmdb.Transaction) -> dict[int, cat.BlockRecord]:
+        """The float blocks of the snapshot; records whose value is unchanged since the
+        last sync are reused (their checksum was verified then)."""
+        out: dict[int, cat.BlockRecord] = {}
+        previous, current = self._records, {}
+        with txn.cursor(db=store.env.dbs["blocks"]) as cur:
+            for k, v in cur:
+                block_id = cat.ID.unpack(bytes(k))[0]
+                raw = bytes(v)
+                hit = previous.get(block_id)
+                b = hit[1] if hit is not None and hit[0] == raw else cat.decode_block(block_id, raw)
+                current[block_id] = (raw, b)
+                if b.dtype_code in _FLOAT_CODES:
+                    out[block_id] = b
+        self._records = current
+        return out
+
+    def vector(self, block_id: int) -> np.ndarray:
+        """The float32 vector of an indexed block (a read-only view)."""
+        return self._vectors[block_id]
+
+    def find(
+        self,
+        blocks: dict[int, cat.BlockRecord],
+        private: set[int],
+        queries: list[int],
+        tolerance: float,
+        *,
+        exhaustive: bool = False,
+    ) -> dict[int, tuple[int, float]]:
+        """For each query block, the closest non-private block of its class within tolerance.
+
+        ``blocks`` is what the last :meth:`sync` returned. Representatives are every float
+        block that is not private to the model, within the query's class (dedup domain,
+        dtype, length): blocks of another dedup domain are never compared. ``exhaustive``
+        searches every pair instead of the LSH (the reference for recall).
+        """
+        tol = index.RelativeL2(tolerance)
+        by_query_class: dict[tuple[int, int, int], list[int]] = {}
+        for i in queries:
+            by_query_class.setdefault(_block_class(blocks[i]), []).append(i)
+        hidden = np.fromiter(private, dtype=np.int64, count=len(private))
+        fetch = self._fetch
+        matches: dict[int, tuple[int, float]] = {}
+        for cls, ids in by_query_class.items():
+            qids = np.array(ids, dtype=np.int64)
+            if not exhaustive:
+                found = self._indexes.match_stored(cls, qids, tol, exclude=hidden)
+            else:
+                reps = [i for i, b in blocks.items() if i not in private and _block_class(b) == cls]
+                if not reps:
+                    continue
+                found = index.exhaustive_match(np.array(reps, dtype=np.int64), fetch(np.array(reps, dtype=np.int64)),
+                                               fetch(qids), tol, query_ids=qids)
+            for i, rep, err in zip(ids, found.ids.tolist(), found.errors.tolist()):
+                if rep >= 0:
+                    matches[i] = (int(rep), float(err))
+        return matches
+
+    def _fetch(self, ids: np.ndarray) -> np.ndarray:
+        vectors = self._vectors
+        return np.stack([vectors[i] for i in ids.tolist()])
 
 
-def gather(store, txn, name: str):
+def _block_class(b: cat.BlockRecord) -> tuple[int, int, int]:
+    return (b.domain, b.dtype_code, b.nbytes)
+
+
+def gather(store, txn, name: str, search: BlockSearch):
     """What dedup needs of one model in one snapshot: its record, its tensors, the store's
-    float blocks, which of them are private to the model, and every block as a vector."""
+    float blocks (``search`` synced to the snapshot) and which of them are private to it."""
     from .store import _Reader
 
     record = store._record(txn, name)
     reader = _Reader(store, txn, verify=True)
     original = {t.name: reader.tensor(t) for t in record.tensors}
-    blocks = _float_blocks(store, txn)
+    blocks = search.sync(store, txn, reader)
+    return record, original, blocks, private_blocks(record, blocks)
+
+
+def private_blocks(record: ModelRecord, blocks: dict[int, cat.BlockRecord]) -> set[int]:
+    """The model's float blocks that no other model references."""
     own = Counter(int(i) for t in record.tensors for i in t.block_ids)
-    private = {i for i, n in own.items() if i in blocks and blocks[i].refs == n}
-    vectors = {i: _vector(reader, b) for i, b in blocks.items()}
-    return record, original, blocks, private, vectors
+    return {i for i, n in own.items() if i in blocks and blocks[i].refs == n}
 
 
 def _representative_bytes(store, ids: set[int]) -> dict[int, np.ndarray]:
@@ -238,23 +336,6 @@ def _checked(evaluate, name: str, tensors: dict[str, np.ndarray]) -> float:
     if not math.isfinite(float(value)):
         raise EvaluatorError(f"the evaluator returned {value} for model {name!r}; it must be a finite number")
     return float(value)
-
-
-def _float_blocks(store, txn: lmdb.Transaction) -> dict[int, cat.BlockRecord]:
-    out = {}
-    with txn.cursor(db=store.env.dbs["blocks"]) as cur:
-        for k, v in cur:
-            block_id = cat.ID.unpack(bytes(k))[0]
-            b = cat.decode_block(block_id, v)
-            if b.dtype_code in _FLOAT_CODES:
-                out[block_id] = b
-    return out
-
-
-def _vector(reader, b: cat.BlockRecord) -> np.ndarray:
-    raw = reader.page(b.page_id)[b.offset : b.offset + b.nbytes]
-    # F64 blocks are compared in float32 too: the index only proposes and ranks.
-    return np.frombuffer(raw, dtype=_FLOAT_CODES[b.dtype_code]).astype(np.float32)
 
 
 def _apply(store, txn: lmdb.Transaction, planned: _Planned, tolerance: float) -> None:

@@ -258,3 +258,104 @@ def test_one_index_per_block_class():
         indexes.add(("float32", 16), [99], b[:1])
     with pytest.raises(InvalidArgumentError, match="mode"):
         LSHIndexes(mode="tree")
+
+
+# -- one index for many lookups: remove, exclude, match_stored --------------------------
+
+
+def test_exclude_hides_ids_and_proposes_the_nearest_allowed_instead():
+    data = fine_tuned_blocks(300, 150, 0, 128, max_noise=0.02, seed=7)
+    index = build(data)
+    index.add(np.arange(1000, 1150), data.queries)  # the copies are in the index too
+    full = index.match(data.queries, 0.05, query_ids=np.arange(1000, 1150))
+    assert (full.ids >= 0).all()
+    hidden = np.arange(1000, 1150)
+    masked = index.match(data.queries, 0.05, query_ids=np.arange(1000, 1150), exclude=hidden)
+    # The same answer as an index that never held the hidden ids.
+    fresh = build(data).match(data.queries, 0.05)
+    np.testing.assert_array_equal(masked.ids, fresh.ids)
+    np.testing.assert_array_equal(masked.errors, fresh.errors)
+    proposed = index.search(data.queries, 8, exclude=hidden)
+    assert not np.isin(proposed.ids, hidden).any()
+    assert (proposed.ids >= 0).all()  # still k proposals: the nearest allowed ones
+    assert (index.search(data.queries, 3, exclude=index.ids).ids == -1).all()
+    assert index.search(data.queries, 3, exclude=[10**9]).ids.shape == (150, 3)  # unknown ids ignored
+
+
+@pytest.mark.parametrize("mode, dim", [("scan", 64), ("buckets", 64), ("exact", 8)])
+def test_removed_vectors_are_never_proposed_and_ids_can_return(mode, dim):
+    data = fine_tuned_blocks(200, 100, 0, dim, max_noise=0.02, seed=11)
+    index = build(data, mode=mode)
+    before = index.match(data.queries, 0.05)
+    assert before.found.sum() >= 90
+    sources = np.unique(data.source)
+    index.remove(sources[::2])
+    assert len(index) == 200 - sources[::2].shape[0]
+    assert not np.isin(index.ids, sources[::2]).any()
+    after = index.match(data.queries, 0.05)
+    assert not np.isin(after.ids, sources[::2]).any()
+    assert after.found.sum() < before.found.sum()
+    truth = exhaustive_match(index.ids, data.base[index.ids], data.queries, 0.05)
+    assert not (after.found & ~truth.found).any()  # only what a fresh index could find
+    assert (after.found & truth.found).sum() >= 0.95 * truth.found.sum()
+    index.add(sources[::2], data.base[sources[::2]])  # removed ids may be added again
+    assert len(index) == 200
+    again = index.match(data.queries, 0.05)
+    np.testing.assert_array_equal(again.found, before.found)
+    np.testing.assert_allclose(again.errors, before.errors)
+    with pytest.raises(InvalidArgumentError, match="not in the index"):
+        index.remove([10**6])
+
+
+def test_removing_every_vector_leaves_an_empty_index():
+    index = LSHIndex(32)
+    x = np.random.default_rng(8).standard_normal((5, 32)).astype(np.float32)
+    index.add(np.arange(5), x)
+    index.remove(np.arange(5))
+    assert len(index) == 0 and index.ids.shape == (0,)
+    assert (index.match(x, 0.5).ids == -1).all()
+    assert (index.search(x, 2).ids == -1).all()
+
+
+@pytest.mark.parametrize("mode, dim, keep", [("scan", 256, True), ("scan", 256, False), ("buckets", 256, True), ("exact", 16, True)])
+def test_match_stored_equals_match_of_the_same_vectors(mode, dim, keep):
+    data = fine_tuned_blocks(300, 200, 60, dim, max_noise=0.1, seed=dim)
+    everything = np.concatenate([data.base, data.queries])
+    ids = np.arange(everything.shape[0]) * 3 + 1
+    index = LSHIndex(dim, mode=mode, keep_vectors=keep)
+    index.add(ids, everything)
+    fetched = []
+
+    def fetch(wanted):
+        fetched.append(wanted)
+        return everything[(wanted - 1) // 3]
+
+    q_ids = ids[300:]
+    hidden = ids[300::2]  # some queries are also no candidate for any query
+    by_vectors = index.match(data.queries, 0.05, query_ids=q_ids, exclude=hidden, fetch=fetch)
+    by_ids = index.match_stored(q_ids, 0.05, exclude=hidden, fetch=fetch)
+    assert by_vectors.found.sum() >= 80  # about half the copies are within tolerance
+    np.testing.assert_array_equal(by_ids.ids, by_vectors.ids)
+    np.testing.assert_array_equal(by_ids.errors, by_vectors.errors)
+    assert by_ids.checked == by_vectors.checked
+    assert not np.isin(by_ids.ids, hidden).any() and not (by_ids.ids == q_ids).any()
+    assert keep or all(np.unique(f).shape == f.shape for f in fetched)  # each id once per call
+    with pytest.raises(InvalidArgumentError, match="not in the index"):
+        index.match_stored([2], 0.05, fetch=fetch)
+    assert index.match_stored(np.empty(0, np.int64), 0.05, fetch=fetch).ids.shape == (0,)
+
+
+def test_add_without_copy_keeps_the_callers_array():
+    x = np.random.default_rng(9).standard_normal((10, 32)).astype(np.float32)
+    index = LSHIndex(32)
+    index.add(np.arange(10), x, copy=False)
+    assert index.match(x, 0.0).ids.tolist() == list(range(10))
+    assert np.shares_memory(index._vector_chunks[0], x)  # no second copy of a large set
+    indexes = LSHIndexes()
+    indexes.add("c", np.arange(10), x, copy=False)
+    assert np.shares_memory(indexes["c"]._vector_chunks[0], x)
+    assert indexes.match_stored("c", np.arange(10), 0.0).ids.tolist() == [-1] * 10  # self excluded
+    indexes.remove("c", [3])
+    assert 3 not in indexes["c"].ids
+    with pytest.raises(InvalidArgumentError, match="no index"):
+        indexes.match_stored("other", [1], 0.1)

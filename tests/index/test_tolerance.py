@@ -91,3 +91,16 @@ def test_bad_parameters(make, error):
         make()
     with pytest.raises(ValueError if error is InvalidArgumentError else TypeError):
         make()
+
+
+@pytest.mark.parametrize("tolerance", [RelativeL2(0.05), ElementShare(delta=0.1, min_share=0.9)])
+def test_errors_broadcast_one_query_against_its_candidates(tolerance):
+    rng = np.random.default_rng(12)
+    q = rng.standard_normal((6, 300)).astype(np.float32)
+    c = (q[:, None, :] + rng.normal(0, 0.05, (6, 4, 300))).astype(np.float32)
+    c[0, 0] = 0.0  # a zero candidate, and a zero query (redone in float64)
+    q[5] = 0.0
+    grid = tolerance.errors(q[:, None, :], c)
+    pairs = tolerance.errors(np.repeat(q, 4, axis=0), c.reshape(24, 300))
+    assert grid.shape == (6, 4)
+    np.testing.assert_array_equal(grid.ravel(), pairs)  # the same arithmetic, bit for bit

@@ -162,3 +162,84 @@ def test_digits_family_within_budget(tmp_path):
             assert m.accuracy_after >= m.accuracy_before - 0.01
             assert digits.evaluate(m.model, s.load_model(m.model)) == m.accuracy_after  # measured on what is stored
         assert s.verify().ok
+
+
+def _chain_family():
+    """A base and three fine-tunes, each near the others in some blocks (64 blocks a tensor)."""
+    rng = np.random.default_rng(5)
+    base = {"w": rng.standard_normal((1024, 64)).astype(np.float32), "b": rng.standard_normal(64).astype(np.float32)}
+    t1 = {k: v.copy() for k, v in base.items()}
+    t1["w"][:512] += 1e-3 * rng.standard_normal((512, 64)).astype(np.float32)
+    t2 = {k: v.copy() for k, v in t1.items()}
+    t2["w"][256:768] += 1e-4 * rng.standard_normal((512, 64)).astype(np.float32)
+    t3 = {k: v + 3e-3 * rng.standard_normal(v.shape).astype(np.float32) for k, v in base.items()}
+    return {"t1": t1, "t2": t2, "t3": t3, "base": base}
+
+
+def _replaced(report):
+    return [(m.model, m.candidates, [(r.block_id, r.representative, r.error) for r in m.replaced]) for m in report.models]
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_one_pass_equals_one_pass_per_model(tmp_path, dry_run):
+    # The pass keeps one index and follows the store as replacements free blocks; a pass
+    # per model builds a fresh one each time. Their results must be identical.
+    family = _chain_family()
+    order = list(family)
+    results = []
+    for per_model in (False, True):
+        with ts.open(tmp_path / f"s{per_model}", "w", page_size="64KiB", block_bytes="4KiB") as s:
+            for n, t in family.items():
+                s.add_model(n, t)
+            if per_model:
+                reports = [s.dedup([n], tolerance=0.01, dry_run=dry_run) for n in order]
+                replaced = [row for r in reports for row in _replaced(r)]
+            else:
+                replaced = _replaced(s.dedup(order, tolerance=0.01, dry_run=dry_run))
+            assert s.verify().ok
+            results.append((replaced, {n: s.load_model(n) for n in order}))
+    (one, stored_one), (each, stored_each) = results
+    assert one == each
+    assert sum(len(r[2]) for r in one) >= 32  # the family has work in several models
+    assert {m for m, _, rows in one if rows} >= {"t1", "t2"}
+    for n in order:
+        for k in family[n]:
+            np.testing.assert_array_equal(stored_one[n][k], stored_each[n][k])
+
+
+def test_blocks_added_and_removed_during_a_pass_are_followed(store):
+    rng = np.random.default_rng(6)
+    w, v = (rng.standard_normal((256, 64)).astype(np.float32) for _ in range(2))
+    store.add_model("a", {"u": rng.standard_normal((256, 64)).astype(np.float32)})  # near nothing
+    store.add_model("b", {"w": w, "v": v})
+    store.add_model("x", {"w": w + np.float32(1e-4) * rng.standard_normal(w.shape).astype(np.float32)})
+    c = {"v": v + np.float32(1e-4) * rng.standard_normal(v.shape).astype(np.float32)}
+
+    def evaluate(name, tensors):
+        if name == "a":  # between the models of the pass: another writer's changes
+            store.delete_model("x")
+            store.add_model("c", c)
+        return 1.0
+
+    report = store.dedup(["a", "b"], evaluate=evaluate, tolerance=0.01)
+    b = report.models[1]
+    assert report.models[0].candidates == 0
+    assert b.candidates == len(b.replaced) == 16  # v's blocks, by c's; x's blocks are gone
+    np.testing.assert_array_equal(store.load_model("b")["v"], c["v"])
+    np.testing.assert_array_equal(store.load_model("b")["w"], w)
+    assert store.verify().ok
+
+
+def test_a_models_own_blocks_are_never_its_representatives(store):
+    # Two halves of one tensor are near-duplicates of each other, and of nothing else:
+    # replacing one by the other would chain replacements within the model.
+    rng = np.random.default_rng(7)
+    half = rng.standard_normal((128, 64)).astype(np.float32)
+    twin = half + np.float32(1e-4) * rng.standard_normal(half.shape).astype(np.float32)
+    store.add_model("m", {"w": np.concatenate([half, twin])})
+    store.add_model("other", {"w": rng.standard_normal((256, 64)).astype(np.float32)})
+    report = store.dedup(tolerance=0.01)
+    assert [m.candidates for m in report.models] == [0, 0]
+    # Once the twin lives in another model too, it is a representative like any other.
+    store.add_model("copy", {"w": twin})
+    assert store.dedup(["m"], tolerance=0.01, dry_run=True).models[0].candidates == 8
