@@ -40,6 +40,29 @@ def test_ingest_new(benchmark, tmp_path, model):
     assert _equal(store.load_model("m"), model)
 
 
+def test_ingest_partly_present(benchmark, tmp_path, model):
+    """A fine-tune into a store holding its base: every other tensor changed, the rest found
+    stored, within one transaction."""
+    counter = itertools.count()
+    tuned = {k: (v + 1).astype(v.dtype) if i % 2 else v for i, (k, v) in enumerate(model.items())}
+    base_bytes = sum(v.nbytes for v in model.values())
+    changed_bytes = sum(v.nbytes for i, v in enumerate(model.values()) if i % 2)
+
+    def setup():
+        store = ts.open(tmp_path / f"s{next(counter)}", "w")
+        store.add_model("base", model)
+        return (store,), {}
+
+    def add(store):
+        store.add_model("tuned", tuned)
+        return store
+
+    store = benchmark.pedantic(add, setup=setup, rounds=3)
+    assert store.stats().unique_bytes == base_bytes + changed_bytes
+    assert _equal(store.load_model("tuned"), tuned) and _equal(store.load_model("base"), model)
+    assert store.verify().ok
+
+
 def test_ingest_present(benchmark, tmp_path, model):
     names = (f"copy{i}" for i in itertools.count())
     with ts.open(tmp_path / "s", "w") as store:

@@ -52,3 +52,29 @@ def test_numpy_scalars_round_trip_as_0d(store, value):
     store.add_model("m", {"s": value})
     out = store.load_model("m")["s"]
     assert out.shape == () and out.dtype == np.asarray(value).dtype and out == value
+
+
+def test_blocks_found_stored_leave_no_bytes_in_the_page(store):
+    """A block is copied into the free space of the page it would go to before it is hashed;
+    one found stored already must neither take that space nor leave its bytes there."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(3000).astype(np.float32)  # 12000 bytes: blocks of 4096, 4096, 3808
+    b = rng.standard_normal(1000).astype(np.float32)  # 4000 bytes
+    d = rng.standard_normal(500).astype(np.float32)  # 2000 bytes
+    store.add_model("m", {"a": a, "a again": a.copy(), "b": b})
+    # "c" is new and opens the page; "a" is then copied to its free space and found stored;
+    # "d" must land where "a" was copied.
+    n = {"c": -b, "a": a, "d": d}
+    store.add_model("n", n)
+    blocks = store.catalog()["blocks"].to_pylist()
+    offsets = {(r["model"], r["tensor"], r["index"]): r["offset"] for r in blocks}
+    assert offsets[("n", "c", 0)] == 16000 and offsets[("n", "d", 0)] == 20000
+    (page,) = store.catalog()["pages"].to_pylist()
+    assert page["used_bytes"] == page["live_bytes"] == 22000 == store.stats().unique_bytes
+    with store.env.read() as txn:
+        payload = bytes(store._pages.read(txn, page["page_id"]))
+    assert payload[22000:] == bytes(len(payload) - 22000)
+    out = store.load_model("n")
+    assert all(bits(out[k]) == bits(v) for k, v in n.items())
+    assert bits(store.load_model("m")["a again"]) == bits(a)
+    assert store.verify().ok
