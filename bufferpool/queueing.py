@@ -36,12 +36,13 @@ cache; if every candidate is such a page, the best one goes anyway).
 
 Efficiency. Pages needed by the same set of models have the same ``λ_p`` at all times, so
 pages are grouped into *sharing classes* (one per distinct set: the base, each group, each
-model's private pages ...). Each class keeps its pages in access order (an ``OrderedDict``;
-pages lighter than a full frame apart), and a lazy heap of classes is keyed by the value of
+model's private pages ...). Each class keeps its pages in access order (a dict; pages
+lighter than a full frame apart), and a lazy heap of classes is keyed by the value of
 each class's best victim. Keys change only when rates are recomputed or when a lighter
 page arrives, so an access or an unpin pushes nothing; a key that grew (its lightest page
 left) is corrected when it reaches the top. An eviction costs O(log classes) amortised, an
-access O(1). Rates, ``W`` and every class's value are recomputed in :meth:`note_request` —
+access O(1); the usual eviction (the top class's most recent page) is a short path of its
+own, as it runs right after a page read has pushed everything out of the CPU caches. Rates, ``W`` and every class's value are recomputed in :meth:`note_request` —
 per request, not per miss — every ``revalue_every`` requests and at once after a detected
 shift; in between, rates move by about 1/(requests seen) per request.
 """
@@ -49,9 +50,9 @@ shift; in between, rates move by about 1/(requests seen) per request.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
 from heapq import heapify, heappop, heappush
+from types import MappingProxyType
 from typing import Any
 
 from ._checks import positive_float, positive_int, sharing_map
@@ -63,6 +64,7 @@ _NO_MODELS: frozenset[Hashable] = frozenset()
 _MAX_HORIZON = 1e12  # requests; stands in for "no loads seen yet"
 _LOAD_HALF_LIFE = 400.0  # requests; the moving average of loads per request (Little's law)
 _UNSET: Any = object()  # "not given" for options whose None means something
+_NO_LIGHT: Mapping[int, tuple[float, int]] = MappingProxyType({})  # read-only: never filled
 
 
 class _SharingClass:
@@ -70,6 +72,7 @@ class _SharingClass:
 
     __slots__ = (
         "models", "rank", "serial", "pages", "light", "entry", "entry_weight", "rate", "prob", "epoch",
+        "guarded_at",
     )
 
     def __init__(self, models: frozenset[Hashable], serial: int) -> None:
@@ -77,14 +80,21 @@ class _SharingClass:
         self.rank = 1 if models else 0  # on a tie, pages of no known model go first
         self.serial = serial
         # Full pages -> sequence number of their last access, least recent first.
-        self.pages: OrderedDict[int, int] = OrderedDict()
+        # (a plain dict keeps insertion order and runs less code than an OrderedDict: an
+        # access moves a page to the end by deleting and re-inserting it)
+        self.pages: dict[int, int] = {}
         # Pages lighter than a full frame (cheaper to reload) -> (weight, sequence number).
-        self.light: dict[int, tuple[float, int]] = {}
+        # (the shared, read-only _NO_LIGHT until the first one: evict's short path tells a
+        # class of full pages only, whose key has weight 1.0, by identity)
+        self.light: Mapping[int, tuple[float, int]] = _NO_LIGHT
         self.entry: tuple | None = None  # this class's live entry in the class heap
         self.entry_weight = 1.0  # the weight that entry was computed with
         self.rate = 0.0  # λ of every page in the class
         self.prob = 0.0  # P(requested within the horizon)
         self.epoch = -1  # revaluation at which rate and prob were computed
+        # The clock of the request being served if its model is guarded and is one of ours
+        # (see protect_request): one integer comparison on the miss path, not a set look-up.
+        self.guarded_at = -1
 
 
 class QueueingReplacer(Replacer):
@@ -210,6 +220,8 @@ class QueueingReplacer(Replacer):
         # Value now the classes of this model that hold no page: this request is about to
         # load pages into them, and a miss should not pay for it.
         for cls in self._classes_of_model.get(model, ()):
+            if self._guarded is not None:
+                cls.guarded_at = self._clock
             if cls.entry is None and not cls.pages and not cls.light:
                 self._value(cls)
 
@@ -236,6 +248,8 @@ class QueueingReplacer(Replacer):
             self._occupied.add(cls)
             self._class_of[page] = cls
             if weight < 1.0:
+                if cls.light is _NO_LIGHT:
+                    cls.light = {}
                 cls.light[page] = (weight, seq)
             else:
                 cls.pages[page] = seq
@@ -251,6 +265,8 @@ class QueueingReplacer(Replacer):
             return
         weight = (self._overhead + nbytes) / (self._overhead + frame_bytes)
         seq = cls.pages.pop(page_id) if page_id in cls.pages else cls.light[page_id][1]
+        if cls.light is _NO_LIGHT:
+            cls.light = {}
         cls.light[page_id] = (weight, seq)
         if page_id in self._evictable and (cls.entry is None or weight < cls.entry_weight):
             self._push_class(cls)
@@ -269,8 +285,8 @@ class QueueingReplacer(Replacer):
             return
         pages = cls.pages
         if page_id in pages:
+            del pages[page_id]
             pages[page_id] = seq
-            pages.move_to_end(page_id)
         else:
             cls.light[page_id] = (cls.light[page_id][0], seq)
 
@@ -288,11 +304,37 @@ class QueueingReplacer(Replacer):
             self._push_class(cls)
 
     def evict(self) -> int | None:
+        # The common case first, in as little code as possible (a miss runs it right after a
+        # page read has flushed the CPU caches, code included): the top class is live, has
+        # never held a light page, knows its models, and its most recent evictable page is
+        # not still to be read by the current request. Anything else: _search_victim.
+        heap, evictable = self._heap, self._evictable
+        if heap:
+            entry = heap[0]
+            cls = entry[4]
+            if entry is cls.entry and cls.light is _NO_LIGHT and cls.rank:
+                pages = cls.pages
+                for victim in reversed(pages):
+                    if victim in evictable:
+                        if pages[victim] > self._request_start or cls.guarded_at != self._clock:
+                            del pages[victim]
+                            del self._class_of[victim]
+                            evictable.remove(victim)
+                            if not pages:
+                                self._occupied.discard(cls)
+                                heappop(heap)  # its entry, on top
+                                cls.entry = None
+                            return victim
+                        break
+        return self._search_victim()
+
+    def _search_victim(self) -> int | None:
+        """:meth:`evict` in general: stale entries, pinned pages, light pages, the guard."""
         evictable = self._evictable
         if not evictable:
             return None
         heap, aside, victim = self._heap, None, None
-        guarded = self._guarded  # the current request's model, if its unread pages are spared
+        clock = self._clock  # a class of the current request's model has guarded_at == clock
         while heap:
             entry = heap[0]
             cls = entry[4]
@@ -319,7 +361,7 @@ class QueueingReplacer(Replacer):
                 self._push_class(cls)
                 victim = None
                 continue
-            if guarded is not None and seq <= self._request_start and guarded in cls.models:
+            if seq <= self._request_start and cls.guarded_at == clock:
                 if aside is None:
                     aside = []
                 aside.append(heappop(heap))  # still to be read by the current request
@@ -332,13 +374,15 @@ class QueueingReplacer(Replacer):
                 victim = self._victim(cls)[0]
             for entry in aside:
                 heappush(heap, entry)
-        if victim is not None:  # (the class keeps its heap entry; a stale one goes lazily)
+        if victim is not None:  # (a class left with pages keeps its heap entry)
             del self._class_of[victim]
             evictable.discard(victim)
             if cls.pages.pop(victim, None) is None:
                 del cls.light[victim]
             if not cls.pages and not cls.light:
                 self._occupied.discard(cls)
+                if heap and heap[0] is cls.entry:  # (usually: its entry, now stale, goes at once)
+                    heappop(heap)
                 cls.entry = None
         return victim
 
@@ -384,6 +428,8 @@ class QueueingReplacer(Replacer):
             cls = self._classes[models or _NO_MODELS] = _SharingClass(models or _NO_MODELS, self._serial)
             for model in cls.models:
                 self._classes_of_model.setdefault(model, []).append(cls)
+            if self._guarded is not None and self._guarded in cls.models:
+                cls.guarded_at = self._clock
         if models is not None:  # (pages of the sharing map only: the cache stays bounded)
             self._class_cache[page_id] = cls
         return cls
