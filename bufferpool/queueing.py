@@ -407,7 +407,7 @@ class QueueingReplacer(Replacer):
 
     def page_rate(self, page_id: int) -> float:
         """``λ_p`` now: the summed rate of the models that need ``page_id``."""
-        return sum(self.model_rate(m) for m in self._sharing.get(page_id, _NO_MODELS))
+        return math.fsum(self.model_rate(m) for m in self._sharing.get(page_id, _NO_MODELS))
 
     @property
     def horizon(self) -> float:
@@ -457,13 +457,15 @@ class QueueingReplacer(Replacer):
     def _value(self, cls: _SharingClass) -> None:
         """Set the class's λ and P from the rates of the last revaluation."""
         rate_of = self._rate_of
-        rate = 0.0
+        rates = []
         for model in cls.models:
             r = rate_of.get(model)
             if r is None:
                 r = rate_of[model] = self._rates.rate(model, self._clock)
-            rate += r
-        cls.rate = rate
+            rates.append(r)
+        # fsum: exact, so the result does not depend on the set's (hash-seeded) order,
+        # and neither do ties between classes.
+        cls.rate = rate = math.fsum(rates)
         cls.prob = -math.expm1(-rate * self._horizon) if rate > 0.0 else 0.0
         cls.epoch = self._epoch
 

@@ -118,3 +118,19 @@ def test_the_simulator_counts_what_the_pool_counts(policy, case):
                 assert int.from_bytes(frame.tobytes(), "little") == page_id
     stats = pool.stats()
     assert (stats.hits, stats.misses, stats.evictions) == (simulated.hits, simulated.misses, simulated.evictions)
+
+
+def test_results_do_not_depend_on_the_hash_seed():
+    # Model names are strings, whose set order follows PYTHONHASHSEED; a policy that summed
+    # rates in that order broke ties differently from run to run.
+    import subprocess
+    import sys
+
+    code = (
+        "from bufferpool import workload, simulate\n"
+        "w = workload.generate(popularity='zipf', seed=0, shift_every=300)\n"
+        "print([simulate(w.trace, w.model_pages, c, policy='queueing').hits for c in (27, 54)])\n"
+    )
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (0, 1, 2, 3)}
+    assert len(outs) == 1
