@@ -82,10 +82,15 @@ def run_dedup(
         store._writable()
     results = []
     search = BlockSearch()
+    # A dry run changes nothing, but later models must be planned as an applied pass would
+    # plan them: against the blocks earlier replacements freed and shared.
+    effects = _Effects() if dry_run else None
     with progress(len(names), "dedup", progress_bar) as bar:
         for name in names:
-            planned = _plan(store, name, evaluate, max_accuracy_drop, tolerance, search)
-            if not dry_run and planned.result.replaced:
+            planned = _plan(store, name, evaluate, max_accuracy_drop, tolerance, search, effects)
+            if effects is not None:
+                effects.add(planned)
+            elif planned.result.replaced:
                 store.env.write(lambda txn: _apply(store, txn, planned, tolerance))
             results.append(planned.result)
             bar.update(1)
@@ -102,9 +107,39 @@ class _Planned:
         self.mapping = mapping  # replaced block id -> representative id
 
 
-def _plan(store, name: str, evaluate, budget: float, tolerance: float, search: BlockSearch) -> _Planned:
+class _Effects:
+    """What the replacements planned so far would do to the store's blocks, had they been
+    applied: replaced blocks freed, representatives referenced more often."""
+
+    def __init__(self) -> None:
+        self.freed: set[int] = set()
+        self.extra_refs: Counter[int] = Counter()
+
+    def add(self, planned: _Planned) -> None:
+        own = Counter(int(i) for t in planned.record.tensors for i in t.block_ids)
+        for replaced, representative in planned.mapping.items():
+            self.freed.add(replaced)
+            self.extra_refs[representative] += own[replaced]
+
+    def view(self, record: ModelRecord, blocks: dict[int, cat.BlockRecord]) -> tuple[dict[int, cat.BlockRecord], set[int]]:
+        """``blocks`` as they would be, and the model's private blocks among them."""
+        seen = {
+            i: (replace(b, refs=b.refs + self.extra_refs[i]) if i in self.extra_refs else b)
+            for i, b in blocks.items()
+            if i not in self.freed
+        }
+        return seen, private_blocks(record, seen)
+
+
+def _plan(
+    store, name: str, evaluate, budget: float, tolerance: float, search: BlockSearch, effects: _Effects | None = None
+) -> _Planned:
     with store.env.read() as txn:
         record, original, blocks, private = gather(store, txn, name, search)
+    hidden = private
+    if effects is not None:
+        blocks, private = effects.view(record, blocks)
+        hidden = private | effects.freed
 
     # Candidates, ordered low magnitude first (a block's first position scores it).
     positions: dict[int, list[tuple[str, int]]] = {}
@@ -118,7 +153,7 @@ def _plan(store, name: str, evaluate, budget: float, tolerance: float, search: B
             if i in private:
                 positions.setdefault(i, []).append((t.name, k))
                 score.setdefault(i, float(s))
-    matches = search.find(blocks, private, list(positions), tolerance)
+    matches = search.find(blocks, hidden, list(positions), tolerance)
     order = sorted(matches, key=lambda i: (score[i], i))
     candidates = [index.Replacement(i, matches[i][0], matches[i][1]) for i in order]
 

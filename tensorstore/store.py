@@ -508,7 +508,7 @@ class Store:
         tolerance : float
             The largest relative L2 error a replacement may introduce in one block.
         dry_run : bool
-            Plan and report; change nothing.
+            Plan and report what the pass would do (model by model, as applied); change nothing.
 
         Returns
         -------
