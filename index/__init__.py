@@ -16,11 +16,30 @@ from index.errors import (
     InvalidTypeError,
 )
 from index.exact import DIGEST_BYTES, block_digest
-from index.exhaustive import exhaustive_match
-from index.lsh import Candidates, LSHIndex, LSHIndexes, Matches
 from index.magnitude import DEFAULT_STATISTIC, STATISTICS, magnitude_order, magnitude_scores
 from index.planner import Evaluation, Plan, Replacement, max_evaluations, plan_replacements
 from index.tolerance import ElementShare, RelativeL2, Tolerance
+
+# FAISS takes about 30 ms to import; every ingest needs block_digest and nothing of it, so
+# the near-duplicate search is imported when first used (PEP 562).
+_LAZY = {
+    "Candidates": "index.lsh",
+    "LSHIndex": "index.lsh",
+    "LSHIndexes": "index.lsh",
+    "Matches": "index.lsh",
+    "exhaustive_match": "index.exhaustive",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'index' has no attribute {name!r}")
+    import importlib
+
+    value = globals()[name] = getattr(importlib.import_module(module), name)
+    return value
+
 
 __all__ = [
     "DEFAULT_STATISTIC",
