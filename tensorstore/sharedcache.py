@@ -287,7 +287,7 @@ class SharedCache:
         return True
 
     def _remove_stale_tmp(self, name: str, mtime: float, now: float) -> None:
-        # tmp-<pid>-<n>: the writer renames it within one tensor's assembly; one left
+        # tmp-<pid>-...: the writer links it into place within one assembly; one left
         # behind belongs to a process that died mid-write.
         try:
             pid = int(name.split("-")[1])
