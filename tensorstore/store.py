@@ -166,6 +166,7 @@ class Store:
         self._pool = None  # a BufferPool when opened with cache_bytes
         self._pool_txn = threading.local()  # the read transaction the pool loads pages from
         self._sharing_snapshot = -1  # txn id the pool's sharing map was computed at
+        self._model_pages: dict[str, tuple[bytes, frozenset[int]]] = {}  # name -> (record, its pages)
         self._shared = None  # a SharedCache when opened with shared_cache
         self._ident: bytes | None = None
 
@@ -442,18 +443,54 @@ class Store:
     def _note_request(self, txn: lmdb.Transaction, name: str) -> None:
         """Tell the pool a model was requested, and which models need which pages."""
         if self._sharing_snapshot != txn.id():
-            sharing: dict[int, list[str]] = {}
-            pages_of: dict[int, int] = {}
-            with txn.cursor(db=self.env.dbs["blocks"]) as cur:
-                for k, v in cur:
-                    block_id = cat.ID.unpack(bytes(k))[0]
-                    pages_of[block_id] = cat.decode_block(block_id, v).page_id
-            for m in self._iter_records(txn):
-                for page in {pages_of[int(i)] for t in m.tensors for i in t.block_ids if int(i) in pages_of}:
-                    sharing.setdefault(page, []).append(m.name)
-            self._pool.set_sharing(sharing)
+            self._pool.set_sharing(self._sharing(txn))
             self._sharing_snapshot = txn.id()
         self._pool.note_request(name)
+
+    def _sharing(self, txn: lmdb.Transaction) -> dict[int, list[str]]:
+        """Which models need each page, in ``txn``'s snapshot.
+
+        A model's page set is kept between snapshots and reused while its catalog record is
+        unchanged and every page in the set still exists: a page that changes gets a new id,
+        so a block cannot have left a page that is still there. A commit thus costs a check
+        of each model's pages, not a scan of every block of the store.
+        """
+        pagemeta = self.env.dbs["pagemeta"]
+        kept: dict[str, tuple[bytes, frozenset[int]]] = {}
+        stale: dict[str, tuple[bytes, set[int]]] = {}
+        with txn.cursor(db=self.env.dbs["models"]) as cur:
+            for k, v in cur:
+                name, raw = bytes(k).decode(errors="replace"), bytes(v)
+                hit = self._model_pages.get(name)
+                if hit is not None and hit[0] == raw and all(txn.get(id_key(p), db=pagemeta) is not None for p in hit[1]):
+                    kept[name] = hit
+                else:
+                    stale[name] = (raw, {int(i) for t in cat.decode_model(name, raw).tensors for i in t.block_ids})
+        if stale:
+            page_of = self._pages_of_blocks(txn, set().union(*(ids for _, ids in stale.values())))
+            for name, (raw, ids) in stale.items():
+                kept[name] = (raw, frozenset(page_of[i] for i in ids if i in page_of))
+        self._model_pages = kept
+        sharing: dict[int, list[str]] = {}
+        for name, (_, pages) in kept.items():
+            for p in pages:
+                sharing.setdefault(p, []).append(name)
+        return sharing
+
+    def _pages_of_blocks(self, txn: lmdb.Transaction, ids: set[int]) -> dict[int, int]:
+        """The page of each block in ``ids``: looked up one by one, or, when they are most
+        of the store, read in one scan of the block table (cheaper than as many lookups)."""
+        db = self.env.dbs["blocks"]
+        if len(ids) < self._state(txn).unique_blocks // 2:
+            values = ((i, txn.get(id_key(i), db=db)) for i in ids)
+            return {i: cat.decode_block(i, v).page_id for i, v in values if v is not None}
+        out = {}
+        with txn.cursor(db=db) as cur:
+            for k, v in cur:
+                block_id = cat.ID.unpack(bytes(k))[0]
+                if block_id in ids:
+                    out[block_id] = cat.decode_block(block_id, v).page_id
+        return out
 
     def model_info(self, name: str) -> ModelRecord:
         """The catalog record of a model: metadata and each tensor's dtype, shape, blocks."""

@@ -79,3 +79,29 @@ def test_the_pool_follows_changes_to_the_store(family_store):
         s.repack()
         assert np.array_equal(s.load_model("m0")["x"], np.arange(10.0))
         assert all(s.load_model("m1")[k].tobytes() == v.tobytes() for k, v in models["m1"].items())
+
+
+def test_the_sharing_map_follows_every_kind_of_change(family_store):
+    # Kept between snapshots and reused per model: after replacing, deleting (which
+    # compacts pages), repacking and deduplicating it must equal a map built from scratch.
+    path, _ = family_store
+
+    def from_scratch(s):
+        blocks = s.catalog()["blocks"].to_pylist()
+        expected = {}
+        for row in blocks:
+            expected.setdefault(row["page_id"], set()).add(row["model"])
+        return expected
+
+    with ts.open(path, "a", cache_bytes="64KiB") as s:
+        changes = [
+            lambda: s.add_model("m0", {"x": np.arange(10.0)}, replace=True),
+            lambda: s.delete_model("m3"),
+            lambda: s.repack(),
+            lambda: s.dedup(tolerance=0.5),
+        ]
+        for change in [lambda: None] + changes:
+            change()
+            with s.env.read() as txn:
+                got = {p: set(names) for p, names in s._sharing(txn).items()}
+            assert got == from_scratch(s)
