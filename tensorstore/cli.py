@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true")
     rp.set_defaults(func=_repack)
 
+    sc = sub.add_parser("shared-cache", help="what the store's shared tensor cache holds; --clear removes unused tensors")
+    sc.add_argument("store", type=Path)
+    sc.add_argument("--cache", help="the cache: a name in /dev/shm or a directory (default: the store's own)")
+    sc.add_argument("--clear", action="store_true", help="remove every tensor no process is using now")
+    sc.add_argument("--json", action="store_true")
+    sc.set_defaults(func=_shared_cache)
+
     v = sub.add_parser("verify", help="check every checksum and catalog cross-reference")
     v.add_argument("store", type=Path)
     v.add_argument("--json", action="store_true")
@@ -182,6 +189,21 @@ def _stats(args) -> int:
     print(f"file bytes      {format_size(s.file_bytes)}")
     print(f"blocks          {s.blocks} references, {s.unique_blocks} distinct (blocks of {format_size(s.block_bytes)})")
     print(f"dedup ratio     {s.dedup_ratio:.2f}x  (logical / stored)")
+    return 0
+
+
+def _shared_cache(args) -> int:
+    with open_store(args.store, "r", shared_cache=args.cache or True) as store:
+        cache = store._shared
+        removed = cache.reclaim(keep_alive=0) if args.clear else 0
+        usage = cache.usage() | {"removed": removed}
+    if args.json:
+        print(json.dumps(usage, indent=2))
+        return 0
+    if args.clear:
+        print(f"removed {removed} unused tensors")
+    print(f"{usage['directory']}: {usage['tensors']} tensors, {format_size(usage['bytes'])} "
+          f"(budget {format_size(usage['max_bytes'])}), {usage['manifests']} model manifests")
     return 0
 
 

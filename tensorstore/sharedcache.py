@@ -273,6 +273,22 @@ class SharedCache:
         self._estimate = total
         return deleted
 
+    def usage(self) -> dict:
+        """What the cache directory holds now, across all processes: tensors and their
+        bytes, manifests, and the budget."""
+        tensors = nbytes = manifests = 0
+        for entry in os.scandir(self.directory):
+            try:
+                if entry.name.endswith(_SUFFIX):
+                    tensors += 1
+                    nbytes += entry.stat(follow_symlinks=False).st_size
+                elif entry.name.endswith(_MANIFEST):
+                    manifests += 1
+            except FileNotFoundError:
+                continue  # reclaimed by another process meanwhile
+        return {"directory": self._root, "tensors": tensors, "bytes": nbytes, "manifests": manifests,
+                "max_bytes": self.max_bytes, "keep_alive": self.keep_alive}
+
     def _try_delete(self, key: bytes) -> bool:
         try:
             self._set_lock(self._probe, key, fcntl.F_WRLCK, wait=False)

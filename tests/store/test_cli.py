@@ -129,3 +129,20 @@ def test_dedup_command(tmp_path, capsys):
     assert code == 2 and "MODULE:FUNC" in err
     code, _, err = run(capsys, "dedup", store, "--max-accuracy-drop", "1.5")
     assert code == 1 and "max_accuracy_drop" in err
+
+
+def test_shared_cache_shows_and_clears_what_no_process_uses(files, capsys):
+    import tensorstore as ts
+
+    d, base, _ = files
+    store, cache = d / "store", d / "cache"
+    assert run(capsys, "add", store, d / "base.safetensors", "--block-bytes", "4KiB")[0] == 0
+    with ts.open(store, "r", shared_cache=cache) as s, s.reader() as r:
+        held = r.load_tensor("base", "embed.weight")  # in use while the command runs
+        r.load_tensor("base", "layer.0.weight")  # dropped at once: unused
+        code, out, _ = run(capsys, "shared-cache", store, "--cache", cache, "--json")
+        assert code == 0 and json.loads(out)["tensors"] == 2
+        code, out, _ = run(capsys, "shared-cache", store, "--cache", cache, "--clear", "--json")
+        usage = json.loads(out)
+        assert code == 0 and usage["removed"] == 1 and usage["tensors"] == 1  # the held one stays
+        assert np.array_equal(held, base["embed.weight"])
