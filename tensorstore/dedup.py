@@ -57,6 +57,9 @@ FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _FLOAT_CODES = {DTYPE_CODES[n]: DTYPES[n] for n in FLOAT_DTYPES}
 DEFAULT_TOLERANCE = 0.01
 _AUDIT_KEY = struct.Struct(">QQ")  # model id, replaced block id
+# New blocks are hashed this many at a time at most (and this many bytes of float32).
+_HASH_CHUNK_BLOCKS = 4096
+_HASH_CHUNK_BYTES = 32 << 20
 
 
 def run_dedup(
@@ -134,26 +137,31 @@ class _Effects:
 def _plan(
     store, name: str, evaluate, budget: float, tolerance: float, search: BlockSearch, effects: _Effects | None = None
 ) -> _Planned:
+    # The search reads block vectors from the snapshot's pages (nothing of the store is
+    # kept in memory): scoring and searching happen while the snapshot is live.
     with store.env.read() as txn:
         record, original, blocks, private = gather(store, txn, name, search)
-    hidden = private
-    if effects is not None:
-        blocks, private = effects.view(record, blocks)
-        hidden = private | effects.freed
+        try:
+            hidden = private
+            if effects is not None:
+                blocks, private = effects.view(record, blocks)
+                hidden = private | effects.freed
 
-    # Candidates, ordered low magnitude first (a block's first position scores it).
-    positions: dict[int, list[tuple[str, int]]] = {}
-    score: dict[int, float] = {}
-    for t in record.tensors:
-        ids = [int(i) for i in t.block_ids]
-        if not ids or DTYPE_CODES.get(t.dtype) not in _FLOAT_CODES:
-            continue
-        scores = index.magnitude_scores([search.vector(i) for i in ids])
-        for k, (i, s) in enumerate(zip(ids, scores)):
-            if i in private:
-                positions.setdefault(i, []).append((t.name, k))
-                score.setdefault(i, float(s))
-    matches = search.find(blocks, hidden, list(positions), tolerance)
+            # Candidates, ordered low magnitude first (a block's first position scores it).
+            positions: dict[int, list[tuple[str, int]]] = {}
+            score: dict[int, float] = {}
+            for t in record.tensors:
+                ids = [int(i) for i in t.block_ids]
+                if not ids or DTYPE_CODES.get(t.dtype) not in _FLOAT_CODES:
+                    continue
+                scores = index.magnitude_scores([search.vector(i) for i in ids])
+                for k, (i, s) in enumerate(zip(ids, scores)):
+                    if i in private:
+                        positions.setdefault(i, []).append((t.name, k))
+                        score.setdefault(i, float(s))
+            matches = search.find(blocks, hidden, list(positions), tolerance)
+        finally:
+            search.release()
     order = sorted(matches, key=lambda i: (score[i], i))
     candidates = [index.Replacement(i, matches[i][0], matches[i][1]) for i in order]
 
@@ -207,15 +215,23 @@ class BlockSearch:
     """
 
     def __init__(self) -> None:
-        # The index keeps the float32 vectors (copy=False: one copy, shared with _vectors).
-        self._indexes = index.LSHIndexes()
+        # The indexes hold codes and norms only (keep_vectors=False): the vectors are read
+        # from the store's pages when a pair needs an exact check (_fetch), so the pass's
+        # memory does not grow with the store's float bytes.
+        self._indexes = index.LSHIndexes(keep_vectors=False)
         self._known: dict[int, tuple[tuple[int, int, int], bytes]] = {}  # id -> (class, digest)
-        self._vectors: dict[int, np.ndarray] = {}
         # id -> (sealed catalog value, its record): an unchanged value is not decoded again.
         self._records: dict[int, tuple[bytes, cat.BlockRecord]] = {}
+        # The snapshot of the last sync, while its transaction lives (see release()):
+        # where each float block lies now (blocks move when pages are compacted).
+        self._blocks: dict[int, cat.BlockRecord] | None = None
+        self._reader = None
 
     def sync(self, store, txn: lmdb.Transaction, reader) -> dict[int, cat.BlockRecord]:
         """Index the float blocks of ``txn``'s snapshot and forget those no longer in it.
+
+        Until :meth:`release` (or the next sync), :meth:`vector` and :meth:`find` read the
+        blocks' vectors from this snapshot's pages: ``txn`` must stay open meanwhile.
 
         Parameters
         ----------
@@ -224,14 +240,16 @@ class BlockSearch:
         txn : lmdb.Transaction
             The snapshot to follow.
         reader : tensorstore.store._Reader
-            Reads (and verifies) the pages of new blocks; share it to read each page once.
+            Reads (and verifies) the pages of ``txn``; share it to read each page once.
 
         Returns
         -------
         dict
             Every float block of the snapshot, by id.
         """
+        self.release()
         blocks = self._float_blocks(store, txn)
+        self._blocks, self._reader = blocks, reader
         gone: dict[tuple[int, int, int], list[int]] = {}
         for i, (cls, digest) in self._known.items():
             b = blocks.get(i)
@@ -240,24 +258,28 @@ class BlockSearch:
         for cls, ids in gone.items():
             self._indexes.remove(cls, np.array(ids, dtype=np.int64))
             for i in ids:
-                del self._known[i], self._vectors[i]
+                del self._known[i]
         new: dict[tuple[int, int, int], list[cat.BlockRecord]] = {}
         for i, b in blocks.items():
             if i not in self._known:
                 new.setdefault(_block_class(b), []).append(b)
         for cls, records in new.items():
-            dtype = _FLOAT_CODES[cls[1]]
-            vectors = np.empty((len(records), cls[2] // dtype.itemsize), dtype=np.float32)
-            for row, b in zip(vectors, records):
-                # F64 blocks are compared in float32 too: the index only proposes and ranks.
-                row[:] = np.frombuffer(reader.page(b.page_id)[b.offset : b.offset + b.nbytes], dtype=dtype)
-            ids = np.array([b.block_id for b in records], dtype=np.int64)
-            self._indexes.add(cls, ids, vectors, copy=False)
-            vectors.setflags(write=False)  # shared by the index, the pass and its callers
-            for b, v in zip(records, vectors):
-                self._known[b.block_id] = (cls, b.digest)
-                self._vectors[b.block_id] = v
+            dim = cls[2] // _FLOAT_CODES[cls[1]].itemsize
+            # Hashed in bounded chunks: only one chunk of vectors is ever in memory.
+            rows = max(1, min(_HASH_CHUNK_BLOCKS, _HASH_CHUNK_BYTES // (4 * dim)))
+            buffer = np.empty((min(rows, len(records)), dim), dtype=np.float32)
+            for start in range(0, len(records), rows):
+                chunk = records[start : start + rows]
+                ids = np.array([b.block_id for b in chunk], dtype=np.int64)
+                vectors = self._fetch(ids, out=buffer[: len(chunk)])
+                self._indexes.add(cls, ids, vectors)
+                for b in chunk:
+                    self._known[b.block_id] = (cls, b.digest)
         return blocks
+
+    def release(self) -> None:
+        """Forget the synced snapshot's pages (call before its transaction ends)."""
+        self._blocks = self._reader = None
 
     def _float_blocks(self, store, txn: lmdb.Transaction) -> dict[int, cat.BlockRecord]:
         """The float blocks of the snapshot; records whose value is unchanged since the
@@ -277,8 +299,8 @@ class BlockSearch:
         return out
 
     def vector(self, block_id: int) -> np.ndarray:
-        """The float32 vector of an indexed block (a read-only view)."""
-        return self._vectors[block_id]
+        """The float32 vector of a float block of the synced snapshot (read from its page)."""
+        return self._fetch(np.array([block_id], dtype=np.int64))[0]
 
     def find(
         self,
@@ -306,7 +328,7 @@ class BlockSearch:
         for cls, ids in by_query_class.items():
             qids = np.array(ids, dtype=np.int64)
             if not exhaustive:
-                found = self._indexes.match_stored(cls, qids, tol, exclude=hidden)
+                found = self._indexes.match_stored(cls, qids, tol, exclude=hidden, fetch=fetch)
             else:
                 reps = [i for i, b in blocks.items() if i not in private and _block_class(b) == cls]
                 if not reps:
@@ -318,9 +340,25 @@ class BlockSearch:
                     matches[i] = (int(rep), float(err))
         return matches
 
-    def _fetch(self, ids: np.ndarray) -> np.ndarray:
-        vectors = self._vectors
-        return np.stack([vectors[i] for i in ids.tolist()])
+    def _fetch(self, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The float32 vectors of float blocks of one class, read from the synced
+        snapshot's pages (F16, BF16 and F64 converted: the index only proposes and ranks)."""
+        blocks, reader = self._blocks, self._reader
+        if blocks is None:
+            raise RuntimeError("BlockSearch: no live snapshot; sync() within an open read transaction first")
+        ids = ids.tolist()
+        if not ids:
+            raise InvalidArgumentError("no block ids to fetch")
+        first = blocks[ids[0]]
+        dtype = _FLOAT_CODES[first.dtype_code]
+        count = first.nbytes // dtype.itemsize
+        if out is None:
+            out = np.empty((len(ids), count), dtype=np.float32)
+        page = reader.page
+        for row, i in zip(out, ids):
+            b = blocks[i]
+            row[:] = np.frombuffer(page(b.page_id), dtype=dtype, count=count, offset=b.offset)
+        return out
 
 
 def _block_class(b: cat.BlockRecord) -> tuple[int, int, int]:

@@ -8,8 +8,9 @@ representative for that the LSH also finds one for; speed is query block bytes p
 
 The LSH time counts everything the pass spends on search: reading every block from the
 store (pages verified), hashing and norming it (once per pass), and per model the sync,
-the Hamming search and the exact verification. The brute-force time counts its per-model
-searches over the same in-memory vectors (its reading is the LSH's, not counted twice).
+the Hamming search and the exact verification (the vectors it checks are read again from
+the snapshot's pages: the index keeps none). The brute-force time counts its per-model
+searches, reading every compared block from the same snapshot.
 """
 
 from __future__ import annotations
@@ -45,20 +46,22 @@ def measure(store_path: Path, tolerance: float) -> dict:
     search = BlockSearch()
     with open_store(store_path, "r") as s:
         for name in s.models():
+            # The search reads vectors from the snapshot's pages: keep it open meanwhile.
             with s.env.read() as txn:
                 record = s._record(txn, name)
                 t0 = time.perf_counter()
                 blocks = search.sync(s, txn, _Reader(s, txn, verify=True))
                 t1 = time.perf_counter()
-            build_seconds = build_seconds or t1 - t0
-            private = private_blocks(record, blocks)
-            queries = sorted(private)
-            query_bytes += sum(blocks[i].nbytes for i in queries)
-            t2 = time.perf_counter()
-            lsh = search.find(blocks, private, queries, tolerance)
-            t3 = time.perf_counter()
-            exact = search.find(blocks, private, queries, tolerance, exhaustive=True)
-            t4 = time.perf_counter()
+                build_seconds = build_seconds or t1 - t0
+                private = private_blocks(record, blocks)
+                queries = sorted(private)
+                query_bytes += sum(blocks[i].nbytes for i in queries)
+                t2 = time.perf_counter()
+                lsh = search.find(blocks, private, queries, tolerance)
+                t3 = time.perf_counter()
+                exact = search.find(blocks, private, queries, tolerance, exhaustive=True)
+                t4 = time.perf_counter()
+                search.release()
             lsh_seconds += (t1 - t0) + (t3 - t2)
             exact_seconds += t4 - t3
             found_lsh += len(lsh)

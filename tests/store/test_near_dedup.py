@@ -260,3 +260,78 @@ def test_a_models_own_blocks_are_never_its_representatives(store):
     # Once the twin lives in another model too, it is a representative like any other.
     store.add_model("copy", {"w": twin})
     assert store.dedup(["m"], tolerance=0.01, dry_run=True).models[0].candidates == 8
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_non_f32_blocks_are_compared_in_float32(store, dtype):
+    # The index keeps no vectors: blocks are read from their pages and converted on fetch.
+    import ml_dtypes
+
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    rng = np.random.default_rng(8)
+    base = rng.standard_normal((ROWS, COLS)).astype(np_dtype)
+    tuned = (base.astype(np.float32) + np.float32(1e-3) * rng.standard_normal((ROWS, COLS))).astype(np_dtype)
+    store.add_model("base", {"w": base})
+    store.add_model("tuned", {"w": tuned})
+    report = store.dedup("tuned", tolerance=0.02)
+    m = report.models[0]
+    per_block = 4096 // np_dtype.itemsize
+    assert m.candidates == len(m.replaced) == ROWS * COLS // per_block
+    a = base.astype(np.float32).reshape(-1, per_block)
+    b = tuned.astype(np.float32).reshape(-1, per_block)
+    for r in m.replaced:
+        (_, k), = r.positions
+        expected = np.linalg.norm(b[k] - a[k]) / np.linalg.norm(b[k])
+        assert r.error == pytest.approx(expected, rel=1e-4)
+    assert store.load_model("tuned")["w"].tobytes() == base.tobytes()
+    assert store.verify().ok
+
+
+def test_the_search_keeps_no_vectors_and_reads_the_live_snapshot(pair):
+    from tensorstore.dedup import BlockSearch, private_blocks
+    from tensorstore.store import _Reader
+
+    store, base, tuned = pair
+    search = BlockSearch()
+    with store.env.read() as txn:
+        blocks = search.sync(store, txn, _Reader(store, txn, verify=True))
+        record = store._record(txn, "tuned")
+        private = private_blocks(record, blocks)
+        found = search.find(blocks, private, sorted(private), 0.01)
+        first = int(record.tensor("w").block_ids[0])
+        np.testing.assert_array_equal(search.vector(first), tuned["w"].reshape(-1)[:1024])
+        search.release()
+    assert len(found) == 16
+    assert all(not search._indexes[c].keep_vectors for c in search._indexes)
+    with pytest.raises(RuntimeError, match="no live snapshot"):
+        search.vector(first)
+
+
+def test_blocks_moved_by_a_repack_during_a_pass_are_read_where_they_are(tmp_path):
+    # A repack between two models of a pass moves blocks to other pages: the search must
+    # read them where the current snapshot has them, and find what a pass without it finds.
+    family = _chain_family()
+    order = list(family)
+    results = []
+    for repack in (False, True):
+        with ts.open(tmp_path / f"s{repack}", "w", page_size="64KiB", block_bytes="4KiB") as s:
+            for n, t in family.items():
+                s.add_model(n, t)
+            moved = []
+
+            def evaluate(name, tensors, s=s, repack=repack, moved=moved):
+                if repack and not moved:
+                    with s.env.read() as txn:
+                        before = {k: bytes(v) for k, v in txn.cursor(db=s.env.dbs["blocks"])}
+                    s.repack()
+                    with s.env.read() as txn:
+                        after = {k: bytes(v) for k, v in txn.cursor(db=s.env.dbs["blocks"])}
+                    moved.append(sum(before[k] != after.get(k) for k in before))
+                return 1.0
+
+            replaced = _replaced(s.dedup(order, evaluate=evaluate, tolerance=0.01))
+            assert s.verify().ok
+            results.append(replaced)
+            if repack:
+                assert moved and moved[0] > 0  # the repack did move blocks
+    assert results[0] == results[1]
