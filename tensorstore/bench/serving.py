@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,7 +119,7 @@ def _distinct_bytes(store: Path, models: list[str]) -> int:
     return sum(dict(zip(rows["block_id"].to_pylist(), rows["nbytes"].to_pylist())).values())
 
 
-def memory(store: Path, files: dict[str, Path], processes: int, workdir: Path) -> list[dict]:
+def memory(store: Path, files: dict[str, Path], processes: int) -> list[dict]:
     names = list(files)
     tunes = [n for n in names if n != names[0]] or names
     plans = {
@@ -131,7 +132,7 @@ def memory(store: Path, files: dict[str, Path], processes: int, workdir: Path) -
         cache = Path(tempfile.mkdtemp(prefix="ts-cache-", dir="/dev/shm"))
         g = _run_group(mode, store, cache, [([], [])] * processes)
         idle[mode] = g["pss_sum"]
-        _rmtree(cache)
+        shutil.rmtree(cache, ignore_errors=True)
     rows = []
     for scenario, jobs in plans.items():
         loaded = sorted({m for job in jobs for m in job})
@@ -139,7 +140,7 @@ def memory(store: Path, files: dict[str, Path], processes: int, workdir: Path) -
         logical = sum(os.path.getsize(files[m]) for job in jobs for m in job)
         cache = Path(tempfile.mkdtemp(prefix="ts-cache-", dir="/dev/shm"))
         shared = _run_group("shared", store, cache, [([], job) for job in jobs])
-        _rmtree(cache)
+        shutil.rmtree(cache, ignore_errors=True)
         plain = _run_group("safetensors", store, cache, [([files[m] for m in job], []) for job in jobs])
         rows.append({
             "scenario": scenario,
@@ -173,7 +174,7 @@ def cold_start(store: Path, files: dict[str, Path], model: str, repeat: int) -> 
             plain_cold.append(_one_shot("safetensors", store, cache, [files[model]], []))
     finally:
         holder.communicate("")
-        _rmtree(cache)
+        shutil.rmtree(cache, ignore_errors=True)
     med = statistics.median
     return {
         "model": model,
@@ -195,12 +196,6 @@ def _one_shot(mode: str, store: Path, cache: Path, files: list[Path], models: li
         p.communicate("")
 
 
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def main(corpus: str, workdir: str | None, processes: int = 8, repeat: int = 5) -> dict:
     from ..formats import write_safetensors
 
@@ -213,7 +208,7 @@ def main(corpus: str, workdir: str | None, processes: int = 8, repeat: int = 5) 
         names = list(files)
         return {
             "corpus": corpus,
-            "memory": memory(store, files, processes, store.parent),
+            "memory": memory(store, files, processes),
             "cold_start": cold_start(store, files, names[1] if len(names) > 1 else names[0], repeat),
         }
 

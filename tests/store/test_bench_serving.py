@@ -17,7 +17,7 @@ def test_two_processes_serving_one_model_take_one_copy(tmp_path):
             s.add_model(name, tensors)
             files[name] = tmp_path / f"{name}.safetensors"
             write_safetensors(files[name], tensors)
-    rows = {r["scenario"]: r for r in serving.memory(tmp_path / "store", files, 2, tmp_path)}
+    rows = {r["scenario"]: r for r in serving.memory(tmp_path / "store", files, 2)}
     assert set(rows) == set(serving.SCENARIOS)
     same = rows["same-fine-tune"]
     shared = same["shared"]["pss_sum"] - same["idle_shared_pss_sum"]

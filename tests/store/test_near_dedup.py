@@ -176,6 +176,14 @@ def _chain_family():
     return {"t1": t1, "t2": t2, "t3": t3, "base": base}
 
 
+def _chain_store(path, family):
+    """A store holding ``family`` (small pages and blocks, so that tensors span many)."""
+    s = ts.open(path, "w", page_size="64KiB", block_bytes="4KiB")
+    for n, t in family.items():
+        s.add_model(n, t)
+    return s
+
+
 def _replaced(report):
     return [(m.model, m.candidates, [(r.block_id, r.representative, r.error) for r in m.replaced]) for m in report.models]
 
@@ -186,9 +194,7 @@ def test_a_dry_run_reports_what_the_applied_pass_does(tmp_path):
     family = _chain_family()
     reports = []
     for dry_run in (True, False):
-        with ts.open(tmp_path / f"s{dry_run}", "w", page_size="64KiB", block_bytes="4KiB") as s:
-            for n, t in family.items():
-                s.add_model(n, t)
+        with _chain_store(tmp_path / f"s{dry_run}", family) as s:
             reports.append(s.dedup(list(family), tolerance=0.01, dry_run=dry_run))
     dry, applied = reports
     assert _replaced(dry) == _replaced(applied) and dry.bytes_saved == applied.bytes_saved > 0
@@ -205,9 +211,7 @@ def test_one_pass_equals_one_pass_per_model(tmp_path):
     order = list(family)
     results = []
     for per_model in (False, True):
-        with ts.open(tmp_path / f"s{per_model}", "w", page_size="64KiB", block_bytes="4KiB") as s:
-            for n, t in family.items():
-                s.add_model(n, t)
+        with _chain_store(tmp_path / f"s{per_model}", family) as s:
             if per_model:
                 reports = [s.dedup([n], tolerance=0.01) for n in order]
                 replaced = [row for r in reports for row in _replaced(r)]
@@ -314,9 +318,7 @@ def test_blocks_moved_by_a_repack_during_a_pass_are_read_where_they_are(tmp_path
     order = list(family)
     results = []
     for repack in (False, True):
-        with ts.open(tmp_path / f"s{repack}", "w", page_size="64KiB", block_bytes="4KiB") as s:
-            for n, t in family.items():
-                s.add_model(n, t)
+        with _chain_store(tmp_path / f"s{repack}", family) as s:
             moved = []
 
             def evaluate(name, tensors, s=s, repack=repack, moved=moved):
