@@ -43,8 +43,9 @@ page arrives, so an access or an unpin pushes nothing; a key that grew (its ligh
 left) is corrected when it reaches the top. An eviction costs O(log classes) amortised, an
 access O(1); the usual eviction (the top class's most recent page) is a short path of its
 own, as it runs right after a page read has pushed everything out of the CPU caches. Rates, ``W`` and every class's value are recomputed in :meth:`note_request` —
-per request, not per miss — every ``revalue_every`` requests and at once after a detected
-shift; in between, rates move by about 1/(requests seen) per request.
+per request, not per miss — every ``revalue_every`` requests, at once after a detected
+shift, and at every request while the estimator is unsure whether popularity has just
+changed; in between, rates move by about 1/(requests seen) per request.
 """
 
 from __future__ import annotations
@@ -121,7 +122,12 @@ class QueueingReplacer(Replacer):
         Another estimator of ``r_m`` (replacing the options above), e.g. the true
         rates of a synthetic workload, to measure how much estimation costs.
     revalue_every
-        Requests between two recomputations of every class's value.
+        Requests between two recomputations of every class's value, while the rate
+        estimator is sure of the current popularity.
+    unsure_below
+        While the estimator's ``confidence`` (the probability of its most probable change
+        point, see :class:`~bufferpool.rates.ChangepointRates`) is below this, every class is
+        revalued at every request: the rates are then moving fast. 0 turns this off.
     protect_request
         Pass over pages that the request being served has still to read (see above).
     """
@@ -142,6 +148,7 @@ class QueueingReplacer(Replacer):
         read_overhead_bytes: int = 64 * 1024,
         rates: RateEstimator | None = None,
         revalue_every: int = 4,
+        unsure_below: float = 0.99,
         protect_request: bool = True,
     ) -> None:
         super().__init__(capacity)
@@ -167,6 +174,9 @@ class QueueingReplacer(Replacer):
             raise InvalidArgumentError(f"read_overhead_bytes must be >= 0, got {read_overhead_bytes}")
         self._overhead = read_overhead_bytes
         self._revalue_every = positive_int(revalue_every, "revalue_every")
+        if isinstance(unsure_below, bool) or not isinstance(unsure_below, (int, float)) or not 0 <= unsure_below <= 1:
+            raise InvalidArgumentError(f"unsure_below must be a number in [0, 1], got {unsure_below!r}")
+        self._unsure_below = float(unsure_below)
         self._protect = bool(protect_request)
         self._clock = 0  # requests noted so far
         self._seq = 0  # access counter: the order of pages within a class
@@ -210,6 +220,7 @@ class QueueingReplacer(Replacer):
         if (
             restarts != self._restarts  # a detected shift makes the old values stale at once
             or self._clock - self._valued_at >= self._revalue_every
+            or getattr(self._rates, "confidence", 1.0) < self._unsure_below
             or (not self._horizon_known and self._loads_per_request > 0.0)  # W can be estimated now
         ):
             self._restarts = restarts

@@ -235,6 +235,9 @@ class ChangepointRates:
         may be counted a few times while the estimate of its position settles).
     change_point
         Request number (0-based) at which the most probable current run starts.
+    confidence
+        Posterior probability of that start: close to 1 under a steady popularity, lower
+        while the requests are still deciding whether popularity has just changed.
     """
 
     def __init__(
@@ -264,6 +267,7 @@ class ChangepointRates:
         self._rates_at = -1
         self.restarts = 0
         self.change_point = 0
+        self.confidence = 1.0
 
     def observe(self, model: Hashable, now: float) -> None:
         """Count a request for ``model`` (the clock is the number of requests observed)."""
@@ -301,6 +305,7 @@ class ChangepointRates:
         if best[0] > self.change_point:
             self.restarts += 1
         self.change_point = best[0]
+        self.confidence = best[1]
 
     def _merge_or_drop(self, runs: list[list], t: int) -> None:
         """Make room for one run: merge two adjacent runs whose starts differ by at most

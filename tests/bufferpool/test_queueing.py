@@ -359,6 +359,47 @@ def test_changepoint_rates_keep_few_hypotheses_however_long_the_stream():
     assert sum(start < 4000 for start in starts[0.0]) > 1
 
 
+def test_confidence_drops_after_a_shift_and_recovers():
+    rng = random.Random(3)
+    rates = ChangepointRates()
+    confidence = []
+    trace = _stream(rng, {"a": 0.8, "b": 0.1, "c": 0.1}, 1000) + _stream(rng, {"a": 0.1, "b": 0.8, "c": 0.1}, 300)
+    for now, model in enumerate(trace, 1):
+        rates.observe(model, now)
+        confidence.append(rates.confidence)
+    def unsure(window):
+        return sum(c < 0.99 for c in window) / len(window)
+
+    assert unsure(confidence[500:1000]) < 0.25  # mostly sure of the old popularity
+    assert min(confidence[1000:1030]) < 0.5  # unsure just after the shift
+    assert unsure(confidence[1000:1030]) > 0.8
+    assert unsure(confidence[1100:]) < 0.25  # and sure of the new one later
+
+
+def test_an_unsure_estimator_makes_the_policy_revalue_at_every_request():
+    """``unsure_below=1`` is always unsure: it must evict exactly as ``revalue_every=1``."""
+    from bufferpool.workload import generate
+
+    w = generate(12, n_requests=600, shift_every=150, seed=5)
+    runs = {}
+    for name, options in {"always": {"unsure_below": 1.0}, "every": {"revalue_every": 1},
+                          "never": {"unsure_below": 0.0}}.items():
+        evicted = []
+        q = QueueingReplacer(30, **options)
+        evict = q.evict
+        q.evict = lambda: evicted.append(evict()) or evicted[-1]  # record the victims
+        simulate(w.trace, w.model_pages, 30, q)
+        runs[name] = evicted
+    assert runs["always"] == runs["every"]
+    assert runs["never"] != runs["every"]  # (so the comparison above can fail)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.9", True])
+def test_unsure_below_must_be_a_probability(bad):
+    with pytest.raises(ValueError, match="unsure_below"):
+        QueueingReplacer(4, unsure_below=bad)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"hazard": 1.0}, "hazard"), ({"prior": 0}, "prior"), ({"hypotheses": 0}, "hypotheses"),
