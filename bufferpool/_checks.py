@@ -36,6 +36,15 @@ def positive_float(value: object, name: str) -> float:
     return number
 
 
+def probability(value: object, name: str) -> float:
+    """Return ``value`` as a ``float`` in [0, 1], or raise a clear error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidTypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    if not 0.0 <= value <= 1.0:
+        raise InvalidArgumentError(f"{name} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
 def sharing_map(sharing: object) -> dict[int, frozenset[Hashable]]:
     """Validate ``{page_id: [model, ...]}`` and return it as ``{int: frozenset}``."""
     if not isinstance(sharing, Mapping):

@@ -56,7 +56,7 @@ from heapq import heapify, heappop, heappush
 from types import MappingProxyType
 from typing import Any
 
-from ._checks import positive_float, positive_int, sharing_map
+from ._checks import positive_float, positive_int, probability, sharing_map
 from .errors import InvalidArgumentError, InvalidTypeError
 from .rates import ChangepointRates, RateEstimator, RequestRates
 from .replacer import Replacer
@@ -174,9 +174,7 @@ class QueueingReplacer(Replacer):
             raise InvalidArgumentError(f"read_overhead_bytes must be >= 0, got {read_overhead_bytes}")
         self._overhead = read_overhead_bytes
         self._revalue_every = positive_int(revalue_every, "revalue_every")
-        if isinstance(unsure_below, bool) or not isinstance(unsure_below, (int, float)) or not 0 <= unsure_below <= 1:
-            raise InvalidArgumentError(f"unsure_below must be a number in [0, 1], got {unsure_below!r}")
-        self._unsure_below = float(unsure_below)
+        self._unsure_below = probability(unsure_below, "unsure_below")
         self._protect = bool(protect_request)
         self._clock = 0  # requests noted so far
         self._seq = 0  # access counter: the order of pages within a class

@@ -367,6 +367,7 @@ def test_confidence_drops_after_a_shift_and_recovers():
     for now, model in enumerate(trace, 1):
         rates.observe(model, now)
         confidence.append(rates.confidence)
+
     def unsure(window):
         return sum(c < 0.99 for c in window) / len(window)
 
@@ -394,9 +395,10 @@ def test_an_unsure_estimator_makes_the_policy_revalue_at_every_request():
     assert runs["never"] != runs["every"]  # (so the comparison above can fail)
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.9", True])
-def test_unsure_below_must_be_a_probability(bad):
-    with pytest.raises(ValueError, match="unsure_below"):
+@pytest.mark.parametrize(("bad", "error"), [(-0.1, ValueError), (1.5, ValueError), (math.nan, ValueError),
+                                            ("0.9", TypeError), (True, TypeError)])
+def test_unsure_below_must_be_a_probability(bad, error):
+    with pytest.raises(error, match="unsure_below"):
         QueueingReplacer(4, unsure_below=bad)
 
 
