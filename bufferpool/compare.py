@@ -1,6 +1,6 @@
 """Compare every policy with Belady's optimum on the generated workloads, and check the targets.
 
-Run ``python -m bufferpool.compare`` for a table, ``--json`` for machine-readable output.
+Run ``python -m tensorstore_bufferpool.compare`` for a table, ``--json`` for machine-readable output.
 Capacities run from half of one model's size up to 60% of the family's distinct pages.
 
 Targets (issue 5), checked per workload at capacities of at least one model's size:
@@ -266,7 +266,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m bufferpool.compare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tensorstore_bufferpool.compare", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, nargs="+", default=[0], help="workload seed(s) (default 0)")
     parser.add_argument("--requests", type=int, default=3000, help="requests per trace (default 3000)")
     parser.add_argument("--models", type=int, default=30, help="models in the family (default 30)")

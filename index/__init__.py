@@ -9,25 +9,25 @@ Accuracy gate: :func:`plan_replacements` over :class:`Replacement` candidates.
 This package depends on numpy, mmh3 and faiss only; it never imports the store.
 """
 
-from index.errors import (
+from tensorstore_index.errors import (
     EvaluationError,
     IndexLibraryError,
     InvalidArgumentError,
     InvalidTypeError,
 )
-from index.exact import DIGEST_BYTES, block_digest
-from index.magnitude import DEFAULT_STATISTIC, STATISTICS, magnitude_order, magnitude_scores
-from index.planner import Evaluation, Plan, Replacement, max_evaluations, plan_replacements
-from index.tolerance import ElementShare, RelativeL2, Tolerance
+from tensorstore_index.exact import DIGEST_BYTES, block_digest
+from tensorstore_index.magnitude import DEFAULT_STATISTIC, STATISTICS, magnitude_order, magnitude_scores
+from tensorstore_index.planner import Evaluation, Plan, Replacement, max_evaluations, plan_replacements
+from tensorstore_index.tolerance import ElementShare, RelativeL2, Tolerance
 
 # FAISS takes about 30 ms to import; every ingest needs block_digest and nothing of it, so
 # the near-duplicate search is imported when first used (PEP 562).
 _LAZY = {
-    "Candidates": "index.lsh",
-    "LSHIndex": "index.lsh",
-    "LSHIndexes": "index.lsh",
-    "Matches": "index.lsh",
-    "exhaustive_match": "index.exhaustive",
+    "Candidates": "tensorstore_index.lsh",
+    "LSHIndex": "tensorstore_index.lsh",
+    "LSHIndexes": "tensorstore_index.lsh",
+    "Matches": "tensorstore_index.lsh",
+    "exhaustive_match": "tensorstore_index.exhaustive",
 }
 
 

@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from index.errors import InvalidArgumentError, InvalidTypeError
+from tensorstore_index.errors import InvalidArgumentError, InvalidTypeError
 
 
 def as_vectors(vectors: object, name: str = "vectors", dim: int | None = None) -> np.ndarray:

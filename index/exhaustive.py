@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from index.checks import as_ids, as_vectors
-from index.errors import InvalidArgumentError
-from index.lsh import Matches
-from index.tolerance import RelativeL2, Tolerance, as_tolerance
+from tensorstore_index.checks import as_ids, as_vectors
+from tensorstore_index.errors import InvalidArgumentError
+from tensorstore_index.lsh import Matches
+from tensorstore_index.tolerance import RelativeL2, Tolerance, as_tolerance
 
 _CHUNK_BYTES = 64 << 20
 

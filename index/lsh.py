@@ -42,9 +42,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import faiss  # noqa: E402  (must follow the setting above)
 import numpy as np
 
-from index.checks import as_count, as_ids, as_vectors
-from index.errors import InvalidArgumentError
-from index.tolerance import Tolerance, as_tolerance
+from tensorstore_index.checks import as_count, as_ids, as_vectors
+from tensorstore_index.errors import InvalidArgumentError
+from tensorstore_index.tolerance import Tolerance, as_tolerance
 
 Fetch = Callable[[np.ndarray], np.ndarray]
 """Given int64 ids, return their vectors as an ``(len(ids), dim)`` array, in that order."""

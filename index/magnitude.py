@@ -8,7 +8,7 @@ blocks from layers of very different scales comparable: a block is "small" when 
 Statistics (``statistic=``):
 
 ``"max_abs"`` (default)
-    largest ``|x|``. Chosen by measurement (``python -m index.magnitude_study``, see
+    largest ``|x|``. Chosen by measurement (``python -m tensorstore_index.magnitude_study``, see
     ``docs/index.md``): it kept accuracy best in every setting tried, including after a
     function-preserving rescale that plants an outlier unit.
 ``"rms"``
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from index.errors import InvalidArgumentError, InvalidTypeError
+from tensorstore_index.errors import InvalidArgumentError, InvalidTypeError
 
 STATISTICS = ("max_abs", "rms", "mean_abs")
 DEFAULT_STATISTIC = "max_abs"

@@ -1,6 +1,6 @@
 """Which magnitude statistic orders blocks best? A small, reproducible measurement.
 
-Run ``python -m index.magnitude_study [--json]``. It trains a small numpy MLP (64 inputs,
+Run ``python -m tensorstore_index.magnitude_study [--json]``. It trains a small numpy MLP (64 inputs,
 half of them noise, 128 hidden units, 10 classes) on synthetic Gaussian-cluster data, cuts
 its weight matrices into 64-element blocks as the store does (row-major), and for each
 statistic of :mod:`index.magnitude` (and a random order as control) perturbs the blocks in
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.magnitude import STATISTICS, magnitude_order, magnitude_scores
+from tensorstore_index.magnitude import STATISTICS, magnitude_order, magnitude_scores
 
 BLOCK = 64
 FRACTIONS = tuple(f / 10 for f in range(1, 10))
@@ -149,7 +149,7 @@ def _perturb(block: np.ndarray, noise: float | str, rng: np.random.Generator) ->
 def main(argv: list[str] | None = None) -> int:
     """Print each ordering's score per perturbation, averaged over seeds."""
     parser = argparse.ArgumentParser(
-        prog="python -m index.magnitude_study", description=__doc__.split("\n")[0]
+        prog="python -m tensorstore_index.magnitude_study", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seeds", type=int, default=3, help="models trained (default 3)")

@@ -1,6 +1,6 @@
 """Measure the LSH index: throughput and recall against an exhaustive search.
 
-Run ``python -m index.measure`` (add ``--json`` for machine-readable output, ``--help`` for
+Run ``python -m tensorstore_index.measure`` (add ``--json`` for machine-readable output, ``--help`` for
 the knobs). For each block size it builds a synthetic base model and a fine-tuned copy
 (:mod:`index.synthetic`), indexes the base, matches the fine-tuned blocks at a relative L2
 tolerance, and compares with :func:`index.exhaustive.exhaustive_match` at the same tolerance.
@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass
 import faiss
 import numpy as np
 
-from index.exhaustive import exhaustive_match
-from index.lsh import LSHIndex
-from index.synthetic import fine_tuned_blocks
+from tensorstore_index.exhaustive import exhaustive_match
+from tensorstore_index.lsh import LSHIndex
+from tensorstore_index.synthetic import fine_tuned_blocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +157,7 @@ def _machine() -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: print a table (or JSON) of :func:`measure` results."""
     parser = argparse.ArgumentParser(
-        prog="python -m index.measure", description=__doc__.split("\n")[0]
+        prog="python -m tensorstore_index.measure", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(

@@ -27,8 +27,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from index.checks import as_real
-from index.errors import EvaluationError, InvalidArgumentError, InvalidTypeError
+from tensorstore_index.checks import as_real
+from tensorstore_index.errors import EvaluationError, InvalidArgumentError, InvalidTypeError
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Synthetic block sets shaped like the weights of a fine-tuned model family.
 
-Used by the tests, the benchmarks and ``python -m index.measure``; nothing here is needed to
+Used by the tests, the benchmarks and ``python -m tensorstore_index.measure``; nothing here is needed to
 use the index.
 
 A *base model* is a set of blocks grouped into tensors; elements are Gaussian with a
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.checks import as_count, as_real
-from index.errors import InvalidArgumentError
+from tensorstore_index.checks import as_count, as_real
+from tensorstore_index.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
-from index.checks import as_real
-from index.errors import InvalidArgumentError, InvalidTypeError
+from tensorstore_index.checks import as_real
+from tensorstore_index.errors import InvalidArgumentError, InvalidTypeError
 
 
 def row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:

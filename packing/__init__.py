@@ -11,9 +11,9 @@ Build a :class:`PackingProblem` from tensors (lists of block ids) and block size
 Depends on numpy and OR-Tools only.
 """
 
-from packing.algorithms import ALGORITHMS, pack
-from packing.bounds import pages_lower_bound
-from packing.errors import (
+from tensorstore_packing.algorithms import ALGORITHMS, pack
+from tensorstore_packing.bounds import pages_lower_bound
+from tensorstore_packing.errors import (
     BlockTooLargeError,
     InvalidProblemError,
     PackingError,
@@ -22,11 +22,11 @@ from packing.errors import (
     UnknownBlockError,
     UnknownTensorError,
 )
-from packing.instances import GeneratedInstance, generate
-from packing.objective import DEFAULT_READ_WEIGHT
-from packing.problem import DEFAULT_ALIGNMENT, PackingProblem
-from packing.result import ModelReads, PackResult, SolverReport
-from packing.two_stage import TwoStageOptions
+from tensorstore_packing.instances import GeneratedInstance, generate
+from tensorstore_packing.objective import DEFAULT_READ_WEIGHT
+from tensorstore_packing.problem import DEFAULT_ALIGNMENT, PackingProblem
+from tensorstore_packing.result import ModelReads, PackResult, SolverReport
+from tensorstore_packing.two_stage import TwoStageOptions
 
 __all__ = [
     "ALGORITHMS",

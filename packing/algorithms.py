@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from packing.errors import ProblemTypeError, UnknownAlgorithmError
-from packing.greedy import pack_baseline, pack_greedy1, pack_greedy2
-from packing.objective import DEFAULT_READ_WEIGHT, check_read_weight
-from packing.problem import PackingProblem
-from packing.result import PackResult, build_result
-from packing.two_stage import TwoStageOptions, pack_two_stage
+from tensorstore_packing.errors import ProblemTypeError, UnknownAlgorithmError
+from tensorstore_packing.greedy import pack_baseline, pack_greedy1, pack_greedy2
+from tensorstore_packing.objective import DEFAULT_READ_WEIGHT, check_read_weight
+from tensorstore_packing.problem import PackingProblem
+from tensorstore_packing.result import PackResult, build_result
+from tensorstore_packing.two_stage import TwoStageOptions, pack_two_stage
 
 #: Algorithm names accepted by :func:`pack`, with a one-line description.
 ALGORITHMS: dict[str, str] = {

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from packing.csr import gather_rows, row_of_entries, unique_pairs
-from packing.problem import PackingProblem
+from tensorstore_packing.csr import gather_rows, row_of_entries, unique_pairs
+from tensorstore_packing.problem import PackingProblem
 
 
 def pages_lower_bound(slot_bytes: np.ndarray, page_bytes: int) -> int:

@@ -1,4 +1,4 @@
-"""Compare the packers on a generated instance: ``python -m packing.compare``.
+"""Compare the packers on a generated instance: ``python -m tensorstore_packing.compare``.
 
 Prints one row per algorithm (pages against the lower bound, pages read per tensor and
 per model, time, solver status), or JSON with ``--json``.
@@ -11,9 +11,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from packing.algorithms import ALGORITHMS, pack
-from packing.instances import generate
-from packing.objective import DEFAULT_READ_WEIGHT
+from tensorstore_packing.algorithms import ALGORITHMS, pack
+from tensorstore_packing.instances import generate
+from tensorstore_packing.objective import DEFAULT_READ_WEIGHT
 
 _COLUMNS = (
     ("algorithm", "algorithm", "{}"),
@@ -82,7 +82,7 @@ def format_table(report: dict[str, object]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m packing.compare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tensorstore_packing.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=100_000, help="distinct blocks (default 100000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--changed-fraction", type=float, default=0.0,

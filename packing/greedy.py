@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from packing.fit import next_fit
-from packing.problem import PackingProblem
-from packing.sharing import sharing_groups
+from tensorstore_packing.fit import next_fit
+from tensorstore_packing.problem import PackingProblem
+from tensorstore_packing.sharing import sharing_groups
 
 
 def pack_baseline(problem: PackingProblem) -> tuple[np.ndarray, np.ndarray]:

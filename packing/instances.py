@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from packing.errors import InvalidProblemError
-from packing.problem import PackingProblem
+from tensorstore_packing.errors import InvalidProblemError
+from tensorstore_packing.problem import PackingProblem
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from packing.bounds import model_lower_bounds, pages_lower_bound, tensor_lower_bounds
-from packing.errors import InvalidProblemError, ProblemTypeError
-from packing.problem import PackingProblem
+from tensorstore_packing.bounds import model_lower_bounds, pages_lower_bound, tensor_lower_bounds
+from tensorstore_packing.errors import InvalidProblemError, ProblemTypeError
+from tensorstore_packing.problem import PackingProblem
 
 #: Default weight of pages read against pages stored (see the module docstring).
 DEFAULT_READ_WEIGHT = 1.0

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from packing.errors import (
+from tensorstore_packing.errors import (
     BlockTooLargeError,
     InvalidProblemError,
     ProblemTypeError,

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from packing.bounds import model_block_pairs, model_lower_bounds, pages_lower_bound, tensor_lower_bounds
-from packing.csr import unique_pairs
-from packing.objective import cost
-from packing.problem import PackingProblem, models_csr
+from tensorstore_packing.bounds import model_block_pairs, model_lower_bounds, pages_lower_bound, tensor_lower_bounds
+from tensorstore_packing.csr import unique_pairs
+from tensorstore_packing.objective import cost
+from tensorstore_packing.problem import PackingProblem, models_csr
 
 
 @dataclass(frozen=True, slots=True)

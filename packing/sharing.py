@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from packing.problem import PackingProblem
+from tensorstore_packing.problem import PackingProblem
 
 
 @dataclass(frozen=True, slots=True, eq=False)

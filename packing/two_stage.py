@@ -30,14 +30,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from packing.cpsat import ClusterModel, cluster_cost, solve_cluster
-from packing.csr import gather_rows, row_of_entries, unique_pairs
-from packing.errors import InvalidProblemError
-from packing.fit import best_fit_decreasing
-from packing.objective import cost_coefficients, model_cost_coefficients
-from packing.problem import PackingProblem
-from packing.result import SolverReport
-from packing.sharing import SharingGroups, sharing_groups
+from tensorstore_packing.cpsat import ClusterModel, cluster_cost, solve_cluster
+from tensorstore_packing.csr import gather_rows, row_of_entries, unique_pairs
+from tensorstore_packing.errors import InvalidProblemError
+from tensorstore_packing.fit import best_fit_decreasing
+from tensorstore_packing.objective import cost_coefficients, model_cost_coefficients
+from tensorstore_packing.problem import PackingProblem
+from tensorstore_packing.result import SolverReport
+from tensorstore_packing.sharing import SharingGroups, sharing_groups
 
 #: Integer CP-SAT cost of one page stored; read costs are scaled to it.
 _PAGE_COST = 10_000

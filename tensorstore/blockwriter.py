@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import lmdb
 
-from index.exact import block_digest
+from tensorstore_index.exact import block_digest
 
 from .catalog import (
     BlockRecord,

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 import lmdb
 import numpy as np
 
-import index
+import tensorstore_index as index
 
 from . import catalog as cat
 from .blockwriter import BlockWriter

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import lmdb
 
-import packing
+import tensorstore_packing as packing
 
 from . import catalog as cat
 from .blockwriter import ALIGN, OPEN_ROOM_FRACTION

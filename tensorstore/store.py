@@ -171,7 +171,7 @@ class Store:
         self._ident: bytes | None = None
 
     def _attach_cache(self, cache_bytes: int) -> None:
-        from bufferpool import BufferPool
+        from tensorstore_bufferpool import BufferPool
 
         if cache_bytes < self.page_size:
             raise InvalidArgumentError(f"cache_bytes ({cache_bytes}) must hold at least one page ({self.page_size} bytes)")
@@ -572,7 +572,7 @@ class Store:
 
         All of it is one transaction: a crash leaves the old layout intact.
         """
-        import packing
+        import tensorstore_packing as packing
 
         from .repack import repack
 
@@ -728,7 +728,7 @@ class _Reader:
             for page_id, offset, start, n in runs:
                 out[start : start + n] = self.page(page_id)[offset : offset + n]
         else:
-            from bufferpool import PoolExhaustedError
+            from tensorstore_bufferpool import PoolExhaustedError
 
             self.store._pool_txn.txn = self.txn
             for page_id, offset, start, n in runs:

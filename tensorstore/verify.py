@@ -12,7 +12,7 @@ from collections import Counter
 
 import lmdb
 
-from index.exact import block_digest
+from tensorstore_index.exact import block_digest
 
 from . import catalog as cat
 from .catalog import id_key

@@ -215,7 +215,7 @@ def _store_figures(path: Path, names: list[str], family: dict | None, repeat: in
 
 def _cache_figures(path: Path, names: list[str], requests: int, seed: int) -> dict:
     """Hit ratio of a page cache under a Zipf request stream over the family's models."""
-    import bufferpool
+    import tensorstore_bufferpool as bufferpool
 
     with open_store(path, "r") as s:
         blocks = s.catalog()["blocks"].to_pylist()

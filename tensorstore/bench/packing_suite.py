@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 
-import packing
+import tensorstore_packing as packing
 
 from .. import open as open_store
 from ..repack import catalog_problem, packing_problem

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from bufferpool import POLICIES, BufferPool
+from tensorstore_bufferpool import POLICIES, BufferPool
 
 PAGE = 1 << 20
 N_PAGES = 16
@@ -185,7 +185,7 @@ def test_request_and_miss(benchmark, page_file, policy):
 def test_note_request(benchmark, policy):
     """``note_request`` alone (rate update; the queueing policy's periodic revaluation),
     over a family of 30 models with Zipf popularity, 20 pages each, as in bufferpool.compare."""
-    from bufferpool import workload
+    from tensorstore_bufferpool import workload
 
     w = workload.generate(30, n_requests=4000, seed=0)
     pool = BufferPool(64 * PAGE, PAGE, lambda p: b"", policy=policy)

@@ -9,8 +9,8 @@ import faiss
 import numpy as np
 import pytest
 
-from index import LSHIndex, exhaustive_match, magnitude_scores, plan_replacements
-from index.synthetic import fine_tuned_blocks
+from tensorstore_index import LSHIndex, exhaustive_match, magnitude_scores, plan_replacements
+from tensorstore_index.synthetic import fine_tuned_blocks
 
 faiss.omp_set_num_threads(2)
 TOLERANCE = 0.05

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from packing import ALGORITHMS, generate, pack
+from tensorstore_packing import ALGORITHMS, generate, pack
 
 
 @pytest.fixture(scope="module")

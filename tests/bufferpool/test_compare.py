@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from bufferpool import belady, simulate
-from bufferpool.compare import KnownShifts, Row, TrueRates, check, compare, main, online_bound
-from bufferpool.workload import generate
+from tensorstore_bufferpool import belady, simulate
+from tensorstore_bufferpool.compare import KnownShifts, Row, TrueRates, check, compare, main, online_bound
+from tensorstore_bufferpool.workload import generate
 
 
 def row(capacity: int, queueing: float, best_baseline: float, belady: float) -> Row:
@@ -60,8 +60,8 @@ def test_command_line_json(capsys):
 
 
 def _workload(model_pages, trace, popularity, phase_length=None):
-    from bufferpool.simulate import sharing_of
-    from bufferpool.workload import Workload
+    from tensorstore_bufferpool.simulate import sharing_of
+    from tensorstore_bufferpool.workload import Workload
 
     return Workload(model_pages, sharing_of(model_pages), trace, 4096, popularity, phase_length or len(trace))
 
@@ -83,9 +83,9 @@ def test_online_bound_dominates_every_policys_expected_hits(policy):
     """The two steps of the bound, checked on a policy's actual cache contents ``C_t`` at
     each request: the request hits at most its pages in ``C_t``, and ``Σ_{p in C_t} λ_p``
     (the expected hits given the past) never exceeds the bound's per-request term."""
-    from bufferpool.policies import make_replacer
-    from bufferpool.queueing import QueueingReplacer
-    from bufferpool.simulate import sharing_of
+    from tensorstore_bufferpool.policies import make_replacer
+    from tensorstore_bufferpool.queueing import QueueingReplacer
+    from tensorstore_bufferpool.simulate import sharing_of
 
     w = generate(8, n_requests=400, seed=1, popularity="pareto", shift_every=100)
     capacity = 30

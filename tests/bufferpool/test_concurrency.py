@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bufferpool import POLICIES, BufferPool
+from tensorstore_bufferpool import POLICIES, BufferPool
 
 PAGE = 512
 

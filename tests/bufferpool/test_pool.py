@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bufferpool import (
+from tensorstore_bufferpool import (
     POLICIES,
     BufferPool,
     PagePinnedError,
@@ -290,7 +290,7 @@ def test_a_loader_is_required():
 
 
 def test_a_replacer_instance_must_match_the_frame_count():
-    from bufferpool import make_replacer
+    from tensorstore_bufferpool import make_replacer
 
     pool = BufferPool(4 * PAGE, PAGE, content, policy=make_replacer("arc", 4))
     assert pool.policy == "arc"

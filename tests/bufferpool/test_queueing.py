@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bufferpool import belady, simulate
-from bufferpool.queueing import QueueingReplacer
-from bufferpool.rates import ChangepointRates, DecayedCounts, RequestRates
+from tensorstore_bufferpool import belady, simulate
+from tensorstore_bufferpool.queueing import QueueingReplacer
+from tensorstore_bufferpool.rates import ChangepointRates, DecayedCounts, RequestRates
 
 
 def fill(replacer: QueueingReplacer, pages: list[int]) -> None:
@@ -379,7 +379,7 @@ def test_confidence_drops_after_a_shift_and_recovers():
 
 def test_an_unsure_estimator_makes_the_policy_revalue_at_every_request():
     """``unsure_below=1`` is always unsure: it must evict exactly as ``revalue_every=1``."""
-    from bufferpool.workload import generate
+    from tensorstore_bufferpool.workload import generate
 
     w = generate(12, n_requests=600, shift_every=150, seed=5)
     runs = {}
@@ -414,7 +414,7 @@ def test_changepoint_rates_reject_bad_options(kwargs, match):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_default_estimator_follows_shifts_better_than_plain_decay(seed):
-    from bufferpool.workload import generate
+    from tensorstore_bufferpool.workload import generate
 
     w = generate(12, n_requests=900, shift_every=150, seed=seed)
     default = simulate(w.trace, w.model_pages, 40, QueueingReplacer(40)).hit_ratio

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bufferpool import POLICIES, PageNotTrackedError, UnknownPolicyError, make_replacer
-from bufferpool.replacer import Replacer
+from tensorstore_bufferpool import POLICIES, PageNotTrackedError, UnknownPolicyError, make_replacer
+from tensorstore_bufferpool.replacer import Replacer
 
 
 def fill(replacer: Replacer, pages: list[int]) -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bufferpool import POLICIES, BufferPool, belady, expand_trace, sharing_of, simulate
+from tensorstore_bufferpool import POLICIES, BufferPool, belady, expand_trace, sharing_of, simulate
 
 # The textbook reference string (Silberschatz et al.), one page per "model".
 REFERENCE = [7, 0, 1, 2, 0, 3, 0, 4, 2, 3, 0, 3, 2, 1, 2, 0, 1, 7, 0, 1]
@@ -127,7 +127,7 @@ def test_results_do_not_depend_on_the_hash_seed():
     import sys
 
     code = (
-        "from bufferpool import workload, simulate\n"
+        "from tensorstore_bufferpool import workload, simulate\n"
         "w = workload.generate(popularity='zipf', seed=0, shift_every=300)\n"
         "print([simulate(w.trace, w.model_pages, c, policy='queueing').hits for c in (27, 54)])\n"
     )

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bufferpool import sharing_of
-from bufferpool.workload import generate
+from tensorstore_bufferpool import sharing_of
+from tensorstore_bufferpool.workload import generate
 
 
 def test_same_seed_same_workload_other_seed_other_trace():

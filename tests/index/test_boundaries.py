@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "index"
-ALLOWED = {"numpy", "mmh3", "faiss", "index"} | set(sys.stdlib_module_names)
+ALLOWED = {"numpy", "mmh3", "faiss", "tensorstore_index"} | set(sys.stdlib_module_names)
 
 
 def imported_roots(path):
@@ -28,8 +28,8 @@ def test_every_module_imports_only_allowed_packages():
 
 def test_importing_index_loads_no_sibling_package():
     code = (
-        "import sys, index, index.measure, index.magnitude_study;"
-        "print(sorted(m for m in ('tensorstore', 'packing', 'bufferpool') if m in sys.modules))"
+        "import sys, tensorstore_index, tensorstore_index.measure, tensorstore_index.magnitude_study;"
+        "print(sorted(m for m in ('tensorstore', 'tensorstore_packing', 'tensorstore_bufferpool') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=PACKAGE.parent, check=True).stdout

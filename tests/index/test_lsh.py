@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index import (
+from tensorstore_index import (
     ElementShare,
     InvalidArgumentError,
     InvalidTypeError,
@@ -14,7 +14,7 @@ from index import (
     RelativeL2,
     exhaustive_match,
 )
-from index.synthetic import fine_tuned_blocks
+from tensorstore_index.synthetic import fine_tuned_blocks
 
 
 def build(data, **options):

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from index import (
+from tensorstore_index import (
     DEFAULT_STATISTIC,
     STATISTICS,
     InvalidArgumentError,

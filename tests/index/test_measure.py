@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index import ElementShare, InvalidArgumentError, RelativeL2, exhaustive_match
-from index import magnitude_study, measure
-from index.synthetic import fine_tuned_blocks
+from tensorstore_index import ElementShare, InvalidArgumentError, RelativeL2, exhaustive_match
+from tensorstore_index import magnitude_study, measure
+from tensorstore_index.synthetic import fine_tuned_blocks
 
 
 @settings(max_examples=30)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from index import (
+from tensorstore_index import (
     EvaluationError,
     InvalidArgumentError,
     InvalidTypeError,

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from index import ElementShare, InvalidArgumentError, InvalidTypeError, RelativeL2
+from tensorstore_index import ElementShare, InvalidArgumentError, InvalidTypeError, RelativeL2
 
 # Errors are computed in float32, whose squares of values below ~1e-19 underflow to
 # subnormals; weights that small are zero for every purpose, so the strategy makes them 0.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from packing import PackingProblem, PackResult
+from tensorstore_packing import PackingProblem, PackResult
 
 
 @st.composite

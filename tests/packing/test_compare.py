@@ -1,4 +1,4 @@
-"""`python -m packing.compare`: the comparison table and its JSON."""
+"""`python -m tensorstore_packing.compare`: the comparison table and its JSON."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from packing.compare import main
+from tensorstore_packing.compare import main
 
 
 def test_json_has_one_row_per_algorithm_with_consistent_figures(capsys):
@@ -33,7 +33,7 @@ def test_table_and_algorithm_filter(capsys):
 
 def test_bad_usage_exits_2():
     done = subprocess.run(
-        [sys.executable, "-m", "packing.compare", "--blocks", "0"], capture_output=True, text=True
+        [sys.executable, "-m", "tensorstore_packing.compare", "--blocks", "0"], capture_output=True, text=True
     )
     assert done.returncode == 2
     assert "--blocks must be positive" in done.stderr

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from packing.cpsat import ClusterModel, cluster_cost, solve_cluster
+from tensorstore_packing.cpsat import ClusterModel, cluster_cost, solve_cluster
 
 
 def one_per_page(n_items: int, n_pages: int, classes) -> list:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from packing import InvalidProblemError, generate
+from tensorstore_packing import InvalidProblemError, generate
 
 
 def test_same_seed_same_instance_other_seed_other_sizes():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from packing import ALGORITHMS, PackingProblem, UnknownAlgorithmError, pack, pages_lower_bound
+from tensorstore_packing import ALGORITHMS, PackingProblem, UnknownAlgorithmError, pack, pages_lower_bound
 from tests.packing.helpers import check_result
 
 B = 64  # block size in these examples; a page holds 16 blocks

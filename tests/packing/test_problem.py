@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from packing import (
+from tensorstore_packing import (
     BlockTooLargeError,
     InvalidProblemError,
     PackingProblem,

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.packing.helpers import check_result, problems
-from packing import ALGORITHMS, TwoStageOptions, pack
-from packing.cpsat import ClusterModel, cluster_cost, solve_cluster
-from packing.fit import best_fit_decreasing, next_fit
+from tensorstore_packing import ALGORITHMS, TwoStageOptions, pack
+from tensorstore_packing.cpsat import ClusterModel, cluster_cost, solve_cluster
+from tensorstore_packing.fit import best_fit_decreasing, next_fit
 
 FAST_CP = TwoStageOptions(time_limit=0.5, cluster_time_limit=0.1, num_workers=1)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from packing import ALGORITHMS, PackingProblem, TwoStageOptions, generate, pack
+from tensorstore_packing import ALGORITHMS, PackingProblem, TwoStageOptions, generate, pack
 from tests.packing.helpers import check_result
 
 CP = dict(time_limit=1.0, num_workers=2)
