@@ -27,6 +27,10 @@ DTYPES: dict[str, np.dtype] = {
     "I64": np.dtype("<i8"),
     "U64": np.dtype("<u8"),
     "F64": np.dtype("<f8"),
+    # 8-bit floats (OCP FP8, as torch and safetensors name them); added last so that the
+    # codes of the types above stay what stores already hold.
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
 }
 # A small stable integer per dtype: the block class that seeds its content hash.
 DTYPE_CODES: dict[str, int] = {name: i + 1 for i, name in enumerate(DTYPES)}
@@ -50,3 +54,21 @@ def dtype_from_name(name: str) -> np.dtype:
         return DTYPES[name]
     except KeyError:
         raise InvalidTensorError(f"unknown dtype name {name!r}; known: {', '.join(DTYPES)}") from None
+
+
+FLOAT_NAMES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
+
+
+def layout(name: str):
+    """How ``codec`` splits blocks of dtype ``name`` into byte planes."""
+    from .codec import Layout
+
+    return Layout(DTYPES[name].itemsize, name in FLOAT_NAMES)
+
+
+def layout_of_code(code: int):
+    """``layout`` of the dtype with catalog code ``code``."""
+    return layout(_BY_CODE[code])
+
+
+_BY_CODE = {code: name for name, code in DTYPE_CODES.items()}

@@ -1,0 +1,209 @@
+"""Block encodings: how a distinct block's bytes are kept in its page.
+
+Three encodings, chosen per block at write time, whichever is smallest:
+
+``raw``
+    The bytes as they are.
+``packed``
+    The bytes split into *byte planes* by position within the element (plane ``j`` holds
+    byte ``j`` of every element), each plane compressed with zstd. Float bits are first
+    rotated left by one, so the sign moves to the lowest bit and the exponent fills the
+    top byte: exponents of trained weights take few values and compress well, mantissa
+    bytes look random and stay about their size (ZipNN's byte grouping).
+``delta``
+    The XOR of the block with a *reference block* of the same dtype and length, then
+    packed as above. Where a fine-tune moved a weight a little, sign, exponent and the top
+    mantissa bits are equal and XOR to zero (ZipLLM's BitX).
+
+Every encoding is lossless, bit for bit, for every dtype (NaN payloads, -0.0, subnormals):
+the transforms are permutations of bits and XOR. An encoded payload is::
+
+    u32 plane header * k   (compressed length; the top bit set: the plane is stored raw)
+    plane bodies, in order
+
+This module knows bytes and dtypes' widths; it knows nothing of pages, blocks or models.
+zstd releases the GIL while it works, so threads encode and decode in parallel.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+
+import numpy as np
+import zstandard
+
+RAW, PACKED, DELTA = 0, 1, 2
+NAMES = ("raw", "packed", "delta")
+# zstd level 1: levels 3 and 6 keep 0.1-0.4% fewer bytes of MiniLM weights and deltas
+# and encode 1.6-2.8x slower (docs/benchmarks.md, Encodings).
+LEVEL = 1
+# Keep a block raw unless an encoding saves at least this fraction: a decode costs time at
+# every cold load, a few bytes saved do not pay for it.
+MIN_SAVING = 0.05
+
+_HEADER = struct.Struct("<I")
+_RAW_PLANE = 1 << 31
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "c", None)
+    if c is None:  # zstd contexts are not thread-safe: one per thread
+        c = _local.c = zstandard.ZstdCompressor(level=LEVEL, write_content_size=False)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d
+
+
+class Layout:
+    """How a dtype's elements are split: ``width`` bytes per element (1 for bool and
+    8-bit types: one plane, compressed as is) and whether the bits are a float's."""
+
+    __slots__ = ("width", "is_float")
+
+    def __init__(self, width: int, is_float: bool) -> None:
+        if width not in _UINT:
+            raise ValueError(f"element width must be 1, 2, 4 or 8 bytes, not {width}")
+        self.width = width
+        self.is_float = is_float and width > 1
+
+    def __repr__(self) -> str:
+        return f"Layout(width={self.width}, is_float={self.is_float})"
+
+
+def _words(data, width: int, n: int) -> np.ndarray:
+    return np.frombuffer(data, dtype=_UINT[width], count=n // width)
+
+
+def _rotl(words: np.ndarray, width: int) -> np.ndarray:
+    bits = 8 * width
+    return (words << 1) | (words >> (bits - 1))
+
+
+def _rotr(words: np.ndarray, width: int) -> np.ndarray:
+    bits = 8 * width
+    return (words >> 1) | (words << (bits - 1))
+
+
+def _planes(words: np.ndarray, layout: Layout) -> list[np.ndarray]:
+    """Byte ``j`` of every element, for each ``j``: one contiguous plane each."""
+    if layout.is_float:
+        words = _rotl(words, layout.width)
+    grid = words.view(np.uint8).reshape(-1, layout.width)
+    # One strided copy per plane: 6x faster than a transposed copy of the whole grid.
+    return [grid[:, j].copy() for j in range(layout.width)]
+
+
+def _pack(planes: list[np.ndarray], tail: bytes) -> bytes:
+    c = _compressor()
+    heads, bodies = [], []
+    for plane in planes:
+        raw = plane.data
+        z = c.compress(raw)
+        if len(z) < len(plane):
+            heads.append(_HEADER.pack(len(z)))
+            bodies.append(z)
+        else:
+            heads.append(_HEADER.pack(len(plane) | _RAW_PLANE))
+            bodies.append(raw)
+    return b"".join([*heads, *bodies, tail])
+
+
+def encode(data, layout: Layout, ref=None) -> bytes:
+    """The ``packed`` encoding of ``data`` (bytes-like), or ``delta`` against ``ref``
+    (bytes-like of the same length) when it is given.
+
+    A length that is not a multiple of the element width (never from the store) keeps
+    its last bytes as a raw tail.
+    """
+    n = len(data)
+    whole = n - n % layout.width
+    words = _words(data, layout.width, whole)
+    if ref is not None:
+        if len(ref) != n:
+            raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {n} bytes)")
+        words = words ^ _words(ref, layout.width, whole)
+        tail = bytes(a ^ b for a, b in zip(bytes(data[whole:]), bytes(ref[whole:])))
+    else:
+        tail = bytes(data[whole:])
+    return _pack(_planes(words, layout), tail)
+
+
+def decode(payload, n: int, layout: Layout, ref=None, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode an ``encode`` payload of an ``n``-byte block into ``out`` (uint8, ``n``
+    long; a new array if not given), XOR-ing ``ref`` back in for a delta.
+
+    Raises ``ValueError`` when the payload does not decode to exactly ``n`` bytes.
+    """
+    width = layout.width
+    count = n // width
+    payload = memoryview(payload)
+    heads = width * _HEADER.size
+    if len(payload) < heads:
+        raise ValueError(f"an encoded block of {n} bytes needs at least {heads} header bytes, has {len(payload)}")
+    out = np.empty(n, dtype=np.uint8) if out is None else out
+    body = out[: count * width]
+    grid = body.reshape(count, width)
+    d = _decompressor()
+    at = heads
+    for j in range(width):
+        (size,) = _HEADER.unpack_from(payload, j * _HEADER.size)
+        stored_raw = bool(size & _RAW_PLANE)
+        size &= ~_RAW_PLANE
+        plane = payload[at : at + size]
+        if len(plane) != size:
+            raise ValueError("an encoded block is cut short")
+        if not stored_raw:
+            try:
+                plane = d.decompress(plane, max_output_size=count)
+            except zstandard.ZstdError as exc:
+                raise ValueError(f"a plane does not decompress ({exc})") from None
+        if len(plane) != count:
+            raise ValueError(f"a plane holds {len(plane)} bytes where {count} are needed")
+        # Planes are written into place as strided columns: 6x faster than a transpose.
+        grid[:, j] = np.frombuffer(plane, dtype=np.uint8)
+        at += size
+    tail = np.frombuffer(payload[at:], dtype=np.uint8)
+    if len(tail) != n - count * width:
+        raise ValueError(f"an encoded block of {n} bytes has {len(tail)} tail bytes")
+    out[count * width :] = tail
+    if width > 1:
+        words = body.view(_UINT[width])
+        if layout.is_float:
+            words[:] = _rotr(words, width)
+        if ref is not None:
+            words ^= _words(ref, width, count * width)
+    elif ref is not None:
+        body ^= _words(ref, 1, count)
+    if ref is not None and len(tail):
+        out[count * width :] ^= np.frombuffer(ref, dtype=np.uint8, offset=count * width)
+    return out
+
+
+def choose(data, layout: Layout, refs=()) -> tuple[int, bytes | None, int]:
+    """The smallest encoding of ``data``: ``(encoding, payload, index of the reference)``.
+
+    Tries ``packed`` and ``delta`` against each of ``refs``; returns ``(RAW, None, -1)``
+    unless one saves at least ``MIN_SAVING`` of the block's bytes.
+    """
+    n = len(data)
+    best, payload, which = RAW, None, -1
+    limit = n * (1 - MIN_SAVING)
+    for i, ref in enumerate(refs):
+        z = encode(data, layout, ref)
+        if len(z) <= limit:
+            best, payload, which, limit = DELTA, z, i, len(z)
+    # A delta within a third of the block is as good as a plane split gets on weights:
+    # skip the packed attempt (it would cost as much time again).
+    if best != DELTA or limit > n / 3:
+        z = encode(data, layout)
+        if len(z) <= limit:
+            best, payload, which = PACKED, z, -1
+    return best, payload, which
