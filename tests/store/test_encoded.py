@@ -277,3 +277,123 @@ def test_compact_on_an_encoded_store_matches_ingest(store_path):
         store.compact()
         assert store.stats().encoded_bytes <= ingest
         assert store.verify().ok
+
+
+def test_cli_ls_stats_and_compact_show_encodings(store_path, capsys):
+    from tensorstore.cli import main
+
+    base, tuned = _family(rows=1024)
+    with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB", codec="raw") as store:
+        store.add_model("base", base)
+        store.add_model("tuned", tuned)
+    assert main(["compact", str(store_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["encoded_bytes_after"] < report["encoded_bytes_before"] and report["reencoded_blocks"] > 0
+    assert main(["ls", str(store_path), "--json"]) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["tuned"]["delta_bytes"] > 0 and rows["base"]["delta_bytes"] == 0
+    assert rows["tuned"]["delta_bytes"] + rows["tuned"]["packed_bytes"] + rows["tuned"]["raw_bytes"] < rows["tuned"]["private_bytes"]
+    assert main(["stats", str(store_path)]) == 0
+    assert "encoded bytes" in capsys.readouterr().out
+    assert main(["compact", str(store_path / "missing")]) == 1
+    assert "no store" in capsys.readouterr().err
+
+
+COMPACTOR = """
+import sys, numpy as np, tensorstore as ts
+path = sys.argv[1]
+
+def tuned(i):  # what model t{i % 3} holds after round i: its metadata says which round
+    base = (np.random.default_rng(0).standard_normal((2048, 64)) * 0.05).astype(np.float32)
+    return base, base + (np.random.default_rng(i + 1).standard_normal(base.shape) * 1e-5).astype(np.float32)
+
+if __name__ == "__main__":
+    for i in range(1000):
+        base, w = tuned(i)
+        with ts.open(path, "a", page_size="64KiB", block_bytes="4KiB", codec="raw") as s:
+            if "base" not in s:
+                s.add_model("base", {"w": base})
+            s.add_model(f"t{i % 3}", {"w": w}, {"round": i}, replace=True)
+            print("compacting", flush=True)
+            s.compact(time_limit=0.5)
+"""
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_process_killed_mid_compact_leaves_a_store_that_verifies(tmp_path, seed):
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = str(tmp_path / "store")
+    proc = subprocess.Popen([sys.executable, "-c", COMPACTOR, path], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1 + seed):
+            assert proc.stdout.readline().strip() == "compacting"
+        time.sleep(random.Random(seed).uniform(0.0, 0.4))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    namespace: dict = {}
+    exec(COMPACTOR, namespace)  # the writer's own definition of each round's weights
+    with ts.open(path, "r") as store:
+        report = store.verify()
+        assert report.ok, report.problems
+        assert bits(store.load_model("base")["w"]) == bits(namespace["tuned"](0)[0])
+        for name in store:
+            if name != "base":
+                i = store.model_info(name).metadata["round"]
+                assert bits(store.load_model(name)["w"]) == bits(namespace["tuned"](i)[1])
+
+
+def test_a_format_1_store_is_read_and_upgraded_when_written(store_path):
+    """Stores written before encodings (format 1: shorter block records, no encoded totals)."""
+    import lmdb
+
+    from tensorstore import catalog as cat
+
+    base, tuned = _family()
+    with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB", codec="raw") as store:
+        store.add_model("base", base)
+    env = lmdb.open(str(store_path), max_dbs=16, subdir=True)
+    blocks_db, meta = env.open_db(b"blocks"), env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        for k, v in list(txn.cursor(db=blocks_db)):
+            b = cat.decode_block(cat.ID.unpack(k)[0], v)
+            old = cat._BLOCK_V1.pack(b.page_id, b.offset, b.nbytes, b.refs, b.dtype_code, b.domain, b.digest)
+            txn.put(k, cat._seal(old), db=blocks_db)
+        fmt = json.loads(txn.get(b"format", db=meta))
+        txn.put(b"format", json.dumps(fmt | {"version": 1}).encode(), db=meta)
+        state = json.loads(cat._unseal(txn.get(b"state", db=meta), "state"))
+        del state["encoded_bytes"], state["encodings"]
+        txn.put(b"state", cat._seal(json.dumps(state).encode()), db=meta)
+    env.close()
+    with ts.open(store_path, "r") as store:
+        s = store.stats()
+        assert s.encoded_bytes == s.unique_bytes and s.encodings["raw"] == s.unique_blocks
+        assert bits(store.load_model("base")["embed"]) == bits(base["embed"]) and store.verify().ok
+    with ts.open(store_path, "a") as store:  # written to: format 2 from now on
+        store.add_model("tuned", tuned)
+        assert store.stats().encodings["delta"] > 0 and store.verify().ok
+    with ts.open(store_path, "r") as store:
+        with store.env.read() as txn:
+            assert json.loads(bytes(txn.get(b"format", db=store.env.dbs["meta"])))["version"] == 2
+        assert bits(store.load_model("tuned")["embed"]) == bits(tuned["embed"])
+
+
+def test_a_store_of_a_newer_format_is_refused(store_path):
+    import lmdb
+
+    with ts.open(store_path, "w") as store:
+        store.add_model("m", {"x": np.zeros(3, np.float32)})
+    env = lmdb.open(str(store_path), max_dbs=16, subdir=True)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        fmt = json.loads(txn.get(b"format", db=meta))
+        txn.put(b"format", json.dumps(fmt | {"version": 99}).encode(), db=meta)
+    env.close()
+    with pytest.raises(ts.NotAStoreError, match="format version 99.*upgrade"):
+        ts.open(store_path, "r")
