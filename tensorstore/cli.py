@@ -120,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
                         "serving: memory (PSS) and cold start of many processes, shared cache against safetensors")
     b.add_argument("--corpus", default="digits", help="digits (default), minilm, or a folder of .safetensors files")
     b.add_argument("--repeat", type=int, default=5, help="runs per timing; the median is reported")
+    b.add_argument("--codec", choices=["raw", "auto"], default="raw", help="--suite core: how the stores encode new blocks (default raw)")
     b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
     b.add_argument("--tolerance", type=float, default=0.05, help="near-dup relative L2 error per block (compare suite)")
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the bytes per alternative (needs matplotlib)")
@@ -351,11 +352,12 @@ def _bench(args) -> int:
         return 0
     if args.corpus not in ("digits", "minilm"):
         raise _UsageError("--suite core runs on --corpus digits or minilm")
-    result = core.main(args.corpus, args.repeat, args.workdir)
+    result = core.main(args.corpus, args.repeat, args.workdir, args.codec)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"store core on {args.corpus} ({format_size(result['raw']['model_bytes'])}, {result['raw']['tensors']} tensors); {result['machine']}")
+    print(f"store core on {args.corpus} ({format_size(result['raw']['model_bytes'])}, {result['raw']['tensors']} tensors), "
+          f"codec {args.codec}; {result['machine']}")
     for k, v in result["summary"].items():
         print(f"  {k:<28} {v:.4g}")
     return 0
