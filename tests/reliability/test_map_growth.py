@@ -52,7 +52,7 @@ def test_adding_hundreds_of_mb_through_the_handle_that_holds_views(tmp_path):
             r = s.reader()
             views = r.load_model("a")
             assert r.is_view(views["w"])
-            grow(s, "big", 160)  # past any map a small store starts with
+            grow(s, "big", 200)  # past any map a small store starts with
             assert np.array_equal(views["w"], small["w"]), "a held view changed"
             with s.reader() as r2:
                 again = r2.load_model("big")["x"]
