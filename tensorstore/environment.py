@@ -284,6 +284,77 @@ def acquire(path: Path, *, readonly: bool, create: bool = False) -> Environment:
         return env
 
 
+@contextmanager
+def opening(path: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold the store directory's open lock: exclusive while a store is created (or
+    replaced), shared while one is opened.
+
+    Without it a process opening a store another process is creating finds an empty data
+    file, or an LMDB file without the store's format record yet, and takes a new store for
+    a damaged one. Opening takes microseconds; only creation makes others wait.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield  # no directory yet, or none we may read: nothing to serialise against
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def other_users(path: Path) -> list[int]:
+    """Process ids (other than this one) that have the store at ``path`` open now.
+
+    Every process with an LMDB environment open holds a shared lock on the first byte of
+    its ``lock.mdb`` for as long as it is open (LMDB's own test for "first user"); asking
+    the kernel who would block an exclusive lock there names one of them. LMDB's reader
+    table adds those holding a read snapshot. Call only while this process does not have
+    the store open (closing a descriptor of ``lock.mdb`` drops this process's locks on it).
+    """
+    pids: set[int] = set()
+    try:
+        fd = os.open(path / "lock.mdb", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+            l_type, _, _, _, l_pid = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_GETLK, probe))
+            if l_type != fcntl.F_UNLCK and l_pid > 0:
+                pids.add(l_pid)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    try:
+        env = lmdb.open(str(path), readonly=True, lock=True, max_dbs=len(DB_NAMES), map_size=_SMALLEST_MAP)
+    except lmdb.Error:
+        env = None
+    if env is not None:
+        try:
+            env.reader_check()
+            for line in env.readers().splitlines()[1:]:
+                cols = line.split()
+                if cols and cols[0].isdigit():
+                    pids.add(int(cols[0]))
+        finally:
+            env.close()
+    pids.discard(os.getpid())
+    alive = []
+    for pid in sorted(pids):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            pass
+        alive.append(pid)
+    return alive
+
+
 def is_open(path: Path) -> bool:
     """Whether this process holds the store at ``path`` open."""
     return Path(path).resolve() in _shared
