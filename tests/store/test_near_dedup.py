@@ -337,3 +337,28 @@ def test_blocks_moved_by_a_repack_during_a_pass_are_read_where_they_are(tmp_path
             if repack:
                 assert moved and moved[0] > 0  # the repack did move blocks
     assert results[0] == results[1]
+
+
+def test_a_pass_that_fails_on_a_later_model_changes_nothing(tmp_path):
+    # The first model's replacements are planned (and would save bytes); the evaluator
+    # raises on the second. The pass is one transaction: nothing of the first is applied.
+    family = _chain_family()
+    with _chain_store(tmp_path / "s", family) as s:
+        assert s.dedup(["t1"], tolerance=0.01, dry_run=True).bytes_saved > 0
+        before = snapshot(s)
+        audit_before = s.catalog().get("replacements")
+
+        def evaluate(name, tensors):
+            if name == "t2":
+                raise RuntimeError("the evaluation cluster is down")
+            return 1.0
+
+        with pytest.raises(ts.EvaluatorError, match="'t2'.*the store was not changed"):
+            s.dedup(["t1", "t2"], evaluate=evaluate, tolerance=0.01)
+        assert snapshot(s) == before
+        after = s.catalog().get("replacements")
+        assert (audit_before is None and after is None) or after.num_rows == audit_before.num_rows == 0
+        assert s.verify().ok
+        # and the same pass with a working evaluator applies both models
+        report = s.dedup(["t1", "t2"], evaluate=lambda n, t: 1.0, tolerance=0.01)
+        assert all(m.replaced for m in report.models) and s.stats().unique_bytes < before[0]["unique_bytes"]
