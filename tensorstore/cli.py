@@ -75,13 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("model")
     rm.set_defaults(func=_rm)
 
-    dd = sub.add_parser("dedup", help="let near-duplicate blocks share one representative, within an accuracy budget")
+    dd = sub.add_parser("dedup", help="let near-duplicate blocks share one representative, within an accuracy budget "
+                                      "measured by --evaluator (without one: --dry-run, or --unchecked to accept the risk)")
     dd.add_argument("store", type=Path)
     dd.add_argument("--model", action="append", dest="models", metavar="M", help="a model to deduplicate (repeatable; default: all)")
     dd.add_argument("--evaluator", metavar="MODULE:FUNC", help="evaluate(name, tensors) -> accuracy, higher is better")
     dd.add_argument("--max-accuracy-drop", type=float, default=0.01, help="absolute accuracy budget per model (default 0.01)")
     dd.add_argument("--tolerance", type=float, default=None, help="largest relative L2 error per block (default 0.01)")
     dd.add_argument("--dry-run", action="store_true", help="plan and report; change nothing")
+    dd.add_argument("--unchecked", action="store_true",
+                    help="without --evaluator, change weights bounded only by --tolerance, accuracy unmeasured")
+    dd.add_argument("--replace-bases", action="store_true",
+                    help="let a base's blocks move toward a fine-tune's too (default: only fine-tunes move toward bases)")
     dd.add_argument("--json", action="store_true")
     dd.set_defaults(func=_dedup)
 
@@ -246,11 +251,17 @@ def _load_evaluator(spec: str):
 def _dedup(args) -> int:
     from .dedup import DEFAULT_TOLERANCE
 
+    if not args.evaluator and not args.dry_run and not args.unchecked:
+        raise _UncheckedError(
+            "without --evaluator nothing measures accuracy, so no weights were changed; give --evaluator MODULE:FUNC, "
+            "--dry-run to see what would change, or --unchecked to change weights bounded by --tolerance alone"
+        )
     evaluate = _load_evaluator(args.evaluator) if args.evaluator else None
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     with open_store(args.store, "r" if args.dry_run else "r+") as store:
         report = store.dedup(args.models, evaluate=evaluate, max_accuracy_drop=args.max_accuracy_drop,
-                             tolerance=tolerance, dry_run=args.dry_run, progress_bar=_progress(args))
+                             tolerance=tolerance, dry_run=args.dry_run, progress_bar=_progress(args),
+                             keep_bases=not args.replace_bases)
     if args.json:
         print(json.dumps(report.to_dict() | {"bytes_saved": report.bytes_saved, "evaluations": report.evaluations}, indent=2))
         return 0
@@ -421,6 +432,10 @@ def _demo(args) -> int:
 
     run_demo(args.dir)
     return 0
+
+
+class _UncheckedError(StoreError, ValueError):
+    """dedup without an evaluator, asked to change weights without --unchecked (exit 1)."""
 
 
 class _EvaluatorLoadError(StoreError, ImportError):

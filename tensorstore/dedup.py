@@ -75,6 +75,7 @@ def run_dedup(
     tolerance: float,
     dry_run: bool,
     progress_bar: bool | None,
+    keep_bases: bool = True,
 ) -> DedupReport:
     if not (isinstance(max_accuracy_drop, (int, float)) and 0 <= max_accuracy_drop < 1):
         raise InvalidArgumentError(f"max_accuracy_drop must be a number in [0, 1), not {max_accuracy_drop!r}")
@@ -98,7 +99,7 @@ def run_dedup(
     effects = _Effects()
     with progress(len(names), "dedup", progress_bar) as bar:
         for name in names:
-            planned = _plan(store, name, evaluate, max_accuracy_drop, tolerance, search, effects)
+            planned = _plan(store, name, evaluate, max_accuracy_drop, tolerance, search, effects, keep_bases)
             effects.add(planned)
             planned_all.append(planned)
             results.append(planned.result)
@@ -155,7 +156,8 @@ class _Effects:
 
 
 def _plan(
-    store, name: str, evaluate, budget: float, tolerance: float, search: BlockSearch, effects: _Effects | None = None
+    store, name: str, evaluate, budget: float, tolerance: float, search: BlockSearch, effects: _Effects | None = None,
+    keep_bases: bool = True,
 ) -> _Planned:
     # The search reads block vectors from the snapshot's pages (nothing of the store is
     # kept in memory): scoring and searching happen while the snapshot is live.
@@ -166,6 +168,11 @@ def _plan(
             if effects is not None:
                 blocks, private = effects.view(record, blocks)
                 hidden = private | effects.freed
+            if keep_bases:
+                # Only blocks of models that rank as more of a base may represent this
+                # model's: a base stays exact, its fine-tunes move toward it.
+                rank, best = base_ranks(store, txn)
+                hidden = hidden | {i for i, r in best.items() if r >= rank[name]}
 
             # Candidates, ordered low magnitude first (a block's first position scores it).
             positions: dict[int, list[tuple[str, int]]] = {}
@@ -395,6 +402,30 @@ def gather(store, txn, name: str, search: BlockSearch):
     original = {t.name: reader.tensor(t) for t in record.tensors}
     blocks = search.sync(store, txn, reader)
     return record, original, blocks, private_blocks(record, blocks)
+
+
+def base_ranks(store, txn: lmdb.Transaction) -> tuple[dict[str, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """How much of a base each model is, and the best rank among each block's models.
+
+    A model ranks higher the more other models share blocks with it (a base shares with
+    every fine-tune of it; a fine-tune mostly with its base); of equals, the one added
+    first (a base is added before what is tuned from it). Lower tuples rank higher.
+    """
+    owners: dict[int, set[str]] = {}
+    ids: dict[str, int] = {}
+    for m in store._iter_records(txn):
+        ids[m.name] = m.model_id
+        for t in m.tensors:
+            for i in t.block_ids.tolist():
+                owners.setdefault(i, set()).add(m.name)
+    partners: dict[str, set[str]] = {n: set() for n in ids}
+    for names in owners.values():
+        if len(names) > 1:
+            for n in names:
+                partners[n] |= names
+    rank = {n: (-(len(partners[n]) - (n in partners[n])), ids[n]) for n in ids}
+    best = {i: min(rank[n] for n in names) for i, names in owners.items()}
+    return rank, best
 
 
 def private_blocks(record: ModelRecord, blocks: dict[int, cat.BlockRecord]) -> set[int]:

@@ -545,6 +545,7 @@ class Store:
         tolerance: float = DEFAULT_TOLERANCE,
         dry_run: bool = False,
         progress_bar: bool | None = False,
+        keep_bases: bool = True,
     ):
         """Let near-duplicate blocks share one representative, as far as accuracy allows.
 
@@ -563,6 +564,10 @@ class Store:
             The largest relative L2 error a replacement may introduce in one block.
         dry_run : bool
             Plan and report what the pass would do (model by model, as applied); change nothing.
+        keep_bases : bool
+            A block is replaced only by one of a model that ranks as more of a base (shares
+            blocks with more models; of equals, the one added first), so a base stays exact
+            and its fine-tunes move toward it. ``False``: any direction.
 
         Returns
         -------
@@ -572,7 +577,7 @@ class Store:
             replacements are also recorded in ``catalog()["replacements"]``.
         """
         names = [models] if isinstance(models, str) else models
-        return run_dedup(self, names, evaluate, max_accuracy_drop, tolerance, dry_run, progress_bar)
+        return run_dedup(self, names, evaluate, max_accuracy_drop, tolerance, dry_run, progress_bar, keep_bases)
 
     def repack(self, algorithm: str = "two-stage", *, read_weight: float | None = None, time_limit: float = 10.0):
         """Rewrite every page to the layout ``packing`` chooses; return a ``PackReport``.

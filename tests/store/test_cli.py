@@ -127,8 +127,35 @@ def test_dedup_command(tmp_path, capsys):
     assert code == 1 and "cannot import evaluator module" in err
     code, _, err = run(capsys, "dedup", store, "--evaluator", "nocolon")
     assert code == 2 and "MODULE:FUNC" in err
-    code, _, err = run(capsys, "dedup", store, "--max-accuracy-drop", "1.5")
+    code, _, err = run(capsys, "dedup", store, "--max-accuracy-drop", "1.5", "--unchecked")
     assert code == 1 and "max_accuracy_drop" in err
+
+
+def test_dedup_without_an_evaluator_changes_nothing_unless_unchecked(tmp_path, capsys):
+    import tensorstore as ts
+    from support import snapshot
+
+    rng = np.random.default_rng(3)
+    base = {"fc.weight": rng.standard_normal((256, 64)).astype(np.float32)}
+    tuned = {"fc.weight": base["fc.weight"] + np.float32(1e-3) * rng.standard_normal((256, 64)).astype(np.float32)}
+    save_file(base, str(tmp_path / "base.safetensors"))
+    save_file(tuned, str(tmp_path / "tuned.safetensors"))
+    store = tmp_path / "s"
+    assert run(capsys, "add", store, tmp_path / "base.safetensors", tmp_path / "tuned.safetensors", "--block-bytes", "4KiB")[0] == 0
+    with ts.open(store, "r") as s:
+        before = snapshot(s)
+    code, out, err = run(capsys, "dedup", store, "--tolerance", "0.05")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert "no weights were changed" in err and "--unchecked" in err and "--evaluator" in err
+    with ts.open(store, "r") as s:
+        assert snapshot(s) == before
+    code, out, _ = run(capsys, "dedup", store, "--tolerance", "0.05", "--unchecked")
+    assert code == 0 and "accuracy was NOT checked" in out
+    with ts.open(store, "r") as s:
+        got = s.load_model("base")["fc.weight"]
+        np.testing.assert_array_equal(got, base["fc.weight"])  # the base stays exact
+        np.testing.assert_array_equal(s.load_model("tuned")["fc.weight"], base["fc.weight"])  # the fine-tune moved
+        assert s.stats().unique_bytes < before[0]["unique_bytes"]
 
 
 def test_shared_cache_shows_and_clears_what_no_process_uses(files, capsys):
