@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import lmdb
+
 from . import open as open_store
 from .errors import StoreError
 from .formats import SUFFIXES, read_model_file, write_safetensors
@@ -30,7 +32,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tensorstore {args.command}: usage error: {exc}", file=sys.stderr)
         return 2
     except (StoreError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        print(f"tensorstore {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tensorstore {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a path under a regular file, a read-only file system, a failing disk
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"tensorstore {args.command}: error: {exc.strerror or exc}{where}; check the path and the file system",
+              file=sys.stderr)
+        return 1
+    except lmdb.Error as exc:  # what the store did not translate: damage deep in the LMDB file
+        print(f"tensorstore {args.command}: error: the store's LMDB file is damaged ({_one_line(exc)}); restore it "
+              "from a copy (`tensorstore verify --json STORE` for details)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"tensorstore {args.command}: interrupted; the store is as it was before the interrupted change", file=sys.stderr)
@@ -444,6 +455,10 @@ class _EvaluatorLoadError(StoreError, ImportError):
 
 class _UsageError(ValueError):
     """Arguments that parse but do not fit together: exit status 2, like argparse's."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _pct(part: int, whole: int) -> str:

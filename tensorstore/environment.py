@@ -121,7 +121,8 @@ class Environment:
                 if _errno_of(exc) == errno.ENOMEM and reserve // 2 >= max(_SMALLEST_MAP, 2 * size):
                     reserve //= 2  # limited address space (ulimit -v): reserve less, grow later
                     continue
-                if isinstance(exc, lmdb.VersionMismatchError) or (
+                version_word = isinstance(exc, lmdb.VersionMismatchError) or "is not supported" in str(exc)
+                if version_word or (
                     isinstance(exc, lmdb.InvalidError) and size >= 2 * _MIN_LMDB_PAGE and _has_lmdb_magic(data)
                 ):
                     # LMDB names a damaged meta page by the version byte it finds there

@@ -173,3 +173,37 @@ def test_shared_cache_shows_and_clears_what_no_process_uses(files, capsys):
         usage = json.loads(out)
         assert code == 0 and usage["removed"] == 1 and usage["tensors"] == 1  # the held one stays
         assert np.array_equal(held, base["embed.weight"])
+
+
+def test_paths_the_store_cannot_live_at_are_one_line_errors(files, capsys):
+    d, _, _ = files
+    (d / "plain").write_bytes(b"a regular file")
+    code, out, err = run(capsys, "add", d / "plain" / "store", d / "base.safetensors")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "Not a directory" in err and str(d / "plain") in err
+    assert (d / "plain").read_bytes() == b"a regular file"
+
+
+def test_a_new_store_on_a_read_only_file_system_is_a_one_line_error(files, capsys, tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    d, _, _ = files
+    target = tmp_path / "ro"
+    target.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(target)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {proc.stderr.strip()}")
+    try:
+        with pytest.raises(OSError) as info:  # the file system is truly read-only
+            (target / "probe").write_bytes(b"x")
+        assert info.value.errno == 30
+        code, out, err = run(capsys, "add", target / "store", d / "base.safetensors")
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert "Read-only file system" in err
+        assert list(target.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(target)], check=False)
