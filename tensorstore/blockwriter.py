@@ -136,7 +136,10 @@ class BlockWriter:
         """Drop one reference; a block with none left leaves its page."""
         b = self.block(block_id)
         if b.refs <= 0:
-            raise AssertionError(f"block {block_id} released more often than referenced")
+            raise CorruptionError(
+                f"block {block_id} is released more often than it is referenced: its reference count is damaged; "
+                "restore the store from a copy (`tensorstore verify --json` for details)"
+            )
         b = _with_refs(b, b.refs - 1)
         self._blocks[block_id] = b
         self.state.blocks -= 1

@@ -155,21 +155,59 @@ def _add(args) -> int:
             raise FileNotFoundError(f"no such file: {f}")
         if f.suffix.lower() not in SUFFIXES:
             raise _UsageError(f"{f}: unknown file type {f.suffix!r}; expected {' or '.join(SUFFIXES)}")
+    created = not (args.store / "data.mdb").exists()
+    made_dir = not args.store.exists()
     added = []
-    with open_store(args.store, "a", page_size=args.page_size, block_bytes=args.block_bytes) as store:
-        for f in args.files:
-            tensors, meta = read_model_file(f)
-            name = args.name or f.stem
-            before = store.stats().unique_bytes
-            store.add_model(name, tensors, meta, replace=args.replace, domain=args.domain, progress_bar=_progress(args))
-            logical = sum(t.nbytes for t in tensors.values())
-            new = store.stats().unique_bytes - before
-            added.append({"model": name, "file": str(f), "logical_bytes": logical, "new_bytes": new})
-            if not args.json:
-                print(f"added {name}: {format_size(logical)}, {format_size(new)} new ({_pct(new, logical)} of its size)")
+    try:
+        with open_store(args.store, "a", page_size=args.page_size, block_bytes=args.block_bytes) as store:
+
+            def add_all(txn) -> None:
+                # Every file in one transaction: a file that fails leaves none of them added.
+                added.clear()
+                for f in args.files:
+                    tensors, meta = read_model_file(f)
+                    name = args.name or f.stem
+                    before = store._state(txn).unique_bytes
+                    store.add_model(name, tensors, meta, replace=args.replace, domain=args.domain, progress_bar=_progress(args))
+                    logical = sum(t.nbytes for t in tensors.values())
+                    added.append({"model": name, "file": str(f), "logical_bytes": logical,
+                                  "new_bytes": store._state(txn).unique_bytes - before})
+
+            store.env.write(add_all)
+    except BaseException:
+        if created:
+            _remove_new_store(args.store, made_dir)
+        raise
+    if not args.json:
+        for a in added:
+            print(f"added {a['model']}: {format_size(a['logical_bytes'])}, {format_size(a['new_bytes'])} new "
+                  f"({_pct(a['new_bytes'], a['logical_bytes'])} of its size)")
     if args.json:
         print(json.dumps(added, indent=2))
     return 0
+
+
+def _remove_new_store(path: Path, made_dir: bool) -> None:
+    """Undo the creation of a store that a failed ``add`` made: no empty store is left.
+    Only a store with no model that no other process has open is removed."""
+    import tensorstore as ts
+    from .environment import other_users
+
+    if not (path / "data.mdb").exists() or other_users(path):
+        return
+    try:
+        with ts.open(path, "r") as store:
+            if len(store):
+                return
+    except StoreError:
+        return
+    for name in ("data.mdb", "lock.mdb"):
+        (path / name).unlink(missing_ok=True)
+    if made_dir:
+        try:
+            path.rmdir()
+        except OSError:
+            pass  # something else was put there meanwhile
 
 
 def _ls(args) -> int:

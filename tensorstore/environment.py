@@ -75,6 +75,7 @@ class Environment:
         # stop LMDB from reusing space; clear them now and before each write.
         self.env.reader_check()
         self._write_lock = threading.Lock()
+        self._current = threading.local()  # this thread's open write transaction, if any
         # Guards remapping against snapshots being begun: a remap needs none alive.
         self._map_lock = threading.RLock()  # re-entrant: a view's finalizer may end a snapshot inside
         self.snapshots = 0  # read transactions of this process now alive (see _can_remap)
@@ -195,11 +196,18 @@ class Environment:
 
         ``fn`` must change nothing outside the transaction: when the map is full the
         transaction is aborted, the map grown, and ``fn`` run again from the start.
+        Writes ``fn`` makes through other calls (``store.add_model`` inside ``fn``) join
+        this transaction: several operations commit as one.
         ``expect_bytes`` (what the operation will write, about) grows the map beforehand
         so that a large add rarely has to run twice.
         """
         if self.readonly:
             raise ReadOnlyError(f"the store at {self.path} is open read-only; open it with mode 'r+' or 'a' to change it")
+        outer = getattr(self._current, "txn", None)
+        if outer is not None:
+            # Called from inside another write of this thread: part of that transaction,
+            # committed (or aborted, or run again after a map growth) with it.
+            return fn(outer)
         with self._write_lock:
             self.env.reader_check()
             if expect_bytes:
@@ -207,7 +215,11 @@ class Environment:
             for _ in range(_MAX_GROW_ATTEMPTS):
                 try:
                     with self.env.begin(write=True, buffers=True) as txn:
-                        return fn(txn)
+                        self._current.txn = txn
+                        try:
+                            return fn(txn)
+                        finally:
+                            self._current.txn = None
                 except lmdb.MapFullError:
                     self._grow(self.env.info()["map_size"])
                 except lmdb.MapResizedError:

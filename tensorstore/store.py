@@ -170,6 +170,7 @@ class Store:
         # Where each tensor's bytes lie, per model, valid for one snapshot (LMDB txn id):
         # a warm load of an unchanged store skips the catalog entirely.
         self._plans: dict[tuple[str, int], list[tuple[TensorRecord, list[tuple[int, int, int, int]]]]] = {}
+        self._plans_lock = threading.Lock()
         self._pool = None  # a BufferPool when opened with cache_bytes
         self._pool_txn = threading.local()  # the read transaction the pool loads pages from
         self._sharing_snapshot = -1  # txn id the pool's sharing map was computed at
@@ -440,12 +441,14 @@ class Store:
             if self._pool is not None:
                 self._note_request(txn, name)
             key = (name, txn.id())
-            plan = self._plans.get(key)
+            with self._plans_lock:
+                plan = self._plans.get(key)
             if plan is None:
                 plan = [(t, reader.runs(t)) for t in self._record(txn, name).tensors]
-                if len(self._plans) >= _MAX_PLANS:
-                    self._plans.pop(next(iter(self._plans)))
-                self._plans[key] = plan
+                with self._plans_lock:  # handles are shared across threads
+                    while len(self._plans) >= _MAX_PLANS:
+                        self._plans.pop(next(iter(self._plans)))
+                    self._plans[key] = plan
             return {t.name: reader.assemble(t, runs) for t, runs in plan}
 
     def load_tensor(self, name: str, tensor_name: str, *, verify: bool = True) -> np.ndarray:

@@ -207,3 +207,33 @@ def test_a_new_store_on_a_read_only_file_system_is_a_one_line_error(files, capsy
         assert list(target.iterdir()) == []
     finally:
         subprocess.run(["umount", str(target)], check=False)
+
+
+def test_add_of_several_files_is_all_or_none(files, capsys):
+    import tensorstore as ts
+    from support import snapshot
+
+    d, base, tuned = files
+    (d / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    store = d / "s"
+    assert run(capsys, "add", store, d / "tuned.npz")[0] == 0
+    with ts.open(store, "r") as s:
+        before = snapshot(s)
+    code, out, err = run(capsys, "add", store, d / "base.safetensors", d / "broken.safetensors")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "broken.safetensors" in err
+    with ts.open(store, "r") as s:
+        assert snapshot(s) == before and "base" not in s  # the first file was not kept
+    code, _, _ = run(capsys, "add", store, d / "base.safetensors", "--json")
+    with ts.open(store, "r") as s:
+        assert code == 0 and sorted(s) == ["base", "tuned"]
+
+
+def test_a_failed_add_to_a_new_path_leaves_no_store(files, capsys):
+    d, _, _ = files
+    (d / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    code, _, err = run(capsys, "add", d / "new", d / "base.safetensors", d / "broken.safetensors")
+    assert code == 1 and "broken.safetensors" in err
+    assert not (d / "new").exists()
+    (d / "kept").mkdir()  # a directory the user made stays; only the store files go
+    code, _, _ = run(capsys, "add", d / "kept", d / "broken.safetensors")
+    assert code == 1 and (d / "kept").is_dir() and list((d / "kept").iterdir()) == []
