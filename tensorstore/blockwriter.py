@@ -215,7 +215,10 @@ class BlockWriter:
     def _drop(self, block_id: int) -> None:
         b = self.block(block_id)
         if b.refs <= 0:
-            raise CorruptionError(f"block {block_id} is released more often than it is referenced; run verify")
+            raise CorruptionError(
+                f"block {block_id} is released more often than it is referenced: its reference count is damaged; "
+                "restore the store from a copy (`tensorstore verify --json` for details)"
+            )
         b = _with_refs(b, b.refs - 1)
         self._blocks[block_id] = b
         if b.refs == 0:

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import lmdb
+
 from . import open as open_store
 from .errors import StoreError
 from .formats import SUFFIXES, read_model_file, write_safetensors
@@ -30,7 +32,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tensorstore {args.command}: usage error: {exc}", file=sys.stderr)
         return 2
     except (StoreError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        print(f"tensorstore {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tensorstore {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a path under a regular file, a read-only file system, a failing disk
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"tensorstore {args.command}: error: {exc.strerror or exc}{where}; check the path and the file system",
+              file=sys.stderr)
+        return 1
+    except lmdb.Error as exc:  # what the store did not translate: damage deep in the LMDB file
+        print(f"tensorstore {args.command}: error: the store's LMDB file is damaged ({_one_line(exc)}); restore it "
+              "from a copy (`tensorstore verify --json STORE` for details)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"tensorstore {args.command}: interrupted; the store is as it was before the interrupted change", file=sys.stderr)
@@ -75,13 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("model")
     rm.set_defaults(func=_rm)
 
-    dd = sub.add_parser("dedup", help="let near-duplicate blocks share one representative, within an accuracy budget")
+    dd = sub.add_parser("dedup", help="let near-duplicate blocks share one representative, within an accuracy budget "
+                                      "measured by --evaluator (without one: --dry-run, or --unchecked to accept the risk)")
     dd.add_argument("store", type=Path)
     dd.add_argument("--model", action="append", dest="models", metavar="M", help="a model to deduplicate (repeatable; default: all)")
     dd.add_argument("--evaluator", metavar="MODULE:FUNC", help="evaluate(name, tensors) -> accuracy, higher is better")
     dd.add_argument("--max-accuracy-drop", type=float, default=0.01, help="absolute accuracy budget per model (default 0.01)")
     dd.add_argument("--tolerance", type=float, default=None, help="largest relative L2 error per block (default 0.01)")
     dd.add_argument("--dry-run", action="store_true", help="plan and report; change nothing")
+    dd.add_argument("--unchecked", action="store_true",
+                    help="without --evaluator, change weights bounded only by --tolerance, accuracy unmeasured")
+    dd.add_argument("--replace-bases", action="store_true",
+                    help="let a base's blocks move toward a fine-tune's too (default: only fine-tunes move toward bases)")
     dd.add_argument("--json", action="store_true")
     dd.set_defaults(func=_dedup)
 
@@ -147,21 +163,60 @@ def _add(args) -> int:
             raise FileNotFoundError(f"no such file: {f}")
         if f.suffix.lower() not in SUFFIXES:
             raise _UsageError(f"{f}: unknown file type {f.suffix!r}; expected {' or '.join(SUFFIXES)}")
+    created = not (args.store / "data.mdb").exists()
+    made_dir = not args.store.exists()
     added = []
-    with open_store(args.store, "a", page_size=args.page_size, block_bytes=args.block_bytes) as store:
-        for f in args.files:
-            tensors, meta = read_model_file(f)
-            name = args.name or f.stem
-            before = store.stats().encoded_bytes
-            store.add_model(name, tensors, meta, replace=args.replace, domain=args.domain, progress_bar=_progress(args))
-            logical = sum(t.nbytes for t in tensors.values())
-            new = store.stats().encoded_bytes - before  # as stored: after dedup and encoding
-            added.append({"model": name, "file": str(f), "logical_bytes": logical, "new_bytes": new})
-            if not args.json:
-                print(f"added {name}: {format_size(logical)}, {format_size(new)} new ({_pct(new, logical)} of its size)")
+    try:
+        with open_store(args.store, "a", page_size=args.page_size, block_bytes=args.block_bytes) as store:
+
+            def add_all(txn) -> None:
+                # Every file in one transaction: a file that fails leaves none of them added.
+                added.clear()
+                for f in args.files:
+                    tensors, meta = read_model_file(f)
+                    name = args.name or f.stem
+                    before = store._state(txn).encoded_bytes
+                    store.add_model(name, tensors, meta, replace=args.replace, domain=args.domain, progress_bar=_progress(args))
+                    logical = sum(t.nbytes for t in tensors.values())
+                    # new bytes as stored: after dedup and encoding
+                    added.append({"model": name, "file": str(f), "logical_bytes": logical,
+                                  "new_bytes": store._state(txn).encoded_bytes - before})
+
+            store.env.write(add_all)
+    except BaseException:
+        if created:
+            _remove_new_store(args.store, made_dir)
+        raise
+    if not args.json:
+        for a in added:
+            print(f"added {a['model']}: {format_size(a['logical_bytes'])}, {format_size(a['new_bytes'])} new "
+                  f"({_pct(a['new_bytes'], a['logical_bytes'])} of its size)")
     if args.json:
         print(json.dumps(added, indent=2))
     return 0
+
+
+def _remove_new_store(path: Path, made_dir: bool) -> None:
+    """Undo the creation of a store that a failed ``add`` made: no empty store is left.
+    Only a store with no model that no other process has open is removed."""
+    import tensorstore as ts
+    from .environment import other_users
+
+    if not (path / "data.mdb").exists() or other_users(path):
+        return
+    try:
+        with ts.open(path, "r") as store:
+            if len(store):
+                return
+    except StoreError:
+        return
+    for name in ("data.mdb", "lock.mdb"):
+        (path / name).unlink(missing_ok=True)
+    if made_dir:
+        try:
+            path.rmdir()
+        except OSError:
+            pass  # something else was put there meanwhile
 
 
 def _ls(args) -> int:
@@ -272,11 +327,17 @@ def _load_evaluator(spec: str):
 def _dedup(args) -> int:
     from .dedup import DEFAULT_TOLERANCE
 
+    if not args.evaluator and not args.dry_run and not args.unchecked:
+        raise _UncheckedError(
+            "without --evaluator nothing measures accuracy, so no weights were changed; give --evaluator MODULE:FUNC, "
+            "--dry-run to see what would change, or --unchecked to change weights bounded by --tolerance alone"
+        )
     evaluate = _load_evaluator(args.evaluator) if args.evaluator else None
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     with open_store(args.store, "r" if args.dry_run else "r+") as store:
         report = store.dedup(args.models, evaluate=evaluate, max_accuracy_drop=args.max_accuracy_drop,
-                             tolerance=tolerance, dry_run=args.dry_run, progress_bar=_progress(args))
+                             tolerance=tolerance, dry_run=args.dry_run, progress_bar=_progress(args),
+                             keep_bases=not args.replace_bases)
     if args.json:
         print(json.dumps(report.to_dict() | {"bytes_saved": report.bytes_saved, "evaluations": report.evaluations}, indent=2))
         return 0
@@ -450,12 +511,20 @@ def _demo(args) -> int:
     return 0
 
 
+class _UncheckedError(StoreError, ValueError):
+    """dedup without an evaluator, asked to change weights without --unchecked (exit 1)."""
+
+
 class _EvaluatorLoadError(StoreError, ImportError):
     """The --evaluator could not be loaded: a user error (exit 1)."""
 
 
 class _UsageError(ValueError):
     """Arguments that parse but do not fit together: exit status 2, like argparse's."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _pct(part: int, whole: int) -> str:

@@ -16,12 +16,16 @@ For each model, in turn:
 4. **Gate**: ``index.plan_replacements`` finds the longest prefix of that order whose
    accuracy, measured by the user's ``evaluate(name, tensors)``, stays within
    ``max_accuracy_drop`` of the original, in O(log candidates) evaluations.
-5. **Apply**: one write transaction per model swaps the references, frees the replaced
-   blocks, records every replacement in the ``replacements`` table, and checks that the
-   model as stored is byte for byte the one the planner evaluated before it commits.
+5. **Apply**: once every model is planned, one write transaction for the whole pass swaps
+   the references, frees the replaced blocks, records every replacement in the
+   ``replacements`` table, and checks that each model as stored is byte for byte the one
+   the planner evaluated before it commits. A pass that fails anywhere (an evaluator that
+   raises on the last model, a conflict, a full disk) leaves the store exactly as it was.
+   What it holds meanwhile is each model's plan and a digest of its tensors, not the
+   tensors.
 
-The planning reads one snapshot; if the model changed before the apply, the apply raises
-``ConflictError`` and changes nothing.
+Each model is planned in its own snapshot; if a model changed before the apply, the apply
+raises ``ConflictError`` and the pass changes nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from collections.abc import Callable, Sequence
 
 import lmdb
 import numpy as np
+import xxhash
 
 import tensorstore_index as index
 
@@ -70,6 +75,7 @@ def run_dedup(
     tolerance: float,
     dry_run: bool,
     progress_bar: bool | None,
+    keep_bases: bool = True,
 ) -> DedupReport:
     if not (isinstance(max_accuracy_drop, (int, float)) and 0 <= max_accuracy_drop < 1):
         raise InvalidArgumentError(f"max_accuracy_drop must be a number in [0, 1), not {max_accuracy_drop!r}")
@@ -84,30 +90,45 @@ def run_dedup(
     if not dry_run:
         store._writable()
     results = []
+    planned_all = []
     search = BlockSearch()
-    # A dry run changes nothing, but later models must be planned as an applied pass would
-    # plan them: against the blocks earlier replacements freed and shared.
-    effects = _Effects() if dry_run else None
+    # The whole pass is planned first and applied in one write transaction, so a pass that
+    # fails (an evaluator that raises, a conflict, a full disk) changes nothing. Later
+    # models are planned as the applied pass will find the store: against the blocks
+    # earlier replacements free and share (the same for a dry run).
+    effects = _Effects()
     with progress(len(names), "dedup", progress_bar) as bar:
         for name in names:
-            planned = _plan(store, name, evaluate, max_accuracy_drop, tolerance, search, effects)
-            if effects is not None:
-                effects.add(planned)
-            elif planned.result.replaced:
-                store.env.write(lambda txn: _apply(store, txn, planned, tolerance))
+            planned = _plan(store, name, evaluate, max_accuracy_drop, tolerance, search, effects, keep_bases)
+            effects.add(planned)
+            planned_all.append(planned)
             results.append(planned.result)
             bar.update(1)
+    work = [p for p in planned_all if p.result.replaced]
+    if not dry_run and work:
+
+        def apply_all(txn: lmdb.Transaction) -> None:
+            for planned in work:
+                _apply(store, txn, planned, tolerance)
+
+        store.env.write(apply_all)
     return DedupReport(results, float(tolerance), float(max_accuracy_drop), evaluate is not None, dry_run)
 
 
 class _Planned:
-    __slots__ = ("record", "result", "tensors", "mapping")
+    __slots__ = ("record", "result", "digests", "mapping")
 
     def __init__(self, record: ModelRecord, result: ModelDedup, tensors: dict[str, np.ndarray], mapping: dict[int, int]):
         self.record = record
         self.result = result
-        self.tensors = tensors  # the model as it will be stored (what the evaluator saw)
+        # The model as it will be stored (what the evaluator saw), kept as digests: a pass
+        # holds every model's plan until its one commit, not every model's tensors.
+        self.digests = {k: _digest(v) for k, v in tensors.items()}
         self.mapping = mapping  # replaced block id -> representative id
+
+
+def _digest(arr: np.ndarray) -> bytes:
+    return xxhash.xxh3_128_digest(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
 
 
 class _Effects:
@@ -135,7 +156,8 @@ class _Effects:
 
 
 def _plan(
-    store, name: str, evaluate, budget: float, tolerance: float, search: BlockSearch, effects: _Effects | None = None
+    store, name: str, evaluate, budget: float, tolerance: float, search: BlockSearch, effects: _Effects | None = None,
+    keep_bases: bool = True,
 ) -> _Planned:
     # The search reads block vectors from the snapshot's pages (nothing of the store is
     # kept in memory): scoring and searching happen while the snapshot is live.
@@ -146,6 +168,11 @@ def _plan(
             if effects is not None:
                 blocks, private = effects.view(record, blocks)
                 hidden = private | effects.freed
+            if keep_bases:
+                # Only blocks of models that rank as more of a base may represent this
+                # model's: a base stays exact, its fine-tunes move toward it.
+                rank, best = base_ranks(store, txn)
+                hidden = hidden | {i for i, r in best.items() if r >= rank[name]}
 
             # Candidates, ordered low magnitude first (a block's first position scores it).
             positions: dict[int, list[tuple[str, int]]] = {}
@@ -374,6 +401,30 @@ def gather(store, txn, name: str, search: BlockSearch):
     return record, original, blocks, private_blocks(record, blocks)
 
 
+def base_ranks(store, txn: lmdb.Transaction) -> tuple[dict[str, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """How much of a base each model is, and the best rank among each block's models.
+
+    A model ranks higher the more other models share blocks with it (a base shares with
+    every fine-tune of it; a fine-tune mostly with its base); of equals, the one added
+    first (a base is added before what is tuned from it). Lower tuples rank higher.
+    """
+    owners: dict[int, set[str]] = {}
+    ids: dict[str, int] = {}
+    for m in store._iter_records(txn):
+        ids[m.name] = m.model_id
+        for t in m.tensors:
+            for i in t.block_ids.tolist():
+                owners.setdefault(i, set()).add(m.name)
+    partners: dict[str, set[str]] = {n: set() for n in ids}
+    for names in owners.values():
+        if len(names) > 1:
+            for n in names:
+                partners[n] |= names
+    rank = {n: (-(len(partners[n]) - (n in partners[n])), ids[n]) for n in ids}
+    best = {i: min(rank[n] for n in names) for i, names in owners.items()}
+    return rank, best
+
+
 def private_blocks(record: ModelRecord, blocks: dict[int, cat.BlockRecord]) -> set[int]:
     """The model's float blocks that no other model references."""
     own = Counter(int(i) for t in record.tensors for i in t.block_ids)
@@ -446,7 +497,7 @@ def _apply(store, txn: lmdb.Transaction, planned: _Planned, tolerance: float) ->
     # What is stored must be exactly what the evaluator judged.
     reader = _Reader(store, txn, verify=True)
     for t in record.tensors:
-        if reader.tensor(t).tobytes() != planned.tensors[t.name].tobytes():
+        if _digest(reader.tensor(t)) != planned.digests[t.name]:
             raise CorruptionError(f"dedup of model {name!r}: tensor {t.name!r} as stored differs from the evaluated one")
 
 

@@ -42,7 +42,7 @@ class Reader:
 
         self._store = store
         self._env = store.env
-        self._txn = self._env.env.begin(buffers=True)
+        self._txn = self._env.begin_snapshot()  # no remap while it lives
         self._reader = _Reader(store, self._txn, verify=True)
         self._lock = threading.Lock()
         self._views = 0
@@ -89,7 +89,7 @@ class Reader:
             self._env.live_views -= 1
             last = self._closed and self._views == 0
         if last:
-            self._txn.abort()
+            self._env.end_snapshot(self._txn)
 
     def _content_keys(self, raw: bytes, record) -> list[bytes]:
         # The keys of a model's tensors depend only on its catalog record (block ids name
@@ -142,7 +142,7 @@ class Reader:
             self._closed = True
             release = self._views == 0
         if release:
-            self._txn.abort()
+            self._env.end_snapshot(self._txn)
 
     def __enter__(self) -> "Reader":
         return self

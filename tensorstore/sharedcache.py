@@ -16,7 +16,8 @@ assembling its own copy. The cache directory holds:
     An empty file whose byte-range locks are the reference counts (see below).
 ``tmp-<pid>-<n>``
     A tensor being written; renamed into place once complete, so no process ever maps a
-    partly written tensor.
+    partly written tensor. Its writer holds a lock on it while it lives: only the file of
+    a writer that died is reaped.
 
 Reference counts are Linux open-file-description (OFD) locks: a process that maps tensor
 ``K`` holds a shared lock on one byte of ``refs`` chosen by ``K``. Deleting ``K`` needs an
@@ -303,11 +304,20 @@ class SharedCache:
         return True
 
     def _remove_stale_tmp(self, name: str, mtime: float, now: float) -> None:
-        # tmp-<pid>-...: the writer links it into place within one assembly; one left
-        # behind belongs to a process that died mid-write.
+        # tmp-<pid>-...: the writer links it into place within one assembly, holding a lock
+        # on it meanwhile (``_claim``). One whose lock is gone belongs to a process that
+        # died mid-write; it goes once that process is gone too, or after _STALE_TMP
+        # seconds (the pid may have been reused). A file held by a live writer stays,
+        # however long its assembly takes (and so does one its live writer has created
+        # and not yet claimed: its pid is alive and the file is new).
         try:
             pid = int(name.split("-")[1])
         except (IndexError, ValueError):
+            return
+        if pid == os.getpid():
+            return
+        path = self.directory / name
+        if _claimed(path):
             return
         alive = True
         try:
@@ -316,8 +326,8 @@ class SharedCache:
             alive = False
         except PermissionError:
             pass
-        if pid != os.getpid() and (not alive or now - mtime > _STALE_TMP):
-            (self.directory / name).unlink(missing_ok=True)
+        if not alive or now - mtime > _STALE_TMP:
+            path.unlink(missing_ok=True)
 
     # -- files -----------------------------------------------------------------------------
 
@@ -349,6 +359,7 @@ class SharedCache:
         except OSError:
             return None
         try:
+            _claim(fd)  # "being written": no other process reaps it while this one lives
             os.fchmod(fd, self._file_mode)
             try:
                 # Reserve the memory now: writing into a sparse tmpfs file that cannot
@@ -412,6 +423,7 @@ class SharedCache:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self._file_mode)
             try:
+                _claim(fd)
                 os.fchmod(fd, self._file_mode)
                 os.write(fd, body + xxhash.xxh3_64_digest(body))
             finally:
@@ -458,6 +470,27 @@ class SharedCache:
     def _close_fds(self) -> None:
         os.close(self._probe)
         os.close(self._refs)  # drops every lock this process held
+
+
+def _claim(fd: int) -> None:
+    """Mark a temporary file as being written: an OFD write lock on its first byte, held
+    until the writer closes it (or dies)."""
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0))
+
+
+def _claimed(path: Path) -> bool:
+    """Whether a live writer holds ``path`` (see ``_claim``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return True  # gone already, or not ours to judge
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0))
+        return _FLOCK.unpack(got)[0] != fcntl.F_UNLCK
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def default_directory(store_path: Path) -> Path:

@@ -28,7 +28,7 @@ from .catalog import ModelRecord, StoreState, TensorRecord, id_key
 from .chunking import as_bytes, block_spans, block_step, canonical
 from .dedup import DEFAULT_TOLERANCE, drop_audit, run_dedup
 from .dtypes import DTYPE_CODES, dtype_from_name, dtype_name
-from .environment import DATA_FILE, Environment, acquire, is_open
+from .environment import DATA_FILE, Environment, acquire, is_open, opening, other_users
 from .errors import (
     CorruptionError,
     InvalidArgumentError,
@@ -130,17 +130,24 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     if mode in ("r", "r+"):
         if not path.exists():
             raise StoreNotFoundError(f"no store at {path}; create one with mode 'a' or 'w-'")
+        if not is_store and not any(p.name != "lock.mdb" for p in path.iterdir()):  # empty, or being created
+            raise StoreNotFoundError(f"no store at {path} (the directory is empty); create one with mode 'a' or 'w-'")
         if not is_store:
             raise NotAStoreError(f"{path} is not a store (no {DATA_FILE} in it)")
     elif mode == "w-":
         if is_store or (path.exists() and any(path.iterdir())):
             raise StoreExistsError(f"{path} already exists and is not empty; use mode 'a' to open it or 'w' to replace a store")
-    elif not is_store and path.exists() and any(path.iterdir()):
+    elif not is_store and path.exists() and any(p.name not in ("lock.mdb", DATA_FILE) for p in path.iterdir()):  # being created
         raise NotAStoreError(f"{path} is a directory that is not a store; refusing to write into it")
     if mode == "w" and is_store:
         if is_open(path):
             raise StoreExistsError(f"{path} is open in this process; close it before replacing it with mode 'w'")
         _check_is_store(path)  # never delete a directory that is not ours
+        users = other_users(path)
+        if users:
+            raise StoreExistsError(
+                f"{path} is open in process(es) {', '.join(map(str, users))}; close it there before replacing it with mode 'w'"
+            )
         for name in (DATA_FILE, "lock.mdb"):
             (path / name).unlink(missing_ok=True)
         is_store = False
@@ -177,6 +184,7 @@ class Store:
         # Where each tensor's bytes lie, per model, valid for one snapshot (LMDB txn id):
         # a warm load of an unchanged store skips the catalog entirely.
         self._plans: dict[tuple[str, int], list[tuple[TensorRecord, list[tuple[int, int, int, int]]]]] = {}
+        self._plans_lock = threading.Lock()
         self._pool = None  # a BufferPool when opened with cache_bytes
         self._pool_txn = threading.local()  # the read transaction the pool loads pages from
         self._sharing_snapshot = -1  # txn id the pool's sharing map was computed at
@@ -238,19 +246,29 @@ class Store:
         if page_size > MAX_PAGE_SIZE:
             raise InvalidArgumentError(f"page_size ({page_size}) must be at most {MAX_PAGE_SIZE} bytes (2 GiB)")
         path.mkdir(parents=True, exist_ok=True)
-        env = acquire(path, readonly=False, create=True)
-        fmt = {"format": cat.FORMAT_NAME, "version": cat.FORMAT_VERSION, "page_size": page_size, "block_bytes": block_bytes, "created": time.time()}
+        with opening(path, exclusive=True):  # another process may be creating it too
+            env = acquire(path, readonly=False, create=True)
+            fmt = {"format": cat.FORMAT_NAME, "version": cat.FORMAT_VERSION, "page_size": page_size, "block_bytes": block_bytes, "created": time.time()}
 
-        def init(txn: lmdb.Transaction) -> None:
-            txn.put(_FORMAT_KEY, json.dumps(fmt).encode(), db=env.dbs["meta"])
-            txn.put(_STATE_KEY, StoreState().encode(), db=env.dbs["meta"])
+            def init(txn: lmdb.Transaction) -> dict:
+                raw = txn.get(_FORMAT_KEY, db=env.dbs["meta"])
+                if raw is not None:  # it did, first: open what it created
+                    return json.loads(bytes(raw))
+                txn.put(_FORMAT_KEY, json.dumps(fmt).encode(), db=env.dbs["meta"])
+                txn.put(_STATE_KEY, StoreState().encode(), db=env.dbs["meta"])
+                return fmt
 
-        env.write(init)
-        return cls(env, page_size, block_bytes, readonly=False)
+            try:
+                fmt = env.write(init)
+            except BaseException:
+                env.close()
+                raise
+        return cls(env, int(fmt["page_size"]), int(fmt["block_bytes"]), readonly=False)
 
     @classmethod
     def _open_existing(cls, path: Path, *, readonly: bool, page_size: int | None, block_bytes: int | None) -> "Store":
-        env = acquire(path, readonly=readonly)
+        with opening(path, exclusive=False):  # waits while another process creates it
+            env = acquire(path, readonly=readonly)
         try:
             with env.read() as txn:
                 raw = txn.get(_FORMAT_KEY, db=env.dbs["meta"])
@@ -518,12 +536,14 @@ class Store:
             if self._pool is not None:
                 self._note_request(txn, name)
             key = (name, txn.id())
-            plan = self._plans.get(key)
+            with self._plans_lock:
+                plan = self._plans.get(key)
             if plan is None:
                 plan = [(t, reader.runs(t)) for t in self._record(txn, name).tensors]
-                if len(self._plans) >= _MAX_PLANS:
-                    self._plans.pop(next(iter(self._plans)))
-                self._plans[key] = plan
+                with self._plans_lock:  # handles are shared across threads
+                    while len(self._plans) >= _MAX_PLANS:
+                        self._plans.pop(next(iter(self._plans)))
+                    self._plans[key] = plan
             return {t.name: reader.assemble(t, runs) for t, runs in plan}
 
     def load_tensor(self, name: str, tensor_name: str, *, verify: bool = True) -> np.ndarray:
@@ -623,6 +643,7 @@ class Store:
         tolerance: float = DEFAULT_TOLERANCE,
         dry_run: bool = False,
         progress_bar: bool | None = False,
+        keep_bases: bool = True,
     ):
         """Let near-duplicate blocks share one representative, as far as accuracy allows.
 
@@ -641,6 +662,10 @@ class Store:
             The largest relative L2 error a replacement may introduce in one block.
         dry_run : bool
             Plan and report what the pass would do (model by model, as applied); change nothing.
+        keep_bases : bool
+            A block is replaced only by one of a model that ranks as more of a base (shares
+            blocks with more models; of equals, the one added first), so a base stays exact
+            and its fine-tunes move toward it. ``False``: any direction.
 
         Returns
         -------
@@ -650,7 +675,7 @@ class Store:
             replacements are also recorded in ``catalog()["replacements"]``.
         """
         names = [models] if isinstance(models, str) else models
-        return run_dedup(self, names, evaluate, max_accuracy_drop, tolerance, dry_run, progress_bar)
+        return run_dedup(self, names, evaluate, max_accuracy_drop, tolerance, dry_run, progress_bar, keep_bases)
 
     def repack(self, algorithm: str = "two-stage", *, read_weight: float | None = None, time_limit: float = 10.0):
         """Rewrite every page to the layout ``packing`` chooses; return a ``PackReport``.

@@ -8,6 +8,7 @@ hold them, and the totals behind ``stats()``.
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 
 import lmdb
@@ -24,6 +25,17 @@ from .reports import VerifyReport
 
 
 def verify_store(store, txn: lmdb.Transaction) -> VerifyReport:
+    """Check the snapshot ``txn``; damage of any kind is a problem in the report, never an
+    exception (records that cannot even be decoded, LMDB pages that cannot be read)."""
+    try:
+        return _verify(store, txn)
+    except (CorruptionError, lmdb.Error, ValueError, KeyError, IndexError, TypeError, OverflowError,
+            UnicodeDecodeError, struct.error) as exc:
+        problem = f"the catalog is damaged where verify cannot read on ({type(exc).__name__}: {' '.join(str(exc).split())})"
+        return VerifyReport(ok=False, problems=[problem], models=0, pages=0, blocks=0)
+
+
+def _verify(store, txn: lmdb.Transaction) -> VerifyReport:
     dbs = store.env.dbs
     problems: list[str] = []
     problem = problems.append

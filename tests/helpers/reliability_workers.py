@@ -22,6 +22,7 @@ import tensorstore.environment as environment  # noqa: E402
 
 # A 1 MiB starting map instead of 256 MiB: the writer grows the map many times while the
 # readers run, so readers meet LMDB's MapResizedError and must adopt the new size.
+_DEFAULT_MAP = environment._MIN_MAP
 environment._MIN_MAP = 1 << 20
 
 
@@ -88,6 +89,47 @@ def _load_and_check(s, name: str, style: str, rng: random.Random, out: dict) -> 
         out["tensors"] += 1
         version = v if v is not None else version
     return version
+
+
+def view_reader(path: str, seed: int) -> dict:
+    """Hold zero-copy ``reader()`` views of every model while the writer grows the store,
+    and check them bit-exact every round: the map must never move under them.
+
+    This process reserves the default map (the module-level 1 MiB is for the resize path
+    of the other readers): a serving process as a user would run it.
+    """
+    environment._MIN_MAP = _DEFAULT_MAP
+    rng = random.Random(seed)
+    out = {"style": "views", "loads": 0, "tensors": 0, "vanished": 0, "verifies": 0, "regressions": [],
+           "views_held_max": 0, "view_checks": 0}
+    held: list[tuple[str, int, dict]] = []  # (name, version, the arrays as loaded)
+    with ts.open(path, "r") as s:
+        print("ready", flush=True)
+        deadline = float(sys.stdin.readline())
+        while time.time() < deadline:
+            names = s.models()
+            rng.shuffle(names)
+            for name in names[:2]:
+                r = s.reader()
+                try:
+                    got = r.load_model(name)
+                except ts.ModelNotFoundError:
+                    out["vanished"] += 1
+                    continue
+                finally:
+                    r.close()  # the snapshot lives on while its views do
+                held.append((name, common.check_model(name, got), got))
+                out["loads"] += 1
+                out["tensors"] += len(got)
+            held = held[-12:]  # views of several snapshots at once, the oldest let go
+            out["views_held_max"] = max(out["views_held_max"], s.env.live_views)
+            for name, version, got in held:  # what was handed out never changes
+                assert common.check_model(name, got) == version, f"a held view of {name} changed"
+                out["view_checks"] += 1
+        held.clear()
+        got = None  # the loops' last names hold views too
+        out["slots"], out["active_slots"] = _own_slots(s)
+    return out
 
 
 def writer(path: str, seed: int, start_version: int) -> dict:
@@ -224,6 +266,7 @@ def open_and_load_all(path: str, mode: str) -> dict:
 
 ROLES = {
     "reader": lambda a: reader(a[0], a[1], int(a[2])),
+    "view_reader": lambda a: view_reader(a[0], int(a[1])),
     "writer": lambda a: writer(a[0], int(a[1]), int(a[2])),
     "hold_write": lambda a: hold_write(a[0], float(a[1])),
     "second_writer": lambda a: second_writer(a[0], a[1]),

@@ -3,7 +3,8 @@
 Four reader processes load models while a writer process adds, replaces, deletes and now
 and then repacks them. Every load must be one whole version of a model, bit-exact; a
 reader's view never goes back in time; ``verify()`` passes on any snapshot; the map grows
-under the readers' feet; no process leaves a reader slot behind. A second writer waits for
+under the readers' feet, while one more reader holds zero-copy ``reader()`` views of
+several snapshots and checks them every round; no process leaves a reader slot behind. A second writer waits for
 the first, and a writer killed while it holds the write lock does not block the next one.
 
 Durations: about 8 s by default; ``pytest -m slow tests/reliability/test_concurrency.py``
@@ -40,6 +41,7 @@ def _soak(path, seconds: float, counts, monkeypatch) -> None:
     watcher = raw_env(path, readonly=True)
     try:
         procs = [worker("writer", path, 1, 3)] + [worker("reader", path, style, i) for i, style in enumerate(STYLES)]
+        procs.append(worker("view_reader", path, 9))
         try:
             for p in procs:
                 p.expect("ready")
@@ -69,10 +71,13 @@ def _soak(path, seconds: float, counts, monkeypatch) -> None:
         assert r["active_slots"] == 0, f"a {r['style']} reader holds a snapshot with no call running: {r}"
         assert r["slots"] <= 2, r
     assert sum(r["verifies"] for r in readers) >= 1
+    views = readers[-1]
+    assert views["views_held_max"] >= 2 and views["view_checks"] >= 10, views
     # Every process exited cleanly: nothing of theirs is left in the reader table.
     assert left == [], left
     assert stale == 0
-    assert peak_slots <= 2 * len(results), peak_slots
+    # Two slots per process at most, and the view reader's held snapshots (12 loads) besides.
+    assert peak_slots <= 2 * len(results) + 12, peak_slots
 
     with ts.open(path, "r") as s:
         report = s.verify()
@@ -88,6 +93,7 @@ def _soak(path, seconds: float, counts, monkeypatch) -> None:
     counts("tensors checked", sum(r["tensors"] for r in readers))
     counts("loads of a model deleted since listing (ModelNotFoundError)", sum(r["vanished"] for r in readers))
     counts("verify() passes during the run", sum(r["verifies"] for r in readers))
+    counts("reader() views held at once (peak) / checks of held views", f"{views['views_held_max']} / {views['view_checks']}")
     counts("peak reader-table slots", peak_slots)
 
 

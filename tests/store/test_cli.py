@@ -127,8 +127,35 @@ def test_dedup_command(tmp_path, capsys):
     assert code == 1 and "cannot import evaluator module" in err
     code, _, err = run(capsys, "dedup", store, "--evaluator", "nocolon")
     assert code == 2 and "MODULE:FUNC" in err
-    code, _, err = run(capsys, "dedup", store, "--max-accuracy-drop", "1.5")
+    code, _, err = run(capsys, "dedup", store, "--max-accuracy-drop", "1.5", "--unchecked")
     assert code == 1 and "max_accuracy_drop" in err
+
+
+def test_dedup_without_an_evaluator_changes_nothing_unless_unchecked(tmp_path, capsys):
+    import tensorstore as ts
+    from support import snapshot
+
+    rng = np.random.default_rng(3)
+    base = {"fc.weight": rng.standard_normal((256, 64)).astype(np.float32)}
+    tuned = {"fc.weight": base["fc.weight"] + np.float32(1e-3) * rng.standard_normal((256, 64)).astype(np.float32)}
+    save_file(base, str(tmp_path / "base.safetensors"))
+    save_file(tuned, str(tmp_path / "tuned.safetensors"))
+    store = tmp_path / "s"
+    assert run(capsys, "add", store, tmp_path / "base.safetensors", tmp_path / "tuned.safetensors", "--block-bytes", "4KiB")[0] == 0
+    with ts.open(store, "r") as s:
+        before = snapshot(s)
+    code, out, err = run(capsys, "dedup", store, "--tolerance", "0.05")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert "no weights were changed" in err and "--unchecked" in err and "--evaluator" in err
+    with ts.open(store, "r") as s:
+        assert snapshot(s) == before
+    code, out, _ = run(capsys, "dedup", store, "--tolerance", "0.05", "--unchecked")
+    assert code == 0 and "accuracy was NOT checked" in out
+    with ts.open(store, "r") as s:
+        got = s.load_model("base")["fc.weight"]
+        np.testing.assert_array_equal(got, base["fc.weight"])  # the base stays exact
+        np.testing.assert_array_equal(s.load_model("tuned")["fc.weight"], base["fc.weight"])  # the fine-tune moved
+        assert s.stats().unique_bytes < before[0]["unique_bytes"]
 
 
 def test_shared_cache_shows_and_clears_what_no_process_uses(files, capsys):
@@ -146,3 +173,67 @@ def test_shared_cache_shows_and_clears_what_no_process_uses(files, capsys):
         usage = json.loads(out)
         assert code == 0 and usage["removed"] == 1 and usage["tensors"] == 1  # the held one stays
         assert np.array_equal(held, base["embed.weight"])
+
+
+def test_paths_the_store_cannot_live_at_are_one_line_errors(files, capsys):
+    d, _, _ = files
+    (d / "plain").write_bytes(b"a regular file")
+    code, out, err = run(capsys, "add", d / "plain" / "store", d / "base.safetensors")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "Not a directory" in err and str(d / "plain") in err
+    assert (d / "plain").read_bytes() == b"a regular file"
+
+
+def test_a_new_store_on_a_read_only_file_system_is_a_one_line_error(files, capsys, tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    d, _, _ = files
+    target = tmp_path / "ro"
+    target.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(target)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {proc.stderr.strip()}")
+    try:
+        with pytest.raises(OSError) as info:  # the file system is truly read-only
+            (target / "probe").write_bytes(b"x")
+        assert info.value.errno == 30
+        code, out, err = run(capsys, "add", target / "store", d / "base.safetensors")
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert "Read-only file system" in err
+        assert list(target.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+def test_add_of_several_files_is_all_or_none(files, capsys):
+    import tensorstore as ts
+    from support import snapshot
+
+    d, base, tuned = files
+    (d / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    store = d / "s"
+    assert run(capsys, "add", store, d / "tuned.npz")[0] == 0
+    with ts.open(store, "r") as s:
+        before = snapshot(s)
+    code, out, err = run(capsys, "add", store, d / "base.safetensors", d / "broken.safetensors")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "broken.safetensors" in err
+    with ts.open(store, "r") as s:
+        assert snapshot(s) == before and "base" not in s  # the first file was not kept
+    code, _, _ = run(capsys, "add", store, d / "base.safetensors", "--json")
+    with ts.open(store, "r") as s:
+        assert code == 0 and sorted(s) == ["base", "tuned"]
+
+
+def test_a_failed_add_to_a_new_path_leaves_no_store(files, capsys):
+    d, _, _ = files
+    (d / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    code, _, err = run(capsys, "add", d / "new", d / "base.safetensors", d / "broken.safetensors")
+    assert code == 1 and "broken.safetensors" in err
+    assert not (d / "new").exists()
+    (d / "kept").mkdir()  # a directory the user made stays; only the store files go
+    code, _, _ = run(capsys, "add", d / "kept", d / "broken.safetensors")
+    assert code == 1 and (d / "kept").is_dir() and list((d / "kept").iterdir()) == []

@@ -220,10 +220,11 @@ def test_one_pass_equals_one_pass_per_model(tmp_path):
     for per_model in (False, True):
         with _chain_store(tmp_path / f"s{per_model}", family) as s:
             if per_model:
-                reports = [s.dedup([n], tolerance=0.01) for n in order]
+                # any direction: the base ranks would move between per-model passes
+                reports = [s.dedup([n], tolerance=0.01, keep_bases=False) for n in order]
                 replaced = [row for r in reports for row in _replaced(r)]
             else:
-                replaced = _replaced(s.dedup(order, tolerance=0.01))
+                replaced = _replaced(s.dedup(order, tolerance=0.01, keep_bases=False))
             assert s.verify().ok
             results.append((replaced, {n: s.load_model(n) for n in order}))
     (one, stored_one), (each, stored_each) = results
@@ -249,7 +250,7 @@ def test_blocks_added_and_removed_during_a_pass_are_followed(store):
             store.add_model("c", c)
         return 1.0
 
-    report = store.dedup(["a", "b"], evaluate=evaluate, tolerance=0.01)
+    report = store.dedup(["a", "b"], evaluate=evaluate, tolerance=0.01, keep_bases=False)  # c is newer than b
     b = report.models[1]
     assert report.models[0].candidates == 0
     assert b.candidates == len(b.replaced) == 16  # v's blocks, by c's; x's blocks are gone
@@ -270,7 +271,7 @@ def test_a_models_own_blocks_are_never_its_representatives(store):
     assert [m.candidates for m in report.models] == [0, 0]
     # Once the twin lives in another model too, it is a representative like any other.
     store.add_model("copy", {"w": twin})
-    assert store.dedup(["m"], tolerance=0.01, dry_run=True).models[0].candidates == 8
+    assert store.dedup(["m"], tolerance=0.01, dry_run=True, keep_bases=False).models[0].candidates == 8
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
@@ -344,3 +345,61 @@ def test_blocks_moved_by_a_repack_during_a_pass_are_read_where_they_are(tmp_path
             if repack:
                 assert moved and moved[0] > 0  # the repack did move blocks
     assert results[0] == results[1]
+
+
+def test_a_pass_that_fails_on_a_later_model_changes_nothing(tmp_path):
+    # The first model's replacements are planned (and would save bytes); the evaluator
+    # raises on the second. The pass is one transaction: nothing of the first is applied.
+    family = _chain_family()
+    with _chain_store(tmp_path / "s", family) as s:
+        assert s.dedup(["t1"], tolerance=0.01, dry_run=True, keep_bases=False).bytes_saved > 0
+        before = snapshot(s)
+        audit_before = s.catalog().get("replacements")
+
+        def evaluate(name, tensors):
+            if name == "t2":
+                raise RuntimeError("the evaluation cluster is down")
+            return 1.0
+
+        with pytest.raises(ts.EvaluatorError, match="'t2'.*the store was not changed"):
+            s.dedup(["t1", "t2"], evaluate=evaluate, tolerance=0.01, keep_bases=False)
+        assert snapshot(s) == before
+        after = s.catalog().get("replacements")
+        assert (audit_before is None and after is None) or after.num_rows == audit_before.num_rows == 0
+        assert s.verify().ok
+        # and the same pass with a working evaluator applies both models
+        report = s.dedup(["t1", "t2"], evaluate=lambda n, t: 1.0, tolerance=0.01, keep_bases=False)
+        assert report.bytes_saved > 0 and s.stats().unique_bytes < before[0]["unique_bytes"]
+
+
+def test_a_pass_keeps_the_base_exact_and_moves_the_fine_tune_toward_it(tmp_path):
+    rng = np.random.default_rng(11)
+    shape = (512, 64)
+    base = {k: rng.standard_normal(shape).astype(np.float32) for k in ("w", "e", "g")}
+
+    def tuned(exact: str, far: str) -> dict:
+        # "w" near the base's, one tensor shared exactly with it, one retrained (far)
+        return {"w": base["w"] + np.float32(1e-4) * rng.standard_normal(shape).astype(np.float32),
+                exact: base[exact], far: rng.standard_normal(shape).astype(np.float32)}
+
+    f1, f2 = tuned("e", "g"), tuned("g", "e")  # the base shares blocks with both, they with it alone
+    for order in (["base", "f1", "f2"], ["f1", "f2", "base"]):  # the base need not come first
+        family = {"base": base, "f1": f1, "f2": f2}
+        with ts.open(tmp_path / "-".join(order), "w", page_size="64KiB", block_bytes="4KiB", codec="raw") as s:
+            for n in order:
+                s.add_model(n, family[n])
+            report = s.dedup(tolerance=0.01)
+            assert {m.model: len(m.replaced) for m in report.models} == {"base": 0, "f1": 32, "f2": 32}
+            for k in base:
+                np.testing.assert_array_equal(s.load_model("base")[k], base[k])  # exact
+            for name, far in (("f1", "g"), ("f2", "e")):
+                got = s.load_model(name)
+                np.testing.assert_array_equal(got["w"], base["w"])  # moved to the base
+                np.testing.assert_array_equal(got[far], family[name][far])
+            assert s.verify().ok
+    # asked for any direction, the first model planned may move toward a fine-tune
+    with ts.open(tmp_path / "any", "w", page_size="64KiB", block_bytes="4KiB", codec="raw") as s:
+        s.add_model("base", base)
+        s.add_model("f1", f1)
+        report = s.dedup(["base", "f1"], tolerance=0.01, keep_bases=False)
+        assert len(report.models[0].replaced) == 32
