@@ -156,7 +156,7 @@ def test_a_push_that_loses_the_race_merges_and_retries(tmp_path, url, monkeypatc
     assert remote.verify_remote(url) == []
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(model=st.dictionaries(st.text(min_size=1, max_size=8).filter(str.isprintable), tensors(), min_size=1, max_size=3))
 def test_any_tensors_round_trip_through_a_remote(tmp_path_factory, model):
     tmp = tmp_path_factory.mktemp("prop")
