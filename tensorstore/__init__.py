@@ -29,9 +29,11 @@ from .errors import (
 from .reports import CompactReport, DedupReport, PackReport, StoreStats, VerifyReport
 from .reader import Reader
 from .store import Store, open
+from .remote import pull
+from .remote_objects import RemoteAccessError, RemoteError, RemoteFormatError, RemoteNotFoundError
 
 __all__ = [
-    "open", "Store", "StoreStats", "VerifyReport",
+    "open", "Store", "pull", "RemoteError", "RemoteNotFoundError", "RemoteAccessError", "RemoteFormatError", "StoreStats", "VerifyReport",
     "StoreError", "StoreNotFoundError", "StoreExistsError", "NotAStoreError", "ReadOnlyError",
     "ModelNotFoundError", "ModelExistsError", "TensorNotFoundError", "InvalidTensorError",
     "InvalidArgumentError", "FileFormatError", "CorruptionError", "StoreFullError", "StoreClosedError",

@@ -145,10 +145,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=_bench)
 
+    _remote_parsers(sub)
+
     d = sub.add_parser("demo", help="train a small model family, store it and report (no download)")
     d.add_argument("dir", type=Path, nargs="?", help="keep the demo's store and files here (default: a temporary directory)")
     d.set_defaults(func=_demo)
     return p
+
+
+def _remote_parsers(sub) -> None:
+    from .remote_cli import add_parsers  # push, pull, remote-ls, gc
+
+    add_parsers(sub)
 
 
 def _progress(args) -> bool:

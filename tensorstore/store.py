@@ -75,6 +75,7 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     shared_cache_bytes: int | str | None = None,
     shared_cache_keep_alive: float | None = None,
     codec: str = "auto",
+    remote: str | None = None,
 ) -> "Store":
     """Open (or create) the store at ``path``.
 
@@ -110,6 +111,10 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         smallest of raw, byte planes + zstd, or a delta against a block of the model's
         parent (:mod:`tensorstore.codec`); ``"raw"`` stores every block as it is, the
         fastest to write and read. Stores hold both; reads decode whatever they find.
+    remote : str, optional
+        A remote's URL (:mod:`tensorstore.remote`): a model not in the store is pulled
+        from it on its first ``load_model`` or ``load_tensor`` (read-through), then served
+        locally. With mode ``"r"`` the pull runs in a child process.
     """
     if mode not in MODES:
         raise InvalidArgumentError(f"mode {mode!r} is not one of {', '.join(map(repr, MODES))}")
@@ -156,6 +161,10 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     else:
         store = Store._create(path, page_size=page or DEFAULT_PAGE_SIZE, block_bytes=block or DEFAULT_BLOCK_BYTES)
     store.codec = codec
+    if remote is not None and not (isinstance(remote, str) and remote):
+        store.close()
+        raise InvalidArgumentError(f"remote must be a URL string, not {remote!r}")
+    store.remote = remote
     try:
         if cache is not None:
             store._attach_cache(cache)
@@ -192,6 +201,7 @@ class Store:
         self._shared = None  # a SharedCache when opened with shared_cache
         self._ident: bytes | None = None
         self.codec = "auto"  # how this handle writes new blocks (``open``'s ``codec``)
+        self.remote: str | None = None  # pulled from on a load of a missing model (``open``'s ``remote``)
 
     def _attach_cache(self, cache_bytes: int) -> None:
         from tensorstore_bufferpool import BufferPool
@@ -531,6 +541,7 @@ class Store:
         ``verify`` checks each page's checksum as it is read (``CorruptionError`` on a
         mismatch).
         """
+        self._read_through(name)
         with self.env.read() as txn:
             reader = _Reader(self, txn, verify)
             if self._pool is not None:
@@ -548,12 +559,27 @@ class Store:
 
     def load_tensor(self, name: str, tensor_name: str, *, verify: bool = True) -> np.ndarray:
         """Return one tensor of a model (reads only the pages that tensor needs)."""
+        self._read_through(name)
         with self.env.read() as txn:
             record = self._record(txn, name)
             t = record.tensor(tensor_name)
             if t is None:
                 raise TensorNotFoundError(f"model {name!r} has no tensor {tensor_name!r}")
             return _Reader(self, txn, verify).tensor(t)
+
+    def _read_through(self, name: str) -> None:
+        if self.remote is not None and isinstance(name, str) and name and name not in self:
+            from .remote import pull_missing
+
+            pull_missing(self, self.remote, name)
+
+    def push(self, url: str, models: str | Sequence[str] | None = None, **options):
+        """Publish the store's models (or ``models``) to the remote at ``url``; return a
+        ``PushReport``. Only blocks the remote lacks are sent (:func:`tensorstore.remote.push`)."""
+        from .remote import push
+
+        self.env  # a closed handle raises here, not halfway through
+        return push(self, url, models, **options)
 
     def _note_request(self, txn: lmdb.Transaction, name: str) -> None:
         """Tell the pool a model was requested, and which models need which pages."""

@@ -1,0 +1,657 @@
+"""Remotes: a store's models on object storage, pushed and pulled by what the other side lacks.
+
+``push(store, url)`` uploads the blocks the remote's current snapshot lacks (by digest),
+as stored (encoded), in new packs; then a new snapshot; then moves the head with a
+create-only write. ``pull(url, path, models)`` fetches only the blocks the local store
+lacks, for only the models asked for (and the references their deltas need), with range
+reads inside packs; it decodes every block and checks its digest before anything is
+written, and adds each model with ``add_model`` (one transaction each), so the local store
+encodes and lays out the data its own way. See ``remote_format`` for the objects, and
+``docs/scale.md`` for how a fleet uses this and how it fails.
+
+Concurrency: two pushes that read the same head race for the next one; the loser reads
+the winner's snapshot, merges (models by name: the loser's models replace the winner's of
+the same name, as the later push; blocks by digest), and tries again. No push loses another's
+models. ``gc`` removes what no recent snapshot needs, after a grace period.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tensorstore_index.exact import block_digest
+
+from . import catalog as cat
+from . import codec, dtypes
+from .dtypes import DTYPES
+from .errors import CorruptionError, InvalidArgumentError, ModelNotFoundError, StoreError
+from .remote_format import (
+    HEAD_PREFIX,
+    PACK_PREFIX,
+    SNAPSHOT_PREFIX,
+    Head,
+    RemoteBlock,
+    RemoteModel,
+    RemoteTensor,
+    Snapshot,
+    head_generation,
+    head_key,
+    name_of,
+    pack_key,
+    sha256,
+    snapshot_key,
+)
+from .remote_objects import (
+    Objects,
+    RemoteAccessError,
+    RemoteError,
+    RemoteFormatError,
+    RemoteNotFoundError,
+    _Conflict,
+)
+
+__all__ = [
+    "push", "pull", "remote_ls", "gc", "PushReport", "PullReport", "GcReport",
+    "RemoteError", "RemoteNotFoundError", "RemoteAccessError", "RemoteFormatError",
+]
+
+PACK_BYTES = 64 << 20  # a pack's target size: few requests per GiB, ranges read inside
+# Ranges in one pack closer than this are read as one request; the gap is counted as moved.
+RANGE_GAP = 16 << 10
+MAX_PUSH_ATTEMPTS = 64
+DEFAULT_GRACE_MINUTES = 60.0
+_MAX_DECODE_DEPTH = 8  # a remote merged from stores may chain deltas; a cycle is damage
+
+
+# -- reports ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PushReport:
+    url: str
+    generation: int  # the head this push made current (the old one if nothing changed)
+    models: list[str]  # models written to the new snapshot
+    unchanged: list[str]  # models the remote already had exactly
+    blocks_sent: int
+    stored_bytes_sent: int  # payload bytes in new packs (encoded, as stored)
+    packs_sent: int
+    snapshot_bytes: int
+    attempts: int  # head writes tried (more than one: another push came first)
+    transfer: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PullReport:
+    url: str
+    generation: int
+    models: list[str]  # models added or replaced
+    unchanged: list[str]  # models the store already had exactly
+    blocks_fetched: int
+    blocks_local: int  # blocks taken from the local store instead
+    stored_bytes_fetched: int  # payload bytes of the fetched blocks (the ranges may add gaps)
+    snapshot_bytes: int
+    transfer: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    url: str
+    generation: int
+    deleted_heads: int
+    deleted_snapshots: int
+    deleted_packs: int
+    deleted_bytes: int
+    kept_packs: int
+    kept_bytes: int
+    transfer: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- reading the remote -----------------------------------------------------------------
+
+
+def _read_head(objects: Objects) -> Head | None:
+    """The current head (the highest generation), or None for an empty remote."""
+    for _ in range(8):
+        gens = sorted(g for o in objects.list(HEAD_PREFIX) if (g := head_generation(str(o["path"]))) is not None)
+        if not gens:
+            return None
+        key = head_key(gens[-1])
+        try:
+            return Head.decode(key, objects.get(key))
+        except RemoteNotFoundError:
+            continue  # removed by gc between the listing and the read: list again
+    raise RemoteError(f"the remote {objects.shown} keeps changing under this read; try again")
+
+
+def _read_snapshot(objects: Objects, head: Head) -> tuple[Snapshot, int]:
+    key = snapshot_key(head.snapshot)
+    try:
+        data = objects.get(key)
+    except RemoteNotFoundError:
+        raise CorruptionError(f"the remote {objects.shown}: head {head.generation} names snapshot {head.snapshot}, which is missing") from None
+    return Snapshot.decode(key, data), len(data)
+
+
+def _open_remote(url: str, *, create: bool = False) -> tuple[Objects, Head | None, Snapshot, int]:
+    objects = Objects(url, create=create)
+    head = _read_head(objects)
+    if head is None:
+        return objects, None, Snapshot(), 0
+    snap, size = _read_snapshot(objects, head)
+    return objects, head, snap, size
+
+
+# -- the local side ---------------------------------------------------------------------
+
+
+class _LocalBlocks:
+    """Block records of a store within one read transaction, cached by id."""
+
+    def __init__(self, reader) -> None:
+        self.reader = reader
+        self.cache: dict[int, cat.BlockRecord] = {}
+
+    def __call__(self, block_id: int) -> cat.BlockRecord:
+        b = self.cache.get(block_id)
+        if b is None:
+            b = self.cache[block_id] = self.reader.block(block_id)
+        return b
+
+    def model(self, record: cat.ModelRecord) -> RemoteModel:
+        tensors = tuple(
+            RemoteTensor(t.name, t.dtype, tuple(t.shape), t.nbytes, t.step, tuple(self(int(i)).digest for i in t.block_ids))
+            for t in record.tensors
+        )
+        return RemoteModel(record.name, record.domain, record.created, record.metadata, tensors)
+
+
+class _PackWriter:
+    """Appends block payloads to a pack and uploads it when it reaches its size."""
+
+    def __init__(self, objects: Objects, target: int) -> None:
+        self.objects = objects
+        self.target = target
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.pending: list[tuple[bytes, int, cat.BlockRecord, bytes | None]] = []  # digest, offset, record, ref digest
+        self.done: dict[bytes, RemoteBlock] = {}
+        self.queued: set[bytes] = set()
+        self.sizes: dict[str, int] = {}
+        self.packs = 0
+        self.payload_bytes = 0
+
+    def add(self, digest: bytes, b: cat.BlockRecord, payload, ref: bytes | None) -> None:
+        self.queued.add(digest)
+        self.pending.append((digest, self.size, b, ref))
+        self.parts.append(bytes(payload))
+        self.size += b.stored
+        self.payload_bytes += b.stored
+        if self.size >= self.target:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        data = b"".join(self.parts)
+        name = sha256(data)
+        self.objects.put(pack_key(name), data)
+        for digest, offset, b, ref in self.pending:
+            self.done[digest] = RemoteBlock(name, offset, b.stored, b.nbytes, b.encoding, b.dtype_code, ref)
+        self.sizes[name] = len(data)
+        self.packs += 1
+        self.parts, self.pending, self.size = [], [], 0
+
+
+# -- push -------------------------------------------------------------------------------
+
+
+def push(store, url: str, models=None, *, pack_bytes: int = PACK_BYTES, max_attempts: int = MAX_PUSH_ATTEMPTS) -> PushReport:
+    """Publish the store's models (or ``models``) to the remote at ``url``.
+
+    Uploads only blocks the remote lacks, then a snapshot, then moves the head last: an
+    interrupted push leaves the remote as it was (plus unreferenced packs ``gc`` removes).
+    A model of the same name on the remote is replaced unless identical.
+    """
+    from .store import _Reader
+
+    names = _names(models)
+    objects, head, base, _ = _open_remote(url, create=True)
+    with store.env.read() as txn:
+        reader = _Reader(store, txn, verify=True)
+        local = _LocalBlocks(reader)
+        wanted = names if names is not None else [m.name for m in store._iter_records(txn)]
+        records = [store._record(txn, n) for n in wanted]
+        records.sort(key=lambda r: (r.created, r.model_id))  # parents first: their blocks come first in packs
+        ours = {r.name: local.model(r) for r in records}
+        unchanged = [n for n, m in ours.items() if n in base.models and base.models[n].same_as(m)]
+        changed = {n: m for n, m in ours.items() if n not in unchanged}
+        writer = _PackWriter(objects, pack_bytes)
+
+        def send(block_id: int) -> None:
+            b = local(block_id)
+            if b.digest in base.blocks or b.digest in writer.queued:
+                return
+            ref = None
+            if b.ref:
+                ref = local(b.ref).digest
+                send(b.ref)  # the reference before its delta, usually in the same pack
+            writer.add(b.digest, b, reader.stored(b), ref)
+
+        seen: set[int] = set()
+        for r in records:
+            if r.name not in changed:
+                continue
+            for t in r.tensors:
+                for i in t.block_ids.tolist():
+                    if i not in seen:
+                        seen.add(i)
+                        send(i)
+        writer.flush()
+    if not changed:
+        return PushReport(objects.shown, head.generation if head else 0, [], unchanged, 0, 0, 0, 0, 0, objects.transfer.to_dict())
+    # Every block the pushed models need, with its references, as the remote will hold it.
+    pool = {**base.blocks, **writer.done}
+    needed: dict[bytes, RemoteBlock] = {}
+    todo = [d for m in changed.values() for d in m.digests()]
+    while todo:
+        d = todo.pop()
+        if d not in needed:
+            needed[d] = pool[d]
+            if needed[d].ref is not None:
+                todo.append(needed[d].ref)
+    sizes = {**base.pack_sizes, **writer.sizes}
+    theirs, now, attempts, snapshot_bytes = base, head, 0, 0
+    while True:
+        attempts += 1
+        blocks = {**needed, **theirs.blocks}  # a block they hold stays as they hold it
+        snap = Snapshot({**theirs.models, **changed}, blocks, now.snapshot if now else None, time.time(),
+                        {**sizes, **theirs.pack_sizes}, {"page_size": store.page_size, "block_bytes": store.block_bytes}).pruned()
+        lost = snap.missing()
+        if lost:  # never publish a snapshot that cannot be pulled
+            raise RemoteError(f"the remote {objects.shown}: the merged snapshot lacks block {lost.hex()}; nothing was changed")
+        data = snap.encode()
+        name = sha256(data)
+        objects.put(snapshot_key(name), data)
+        snapshot_bytes = len(data)
+        generation = now.generation + 1 if now else 1
+        try:
+            objects.put(head_key(generation), Head(generation, name, time.time()).encode(), create=True)
+            break
+        except _Conflict:
+            if attempts >= max_attempts:
+                raise RemoteError(f"the remote {objects.shown} moved {attempts} times during this push; run it again") from None
+            time.sleep(random.uniform(0, min(1.0, 0.02 * attempts)))
+            now = _read_head(objects)
+            theirs, _ = _read_snapshot(objects, now)
+            _check_packs_alive(objects, snap, theirs, writer.sizes)
+    return PushReport(objects.shown, generation, sorted(changed), unchanged, len(writer.done), writer.payload_bytes,
+                      writer.packs, snapshot_bytes, attempts, objects.transfer.to_dict())
+
+
+def _check_packs_alive(objects: Objects, ours: Snapshot, theirs: Snapshot, written: dict[str, int]) -> None:
+    """After another push moved the head: the packs this push relies on that the new head
+    does not also hold came from the snapshot this push started from, which ``gc`` may
+    remove once it has been superseded for its grace period. Check they are still there."""
+    theirs_packs = theirs.packs()
+    for pack in ours.packs() - theirs_packs - set(written):
+        if not objects.exists(pack_key(pack)):
+            raise RemoteError(
+                f"pack {pack} of the remote {objects.shown} was removed by gc while this push ran "
+                "(longer than gc's grace period); run the push again"
+            )
+
+
+# -- pull -------------------------------------------------------------------------------
+
+
+def pull(url: str, path, models=None, *, progress_bar: bool | None = False) -> PullReport:
+    """Copy models (default: all) from the remote at ``url`` into the store at ``path``
+    (created if missing; an open ``Store`` is used as it is).
+
+    Each model is fetched, decoded and checked against its digests before it is added in
+    one transaction: an interrupted pull leaves every model whole or absent.
+    """
+    from .store import Store
+    from .store import open as open_store
+
+    names = _names(models)
+    objects, head, snap, snapshot_bytes = _open_remote(url)
+    if head is None:
+        raise RemoteNotFoundError(f"no remote at {objects.shown}: nothing has been pushed there")
+    wanted = names if names is not None else [m.name for m in sorted(snap.models.values(), key=lambda m: m.created)]
+    for n in wanted:
+        if n not in snap.models:
+            raise ModelNotFoundError(f"no model {n!r} on the remote {objects.shown} (generation {head.generation})")
+    if isinstance(path, Store):
+        return _pull_into(objects, head, snap, snapshot_bytes, path, wanted, progress_bar)
+    path = Path(path)
+    created = not path.exists()
+    try:
+        layout = snap.layout if created or not any(path.iterdir()) else {}
+        with open_store(path, "a", **layout) as store:
+            report = _pull_into(objects, head, snap, snapshot_bytes, store, wanted, progress_bar)
+    except BaseException:
+        if created and path.is_dir():
+            _remove_if_empty_store(path)
+        raise
+    return report
+
+
+def _remove_if_empty_store(path: Path) -> None:
+    """A store this pull created and added nothing to goes, so a failed pull leaves no trace."""
+    from .store import open as open_store
+
+    try:
+        with open_store(path, "r") as store:
+            empty = len(store) == 0
+    except StoreError:
+        return
+    if empty:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _pull_into(objects: Objects, head: Head, snap: Snapshot, snapshot_bytes: int, store, wanted: list[str], progress_bar) -> PullReport:
+    from .progress import progress
+
+    pulled, unchanged = [], []
+    fetched = local_hits = fetched_bytes = 0
+    total = sum(snap.models[n].logical_bytes for n in wanted)
+    with progress(total, "pulling", progress_bar) as bar:
+        for name in wanted:
+            m = snap.models[name]
+            tensors, stats = _fetch_model(objects, snap, m, store)
+            if tensors is None:
+                unchanged.append(name)
+            else:
+                store.add_model(name, tensors, m.metadata, replace=True, domain=m.domain)
+                pulled.append(name)
+                fetched += stats[0]
+                local_hits += stats[1]
+                fetched_bytes += stats[2]
+            bar.update(m.logical_bytes)
+    return PullReport(objects.shown, head.generation, pulled, unchanged, fetched, local_hits, fetched_bytes, snapshot_bytes,
+                      objects.transfer.to_dict())
+
+
+def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store):
+    """The model's tensors, from local blocks where the store has them and from the remote
+    otherwise; ``(None, ...)`` when the store already holds the model exactly."""
+    from .store import _Reader, _name_key
+
+    have: dict[bytes, np.ndarray] = {}
+    to_fetch: set[bytes] = set()
+    with store.env.read() as txn:
+        reader = _Reader(store, txn, verify=True)
+        local = _LocalBlocks(reader)
+        value = txn.get(_name_key(m.name), db=store.env.dbs["models"])
+        if value is not None and local.model(cat.decode_model(m.name, value)).same_as(m):
+            return None, (0, 0, 0)
+        domain_id = store._state(txn).domains.get(m.domain)
+        hashes = store.env.dbs["hashes"]
+
+        def from_store(d: bytes) -> bool:
+            if domain_id is None:
+                return False
+            found = txn.get(cat.hash_key(domain_id, d), db=hashes)
+            if found is None:
+                return False
+            have[d] = np.array(reader.block_bytes(local(int.from_bytes(found, "big"))), copy=True)
+            return True
+
+        todo = list(m.digests())
+        while todo:
+            d = todo.pop()
+            if d in have or d in to_fetch or from_store(d):
+                continue
+            b = snap.blocks.get(d)
+            if b is None:
+                raise CorruptionError(f"the remote {objects.shown}: model {m.name!r} needs block {d.hex()}, which its snapshot lacks")
+            to_fetch.add(d)
+            if b.ref is not None:
+                todo.append(b.ref)
+    local_hits = len(have)
+    payloads = _fetch_payloads(objects, snap, to_fetch)
+
+    def value_of(d: bytes, depth: int = 0) -> np.ndarray:
+        out = have.get(d)
+        if out is not None:
+            return out
+        if depth > _MAX_DECODE_DEPTH:
+            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()}'s references form a cycle")
+        b = snap.blocks[d]
+        payload = payloads[d]
+        try:
+            layout = dtypes.layout_of_code(b.dtype_code)
+            if b.encoding == codec.RAW:
+                out = np.frombuffer(payload, dtype=np.uint8)
+            elif b.encoding == codec.PACKED:
+                out = codec.decode(payload, b.nbytes, layout)
+            else:
+                ref = value_of(b.ref, depth + 1)
+                if len(ref) != b.nbytes:
+                    raise ValueError(f"its reference holds {len(ref)} bytes, not {b.nbytes}")
+                out = codec.decode(payload, b.nbytes, layout, ref=ref)
+        except ValueError as exc:
+            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} in pack {b.pack} does not decode ({exc})") from None
+        if len(out) != b.nbytes or block_digest(out, b.dtype_code) != d:
+            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} in pack {b.pack} does not match its digest (damaged)")
+        have[d] = out
+        return out
+
+    tensors = {}
+    for t in m.tensors:
+        buf = np.empty(t.nbytes, dtype=np.uint8)
+        for i, d in enumerate(t.digests):
+            start = i * t.step
+            stop = min(start + t.step, t.nbytes)
+            block = value_of(d)
+            if len(block) != stop - start:
+                raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} holds {len(block)} bytes where "
+                                      f"tensor {t.name!r} of {m.name!r} needs {stop - start}")
+            buf[start:stop] = block
+        tensors[t.name] = buf.view(DTYPES[t.dtype]).reshape(t.shape)
+    return tensors, (len(to_fetch), local_hits, sum(snap.blocks[d].stored for d in to_fetch))
+
+
+def _fetch_payloads(objects: Objects, snap: Snapshot, digests: set[bytes]) -> dict[bytes, memoryview]:
+    """Each block's stored payload: ranges of packs, neighbours read as one request; a pack
+    needed whole is read whole and checked against its hash."""
+    by_pack: dict[str, list[tuple[int, int, bytes]]] = {}
+    for d in digests:
+        b = snap.blocks[d]
+        by_pack.setdefault(b.pack, []).append((b.offset, b.offset + b.stored, d))
+    runs: list[tuple[str, int, int, list]] = []
+    for pack, spans in by_pack.items():
+        spans.sort()
+        for start, stop, d in spans:
+            if runs and runs[-1][0] == pack and start - runs[-1][2] <= RANGE_GAP:
+                runs[-1] = (pack, runs[-1][1], max(runs[-1][2], stop), runs[-1][3] + [(start, stop, d)])
+            else:
+                runs.append((pack, start, stop, [(start, stop, d)]))
+    whole = [r for r in runs if r[1] == 0 and r[2] == snap.pack_sizes.get(r[0])]
+    parts = [r for r in runs if r not in whole]
+    out: dict[bytes, memoryview] = {}
+
+    def place(run, data: bytes) -> None:
+        view = memoryview(data)
+        for start, stop, d in run[3]:
+            out[d] = view[start - run[1] : stop - run[1]]
+
+    for run in whole:
+        data = objects.get(pack_key(run[0]))
+        if sha256(data) != run[0]:
+            raise CorruptionError(f"pack {run[0]} on the remote {objects.shown} does not match its hash (damaged or cut short)")
+        place(run, data)
+    for run, data in zip(parts, objects.get_runs([(pack_key(r[0]), r[1], r[2]) for r in parts])):
+        place(run, data)
+    return out
+
+
+# -- read-through -----------------------------------------------------------------------
+
+
+def pull_missing(store, url: str, name: str) -> None:
+    """Pull one model into ``store`` for a load (``ts.open(..., remote=url)``).
+
+    A read-only handle cannot write, so the pull runs in a child process (LMDB's one writer
+    beside this reader); the next read transaction here sees the model.
+    """
+    if not store.readonly:
+        pull(url, store, [name])
+        return
+    done = subprocess.run([sys.executable, "-m", "tensorstore", "pull", url, str(store.path), "--model", name],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        line = (done.stderr.strip().splitlines() or ["the pull failed"])[-1]
+        message = line.split("error: ", 1)[-1]
+        if "no model" in message:
+            raise ModelNotFoundError(message)
+        raise RemoteError(f"pulling {name!r} for a load: {message}")
+
+
+# -- listing and gc ---------------------------------------------------------------------
+
+
+def remote_ls(url: str) -> dict:
+    """What the remote holds: its head and, per model, tensors, logical bytes and the bytes
+    (as stored) of the blocks it needs."""
+    objects, head, snap, snapshot_bytes = _open_remote(url)
+    if head is None:
+        raise RemoteNotFoundError(f"no remote at {objects.shown}: nothing has been pushed there")
+    models = []
+    for m in sorted(snap.models.values(), key=lambda m: m.name):
+        need = snap.closure(m.digests())
+        models.append({"model": m.name, "domain": m.domain, "tensors": len(m.tensors), "logical_bytes": m.logical_bytes,
+                       "blocks": len(m.digests()), "stored_bytes": sum(snap.blocks[d].stored for d in need if d in snap.blocks)})
+    return {
+        "url": objects.shown, "generation": head.generation, "snapshot": head.snapshot, "snapshot_bytes": snapshot_bytes,
+        "models": models, "blocks": len(snap.blocks), "packs": len(snap.pack_sizes),
+        "stored_bytes": sum(b.stored for b in snap.blocks.values()), "pack_bytes": sum(snap.pack_sizes.values()),
+        "transfer": objects.transfer.to_dict(),
+    }
+
+
+def gc(url: str, *, grace_minutes: float = DEFAULT_GRACE_MINUTES, now: float | None = None) -> GcReport:
+    """Delete packs, snapshots and heads that no recent snapshot needs.
+
+    Kept: the newest head; every head superseded less than ``grace_minutes`` ago (a push or
+    pull that read it may still be running); the snapshots those heads name; every snapshot
+    and pack younger than the grace period (a push uploading now); and every pack a kept
+    snapshot uses. The grace period must exceed the longest push or pull.
+    """
+    if not grace_minutes >= 0:
+        raise InvalidArgumentError(f"grace_minutes must be a number >= 0, not {grace_minutes!r}")
+    objects = Objects(url)
+    now = time.time() if now is None else now
+    horizon = now - 60.0 * grace_minutes
+    heads = sorted((g, o) for o in objects.list(HEAD_PREFIX) if (g := head_generation(str(o["path"]))) is not None)
+    if not heads:
+        raise RemoteNotFoundError(f"no remote at {objects.shown}: nothing has been pushed there")
+    kept_heads, dead_heads = [], []
+    for k, (g, o) in enumerate(heads):
+        successor = heads[k + 1][1] if k + 1 < len(heads) else None
+        if successor is None or successor["last_modified"].timestamp() >= horizon:
+            kept_heads.append((g, o))
+        else:
+            dead_heads.append(str(o["path"]))
+    live_snapshots: set[str] = set()
+    for g, o in kept_heads:
+        try:
+            live_snapshots.add(Head.decode(str(o["path"]), objects.get(str(o["path"]))).snapshot)
+        except RemoteNotFoundError:
+            continue
+    snapshots = objects.list(SNAPSHOT_PREFIX)
+    young_snapshots = {name_of(str(o["path"])) for o in snapshots if o["last_modified"].timestamp() >= horizon}
+    live_packs: set[str] = set()
+    for s in live_snapshots:
+        snap, _ = _read_snapshot(objects, Head(0, s, 0.0))
+        live_packs |= snap.packs()
+    keep_snapshots = live_snapshots | young_snapshots
+    dead_snapshots = [str(o["path"]) for o in snapshots if name_of(str(o["path"])) not in keep_snapshots]
+    packs = objects.list(PACK_PREFIX)
+    dead_packs = [o for o in packs if name_of(str(o["path"])) not in live_packs and o["last_modified"].timestamp() < horizon]
+    # Heads first: once a head is gone nothing can start from its snapshot.
+    objects.delete(dead_heads)
+    objects.delete(dead_snapshots)
+    objects.delete([str(o["path"]) for o in dead_packs])
+    dead = {str(o["path"]) for o in dead_packs}
+    kept = [o for o in packs if str(o["path"]) not in dead]
+    return GcReport(objects.shown, heads[-1][0], len(dead_heads), len(dead_snapshots), len(dead_packs),
+                    sum(int(o["size"]) for o in dead_packs), len(kept), sum(int(o["size"]) for o in kept),
+                    objects.transfer.to_dict())
+
+
+def _names(models) -> list[str] | None:
+    if models is None:
+        return None
+    names = [models] if isinstance(models, str) else list(models)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise InvalidArgumentError(f"models must be model names (non-empty strings), not {models!r}")
+    return list(dict.fromkeys(names))
+
+
+def verify_remote(url: str) -> list[str]:
+    """Check a whole remote: the head, its snapshot, every pack against its hash and every
+    block against its digest (decoded). Returns the problems found (empty: it verifies)."""
+    objects, head, snap, _ = _open_remote(url)
+    if head is None:
+        return []
+    problems: list[str] = []
+    lost = snap.missing()
+    if lost is not None:
+        problems.append(f"a model needs block {lost.hex()}, which the snapshot lacks")
+    packs: dict[str, bytes] = {}
+    for pack in sorted(snap.pack_sizes):
+        try:
+            data = objects.get(pack_key(pack))
+        except RemoteNotFoundError:
+            problems.append(f"pack {pack} is missing")
+            continue
+        if sha256(data) != pack or len(data) != snap.pack_sizes[pack]:
+            problems.append(f"pack {pack} does not match its hash")
+            continue
+        packs[pack] = data
+    values: dict[bytes, np.ndarray] = {}
+
+    def value_of(d: bytes, depth: int = 0) -> np.ndarray:
+        if d in values:
+            return values[d]
+        b = snap.blocks[d]
+        if depth > _MAX_DECODE_DEPTH:
+            raise ValueError("references form a cycle")
+        payload = memoryview(packs[b.pack])[b.offset : b.offset + b.stored]
+        layout = dtypes.layout_of_code(b.dtype_code)
+        if b.encoding == codec.RAW:
+            out = np.frombuffer(payload, dtype=np.uint8)
+        elif b.encoding == codec.PACKED:
+            out = codec.decode(payload, b.nbytes, layout)
+        else:
+            out = codec.decode(payload, b.nbytes, layout, ref=value_of(b.ref, depth + 1))
+        if block_digest(out, b.dtype_code) != d:
+            raise ValueError("it does not match its digest")
+        values[d] = out
+        return out
+
+    for d, b in snap.blocks.items():
+        if b.pack in packs:
+            try:
+                value_of(d)
+            except (ValueError, KeyError) as exc:
+                problems.append(f"block {d.hex()} in pack {b.pack} does not decode: {exc}")
+    return problems
