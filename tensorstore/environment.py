@@ -24,6 +24,9 @@ T = TypeVar("T")
 
 DATA_FILE = "data.mdb"
 DB_NAMES = ("meta", "models", "blocks", "hashes", "pages", "pagemeta", "replacements")
+# Databases a store made before they existed lacks: created on the first read-write open;
+# a read-only handle of such a store sees them as absent (``dbs`` has no key for them).
+OPTIONAL_DB_NAMES = ("files",)
 _MIN_MAP = 256 << 20
 _MIN_LMDB_PAGE = 4096  # a data file shorter than its two meta pages is no LMDB file
 _MAX_GROW_ATTEMPTS = 16
@@ -53,7 +56,7 @@ class Environment:
             self.env = lmdb.open(
                 str(self.path),
                 map_size=max(_MIN_MAP, 2 * size),
-                max_dbs=len(DB_NAMES),
+                max_dbs=len(DB_NAMES) + len(OPTIONAL_DB_NAMES),
                 readonly=readonly,
                 create=create,
                 # Many readers and one writer across processes: LMDB's own reader table.
@@ -85,6 +88,11 @@ class Environment:
             # On a read-only environment open_db uses a read transaction of its own; handles
             # opened in a transaction we pass in do not outlive it.
             self.dbs = {n: self.env.open_db(n.encode(), create=not readonly) for n in DB_NAMES}
+            for n in OPTIONAL_DB_NAMES:
+                try:
+                    self.dbs[n] = self.env.open_db(n.encode(), create=not readonly)
+                except lmdb.NotFoundError:
+                    pass
         except lmdb.Error as exc:
             self.env.close()
             raise NotAStoreError(f"{self.path} is an LMDB environment without the store's databases: {exc}") from exc
