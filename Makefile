@@ -22,9 +22,10 @@ demo: $(VENV)/.base
 test: $(VENV)/.test
 	$(PY) -m pytest
 
-# The slow benchmarks CI skips; figures go to docs/benchmarks.md.
+# The slow benchmarks and soak tests `make test` skips (every test marked slow, in every
+# suite); benchmark figures go to docs/benchmarks.md.
 bench: $(VENV)/.test
-	$(PY) -m pytest -m slow --benchmark-enable tests/benchmarks
+	$(PY) -m pytest -m slow --benchmark-enable
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
