@@ -26,9 +26,13 @@ def _digits_family_trained_once():
 
     def build_family(variants=digits.FAMILY):
         key = tuple(variants)
-        if key not in trained:
+        # Each fine-tune is trained from the base alone, so a family with the same base
+        # and a subset of the variants is a subset of one already trained.
+        have = next((k for k in trained if k[0] == key[0] and set(key) <= set(k)), None)
+        if have is None:
+            have = key
             trained[key] = original(variants)
-        return {m: {k: v.copy() for k, v in t.items()} for m, t in trained[key].items()}
+        return {v.name: {k: a.copy() for k, a in trained[have][v.name].items()} for v in key}
 
     digits.build_family = build_family
     yield
