@@ -19,8 +19,9 @@ $(VENV)/.test: $(VENV)/.base
 demo: $(VENV)/.base
 	$(PY) -m tensorstore demo
 
+# -q: a line of dots per 80 tests, then the -ra summary (skips, failures) and the counts.
 test: $(VENV)/.test
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 # The slow benchmarks and soak tests `make test` skips (every test marked slow, in every
 # suite); benchmark figures go to docs/benchmarks.md.

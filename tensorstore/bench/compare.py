@@ -182,13 +182,17 @@ def _store_figures(path: Path, names: list[str], family: dict | None, repeat: in
         else:
             exact = None
         warm = _median(lambda: [s.load_model(n) for n in names], repeat)
-        blocks = s.catalog()["blocks"].to_pylist()
+        tables = s.catalog()
         verified = s.verify().ok
-    pages_read = {n: len({r["page_id"] for r in blocks if r["model"] == n}) for n in names}
-    distinct = {}
-    for r in blocks:
-        distinct.setdefault(r["model"], {})[r["block_id"]] = r["nbytes"]
-    bound = {n: -(-sum(distinct.get(n, {}).values()) // stats.page_size) for n in names}
+    # A load reads the pages of a model's blocks and of the references of its deltas.
+    distinct = {r["block_id"]: r for r in tables["distinct_blocks"].to_pylist()}
+    needed: dict[str, set[int]] = {n: set() for n in names}
+    for r in tables["blocks"].to_pylist():
+        needed[r["model"]].add(r["block_id"])
+        if r["ref_block"] is not None:
+            needed[r["model"]].add(r["ref_block"])
+    pages_read = {n: len({distinct[i]["page_id"] for i in needed[n]}) for n in names}
+    bound = {n: -(-sum(distinct[i]["stored_bytes"] for i in needed[n]) // stats.page_size) for n in names}
 
     def cold_load():
         with open_store(path, "r") as s:  # a fresh handle: nothing verified, nothing mapped

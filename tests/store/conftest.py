@@ -16,6 +16,13 @@ def store(store_path):
         yield s
 
 
+@pytest.fixture
+def raw_store(store_path):
+    """A store that keeps blocks as they are: for tests of placement, padding and views."""
+    with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB", codec="raw") as s:
+        yield s
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _digits_family_trained_once():
     """Several tests (and the bench code they run) train the digits family; training is

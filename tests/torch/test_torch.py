@@ -128,7 +128,8 @@ def test_store_loads_share_a_private_writable_copy(store):
     assert torch.equal(load_model(store, "m")["w"], torch.arange(10, dtype=torch.float32))
 
 
-def test_reader_views_are_copied_unless_shared_read_only(store):
+def test_reader_views_are_copied_unless_shared_read_only(tmp_path):
+    store = ts.open(tmp_path / "raw", "w", page_size="64KiB", block_bytes="4KiB", codec="raw")  # blocks as they are
     store.add_model("m", {"w": torch.arange(100, dtype=torch.bfloat16)})
     with store.reader() as r:
         view = r.load_tensor("m", "w")
@@ -140,6 +141,7 @@ def test_reader_views_are_copied_unless_shared_read_only(store):
         assert shared.data_ptr() == address  # the store's memory map itself, no copy
         assert bits(shared) == bits(copied) == bits(torch.arange(100, dtype=torch.bfloat16))
         del view, shared
+    store.close()
 
 
 def test_device_other_than_cpu_moves_the_tensors(store):
