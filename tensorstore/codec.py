@@ -304,7 +304,7 @@ def choose_many(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None
         refs = [stored if enc == RAW else decode(stored, n, layout).data for stored, enc in job.refs]
         return choose(job.data, layout, refs)
 
-    if len(jobs) < 4:
+    if len(jobs) < 4:  # each job is a whole encode: threads pay off sooner than for decodes
         return [one(j) for j in jobs]
     return list(_executor().map(one, jobs, chunksize=max(1, len(jobs) // 16)))
 
@@ -333,7 +333,7 @@ def decode_many(jobs: list[DecodeJob], layout: Layout, out: np.ndarray) -> None:
                 ref_payload = stored
         decode(job.payload, job.n, layout, ref, out[job.start : job.start + job.n], ref_payload)
 
-    if len(jobs) < 4:
+    if len(jobs) < 16:  # handing a few blocks to threads costs more than it saves
         for j in jobs:
             one(j)
         return
