@@ -19,12 +19,14 @@ $(VENV)/.test: $(VENV)/.base
 demo: $(VENV)/.base
 	$(PY) -m tensorstore demo
 
+# -q: a line of dots per 80 tests, then the -ra summary (skips, failures) and the counts.
 test: $(VENV)/.test
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
-# The slow benchmarks CI skips; figures go to docs/benchmarks.md.
+# The slow benchmarks and soak tests `make test` skips (every test marked slow, in every
+# suite); benchmark figures go to docs/benchmarks.md.
 bench: $(VENV)/.test
-	$(PY) -m pytest -m slow --benchmark-enable tests/benchmarks
+	$(PY) -m pytest -m slow --benchmark-enable
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

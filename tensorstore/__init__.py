@@ -40,3 +40,5 @@ __all__ = [
     "EvaluatorError", "ConflictError", "ViewsAliveError", "SharedCacheError", "Reader", "DedupReport", "PackReport", "CompactReport",
 ]
 __version__ = "0.1.0"
+# Tells this package from Google's TensorStore, which uses the same import name (tensorstore_dedup).
+__distribution__ = "tensorstore-dedup"

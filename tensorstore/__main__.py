@@ -1,5 +1,7 @@
 import sys
 
-from .cli import main
+# Through the launcher: if another package's __init__.py has replaced this one (Google's
+# TensorStore installed into the same site-packages), it says so instead of failing oddly.
+from tensorstore_dedup import main
 
 sys.exit(main())

@@ -10,6 +10,7 @@ measurement behind this choice over the 2-D tiles of the VLDB paper.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -39,11 +40,17 @@ def block_spans(nbytes: int, step: int) -> Iterator[tuple[int, int]]:
 def canonical(value: object, what: str) -> np.ndarray:
     """Return ``value`` as a C-contiguous little-endian array of a supported dtype.
 
-    Accepts numpy arrays and anything exposing ``__array__``, the array interface or the
-    buffer protocol (numpy scalars, CPU torch tensors, memoryviews). Python lists, strings
+    Accepts numpy arrays, torch tensors of every dtype the store keeps (on any device, see
+    :mod:`tensorstore.torch`), and anything exposing ``__array__``, the array interface or
+    the buffer protocol (numpy scalars, memoryviews). Python lists, strings
     and other objects are refused rather than guessed at: a storage engine should not
     choose a dtype for the caller.
     """
+    torch = sys.modules.get("torch")  # a torch tensor exists only once torch is imported
+    if torch is not None and isinstance(value, torch.Tensor):
+        from .torch import to_numpy  # bf16/fp8 bits, any device, autograd state dropped
+
+        value = to_numpy(value, what)
     if isinstance(value, np.ndarray):
         arr = value
     elif isinstance(value, (str, bytes, bytearray)) or not (

@@ -14,14 +14,18 @@ from pathlib import Path
 import lmdb
 
 from . import open as open_store
-from .errors import StoreError
-from .formats import SUFFIXES, read_model_file, write_safetensors
+from .errors import ModelExistsError, StoreError
+from .formats import PICKLE_SUFFIXES, SUFFIXES, pickle_refusal, read_model_dir, read_model_file, write_model_dir, write_safetensors
 from .sharing import model_sharing
 from .units import format_size
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if "--version" in argv[:1] or "-V" in argv[:1]:
+        print(version_line())
+        return 0
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
@@ -31,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as exc:
         print(f"tensorstore {args.command}: usage error: {exc}", file=sys.stderr)
         return 2
-    except (StoreError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        print(f"tensorstore {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+    except (StoreError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError) as exc:
+        print(f"tensorstore {args.command}: error: {cli_words(_one_line(exc), args.command)}", file=sys.stderr)
         return 1
     except OSError as exc:  # a path under a regular file, a read-only file system, a failing disk
         where = f" ({exc.filename})" if exc.filename else ""
@@ -52,12 +56,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tensorstore", description="A deduplicating store for neural network weights.")
+    p.add_argument("-V", "--version", action="store_true", help="print the version, and which tensorstore is imported")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    a = sub.add_parser("add", help="add models from .safetensors or .npz files (one model per file)")
+    a = sub.add_parser("add", help="add models from .safetensors or .npz files or model directories (one model per argument)")
     a.add_argument("store", type=Path)
-    a.add_argument("files", type=Path, nargs="+", metavar="FILE")
-    a.add_argument("--name", help="the model's name (only with one file; default: the file's stem)")
+    a.add_argument("files", type=Path, nargs="+", metavar="FILE|DIR",
+                   help="a .safetensors or .npz file, or a model directory (model.safetensors, or shards with "
+                        "model.safetensors.index.json; config and tokenizer files are kept with the model)")
+    a.add_argument("--name", help="the model's name (only with one FILE|DIR; default: the file's stem or the directory's name)")
     a.add_argument("--replace", action="store_true", help="replace a model of the same name")
     a.add_argument("--domain", default="", help="dedup domain (tenant): blocks are shared only within one domain")
     a.add_argument("--page-size", help="page size for a new store, e.g. 1MiB")
@@ -75,10 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_stats)
 
-    ex = sub.add_parser("export", help="write one model to a safetensors file")
+    ex = sub.add_parser("export", help="write one model to a safetensors file, or to a model directory")
     ex.add_argument("store", type=Path)
     ex.add_argument("model")
-    ex.add_argument("out", type=Path, metavar="OUT.safetensors")
+    ex.add_argument("out", type=Path, metavar="OUT.safetensors|OUTDIR",
+                    help="a .safetensors file, or a new directory: the model's files as added (weights, index, config, tokenizer)")
+    ex.add_argument("--max-shard-size", metavar="SIZE",
+                    help="with OUTDIR: split the weights into shards of at most SIZE (e.g. 5GB) with an index")
     ex.set_defaults(func=_export)
 
     rm = sub.add_parser("rm", help="delete a model (space no other model needs is freed)")
@@ -148,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     _remote_parsers(sub)
 
     d = sub.add_parser("demo", help="train a small model family, store it and report (no download)")
-    d.add_argument("dir", type=Path, nargs="?", help="keep the demo's store and files here (default: a temporary directory)")
+    d.add_argument("dir", type=Path, nargs="?",
+                   help="keep the demo's store and files here (default: a temporary directory, deleted at the end)")
     d.set_defaults(func=_demo)
     return p
 
@@ -165,12 +176,18 @@ def _progress(args) -> bool:
 
 def _add(args) -> int:
     if args.name is not None and len(args.files) != 1:
-        raise _UsageError("--name names one model; give exactly one FILE with it")
+        raise _UsageError("--name names one model; give exactly one FILE|DIR with it")
+    if args.name is not None and not args.name.strip():
+        raise _UsageError("--name must not be empty (leave it out to name the model after its file)")
     for f in args.files:  # check every file is there before the store is touched
         if not f.exists():
-            raise FileNotFoundError(f"no such file: {f}")
+            raise FileNotFoundError(f"no such file or directory: {f}")
+        if f.is_dir():
+            continue
+        if f.suffix.lower() in PICKLE_SUFFIXES:
+            raise pickle_refusal(f)
         if f.suffix.lower() not in SUFFIXES:
-            raise _UsageError(f"{f}: unknown file type {f.suffix!r}; expected {' or '.join(SUFFIXES)}")
+            raise _UsageError(f"{f}: unknown file type {f.suffix!r}; expected {' or '.join(SUFFIXES)} or a model directory")
     created = not (args.store / "data.mdb").exists()
     made_dir = not args.store.exists()
     added = []
@@ -178,17 +195,28 @@ def _add(args) -> int:
         with open_store(args.store, "a", page_size=args.page_size, block_bytes=args.block_bytes) as store:
 
             def add_all(txn) -> None:
-                # Every file in one transaction: a file that fails leaves none of them added.
+                # Every FILE|DIR in one transaction: one that fails leaves none of them added.
                 added.clear()
                 for f in args.files:
-                    tensors, meta = read_model_file(f)
-                    name = args.name or f.stem
-                    before = store._state(txn).encoded_bytes
-                    store.add_model(name, tensors, meta, replace=args.replace, domain=args.domain, progress_bar=_progress(args))
-                    logical = sum(t.nbytes for t in tensors.values())
+                    name = args.name if args.name is not None else (f.resolve().name if f.is_dir() else f.stem)
+                    try:
+                        if f.is_dir():
+                            tensors, meta, files = read_model_dir(f)
+                        else:
+                            (tensors, meta), files = read_model_file(f), None
+                        before = store._state(txn).encoded_bytes
+                        store.add_model(name, tensors, meta, replace=args.replace, domain=args.domain,
+                                        progress_bar=_progress(args), files=files)
+                    except ModelExistsError:
+                        raise _FileError(f"{f}: model {name!r} already exists in {args.store}; add --replace to "
+                                         "overwrite it; nothing was added") from None
+                    except (StoreError, OSError) as exc:
+                        text = cli_words(str(exc), "add")
+                        raise _FileError((text if str(f) in text else f"{f}: {text}") + "; nothing was added") from None
                     # new bytes as stored: after dedup and encoding
-                    added.append({"model": name, "file": str(f), "logical_bytes": logical,
-                                  "new_bytes": store._state(txn).encoded_bytes - before})
+                    added.append({"model": name, "file": str(f), "logical_bytes": sum(t.nbytes for t in tensors.values()),
+                                  "new_bytes": store._state(txn).encoded_bytes - before, "files": sorted(files or ()),
+                                  "skipped": list(meta.get("skipped_pickles", ()))})
 
             store.env.write(add_all)
     except BaseException:
@@ -197,8 +225,11 @@ def _add(args) -> int:
         raise
     if not args.json:
         for a in added:
+            kept = f", {len(a['files'])} other files kept" if a["files"] else ""
             print(f"added {a['model']}: {format_size(a['logical_bytes'])}, {format_size(a['new_bytes'])} new "
-                  f"({_pct(a['new_bytes'], a['logical_bytes'])} of its size)")
+                  f"({_pct(a['new_bytes'], a['logical_bytes'])} of its size){kept}")
+            for skipped in a["skipped"]:
+                print(f"  skipped {skipped}: pickled files are never loaded; the safetensors weights were stored")
     if args.json:
         print(json.dumps(added, indent=2))
     return 0
@@ -262,10 +293,14 @@ def _stats(args) -> int:
     print(f"unique bytes    {format_size(s.unique_bytes)}  (distinct blocks)")
     encodings = ", ".join(f"{n} {name}" for name, n in s.encodings.items())
     print(f"encoded bytes   {format_size(s.encoded_bytes)}  (distinct blocks as stored: {encodings})")
-    print(f"stored bytes    {format_size(s.stored_bytes)}  ({s.pages} pages of {format_size(s.page_size)})")
+    # Pages are fixed-size, so a small store's last page is mostly room for later adds:
+    # that room is shown apart, and the ratio is of the blocks as stored, not of page bytes.
+    print(f"stored bytes    {format_size(s.stored_bytes)}  ({s.pages} pages of {format_size(s.page_size)}: "
+          f"{format_size(s.encoded_bytes)} of blocks, {format_size(s.padding_bytes)} room not yet filled)")
     print(f"file bytes      {format_size(s.file_bytes)}")
     print(f"blocks          {s.blocks} references, {s.unique_blocks} distinct (blocks of {format_size(s.block_bytes)})")
-    print(f"dedup ratio     {s.dedup_ratio:.2f}x  (logical / stored)")
+    ratio = s.logical_bytes / s.encoded_bytes if s.encoded_bytes else 1.0
+    print(f"dedup ratio     {ratio:.2f}x  (logical / distinct blocks as stored)")
     return 0
 
 
@@ -297,11 +332,22 @@ def _shared_cache(args) -> int:
 
 
 def _export(args) -> int:
+    from .units import parse_size
+
+    to_file = args.out.suffix.lower() == ".safetensors"
+    if to_file and args.max_shard_size is not None:
+        raise _UsageError("--max-shard-size splits a model directory; give an OUTDIR, not a .safetensors file")
+    shard = parse_size(args.max_shard_size, "--max-shard-size") if args.max_shard_size is not None else None
     with open_store(args.store, "r") as store:
         tensors = store.load_model(args.model)
         meta = store.model_info(args.model).metadata
-    write_safetensors(args.out, tensors, meta)
-    print(f"exported {args.model} to {args.out}")
+        files = {} if to_file else store.load_files(args.model)
+    if to_file:
+        write_safetensors(args.out, tensors, meta)
+        print(f"exported {args.model} to {args.out}")
+        return 0
+    written = write_model_dir(args.out, tensors, meta, files, shard)
+    print(f"exported {args.model} to {args.out}/: {len(written)} files")
     return 0
 
 
@@ -521,6 +567,37 @@ def _demo(args) -> int:
 
 class _UncheckedError(StoreError, ValueError):
     """dedup without an evaluator, asked to change weights without --unchecked (exit 1)."""
+
+
+# Library messages speak of the Python API; the command line speaks of its flags.
+_CLI_WORDS = (
+    ("; pass replace=True to overwrite it", "; add --replace to overwrite it"),
+    ("; create one with mode 'a' or 'w-'", "; `tensorstore add STORE FILE` creates one"),
+    ("; open it with mode 'r+' or 'a' to change it", ""),
+    ("; open it with mode 'r'", "; commands that only read it (ls, stats, export, verify) still work"),
+)
+_ADD_FLAGS = (("page_size", "--page-size"), ("block_bytes", "--block-bytes"))
+
+
+def cli_words(message: str, command: str | None = None) -> str:
+    """``message`` with the API's words (``replace=True``, ``mode 'r'``) put in the CLI's."""
+    for api, cli in _CLI_WORDS:
+        message = message.replace(api, cli)
+    if command == "add":
+        for api, cli in _ADD_FLAGS:
+            message = message.replace(api, cli)
+    return message
+
+
+def version_line() -> str:
+    """``tensorstore X (path)``, or what went wrong when another ``tensorstore`` is imported."""
+    from tensorstore_dedup import describe_import
+
+    return describe_import()
+
+
+class _FileError(StoreError):
+    """One FILE|DIR of ``add`` failed; the message names it (exit 1)."""
 
 
 class _EvaluatorLoadError(StoreError, ImportError):

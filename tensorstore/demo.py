@@ -24,9 +24,17 @@ def run_demo(directory: Path | None = None, *, out=print) -> dict:
     """Run the demo; keep its files in ``directory`` (else a temporary one). Return the figures."""
     if directory is None:
         with tempfile.TemporaryDirectory(prefix="tensorstore-demo-") as tmp:
-            return _run(Path(tmp), out)
+            out(f"The demo's store and files are in {tmp}, a temporary directory deleted when the demo ends;")
+            out("`tensorstore demo DIR` keeps them in DIR.")
+            figures = _run(Path(tmp), out)
+        out(f"\nDeleted {tmp}. Run `tensorstore demo DIR` to keep the store and look at it with `tensorstore ls DIR/store`.")
+        return figures
     directory.mkdir(parents=True, exist_ok=True)
-    return _run(directory, out)
+    out(f"The demo's store and files are kept in {directory.resolve()}.")
+    figures = _run(directory, out)
+    out(f"\nKept: the store in {directory / 'store'} (try `tensorstore ls {directory / 'store'}`), "
+        f"one safetensors file per model in {directory / 'safetensors'}.")
+    return figures
 
 
 def _run(directory: Path, out) -> dict:
@@ -76,7 +84,10 @@ def _run(directory: Path, out) -> dict:
     out(f"  logical bytes (all models as added)  {format_size(stats.logical_bytes)}")
     out(f"  one safetensors file per model       {format_size(files_bytes)}")
     out(f"  distinct block bytes                 {format_size(stats.unique_bytes)}")
-    out(f"  stored bytes (pages)                 {format_size(stats.stored_bytes)}  ({stats.dedup_ratio:.2f}x smaller than logical)")
+    out(f"  distinct / logical                   {stats.unique_bytes / stats.logical_bytes:.2f}  "
+        f"({stats.logical_bytes / stats.unique_bytes:.2f}x smaller)")
+    out(f"  pages                                {format_size(stats.stored_bytes)}  ({stats.pages} of "
+        f"{format_size(stats.page_size)}; {format_size(stats.padding_bytes)} of it room not yet filled)")
     out(f"  ingest of {len(family)} models                   {ingest * 1000:.0f} ms")
     out(f"  load all models, warm: store {store_load * 1000:.1f} ms, safetensors files {file_load * 1000:.1f} ms")
     out(f"  bit-exact round trip: {'yes' if exact else 'NO'};  verify: {'ok' if verified.ok else verified.problems}")

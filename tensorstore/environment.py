@@ -35,6 +35,9 @@ DB_NAMES = ("meta", "models", "blocks", "hashes", "pages", "pagemeta", "replacem
 # nothing in the process points into it (see Environment._can_remap).
 _MIN_MAP = (1 << 40) if sys.maxsize > 2**32 else (1 << 30)
 _SMALLEST_MAP = 64 << 20  # the reservation halves down to this when address space is limited
+# Databases a store made before they existed lacks: created on the first read-write open;
+# a read-only handle of such a store sees them as absent (``dbs`` has no key for them).
+OPTIONAL_DB_NAMES = ("files",)
 _MIN_LMDB_PAGE = 4096  # a data file shorter than its two meta pages is no LMDB file
 _MAX_GROW_ATTEMPTS = 16
 _CREATING_WAIT = 10.0  # seconds to wait for another process to finish creating a store
@@ -86,6 +89,11 @@ class Environment:
                 # On a read-only environment open_db uses a read transaction of its own;
                 # handles opened in a transaction we pass in do not outlive it.
                 self.dbs = {n: self.env.open_db(n.encode(), create=not readonly) for n in DB_NAMES}
+                for n in OPTIONAL_DB_NAMES:
+                    try:
+                        self.dbs[n] = self.env.open_db(n.encode(), create=not readonly)
+                    except lmdb.NotFoundError:
+                        pass
                 break
             except lmdb.MapResizedError:
                 # Another process grew the map past ours while we opened. Nothing of this
@@ -109,7 +117,7 @@ class Environment:
                 return lmdb.open(
                     str(self.path),
                     map_size=reserve,
-                    max_dbs=len(DB_NAMES),
+                    max_dbs=len(DB_NAMES) + len(OPTIONAL_DB_NAMES),
                     readonly=readonly,
                     create=create,
                     # Many readers and one writer across processes: LMDB's own reader table.

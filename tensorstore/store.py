@@ -367,6 +367,7 @@ class Store:
         domain: str = "",
         base: str | None = None,
         progress_bar: bool | None = False,
+        files: Mapping[str, bytes] | None = None,
     ) -> None:
         """Store a model: a mapping of tensor names to arrays.
 
@@ -394,6 +395,11 @@ class Store:
             tensor name and position. Without it the parent is found: the stored model of
             the same domain that shares the most blocks with this one at the same
             positions, then the most tensor names, dtypes and shapes, then the oldest.
+        files : mapping of str to bytes, optional
+            Small files kept with the model, by relative path (``config.json``,
+            ``tokenizer.json``): stored whole, in the same transaction, not deduplicated,
+            not counted in ``logical_bytes``; removed with the model, replaced with it.
+            Read them back with :meth:`load_files`.
         """
         env = self._writable()
         _check_name(name, "model name", MAX_NAME_BYTES)
@@ -403,6 +409,7 @@ class Store:
             _check_name(base, "base model name", MAX_NAME_BYTES)
         arrays = _tensor_list(tensors)
         meta = _check_metadata(metadata)
+        extra = _check_files(files)
         total = sum(a.nbytes for _, a in arrays)
         key = name.encode()
 
@@ -437,12 +444,15 @@ class Store:
             writer.flush()
             record = ModelRecord(name, model_id, time.time(), meta, tuple(records), domain)
             txn.put(key, cat.encode_model(record), db=env.dbs["models"])
+            _drop_files(txn, env, model_id)
+            for path, data in extra.items():
+                txn.put(id_key(model_id) + path.encode(), data, db=env.dbs["files"])
             state.models += 1
             state.tensors += len(records)
             state.logical_bytes += total
             self._put_state(txn, state)
 
-        env.write(add, expect_bytes=total)
+        env.write(add, expect_bytes=total + sum(len(d) for d in extra.values()))
 
     def _chunk_into(self, writer: BlockWriter, tname: str, arr: np.ndarray) -> TensorRecord:
         dname = dtype_name(arr.dtype)
@@ -525,6 +535,7 @@ class Store:
                     writer.release(int(block_id))
             writer.flush()
             txn.delete(key, db=env.dbs["models"])
+            _drop_files(txn, env, record.model_id)
             drop_audit(txn, env.dbs["replacements"], record.model_id)
             state.models -= 1
             state.tensors -= len(record.tensors)
@@ -580,6 +591,22 @@ class Store:
 
         self.env  # a closed handle raises here, not halfway through
         return push(self, url, models, **options)
+    def load_files(self, name: str) -> dict[str, bytes]:
+        """The small files kept with a model (``add_model(..., files=)``), by relative path."""
+        with self.env.read() as txn:
+            prefix = id_key(self._record(txn, name).model_id)
+            db = self.env.dbs.get("files")
+            if db is None:  # a store made before files could be kept, opened read-only
+                return {}
+            out = {}
+            with txn.cursor(db=db) as cur:
+                if cur.set_range(prefix):
+                    for k, v in cur:
+                        k = bytes(k)
+                        if not k.startswith(prefix):
+                            break
+                        out[k[len(prefix):].decode()] = bytes(v)
+            return out
 
     def _note_request(self, txn: lmdb.Transaction, name: str) -> None:
         """Tell the pool a model was requested, and which models need which pages."""
@@ -1015,6 +1042,41 @@ def _tensor_list(tensors: object) -> list[tuple[str, np.ndarray]]:
         seen.add(tname)
         out.append((tname, canonical(value, f"tensor {tname!r}")))
     return out
+
+
+MAX_FILE_BYTES = 256 << 20  # per small file kept with a model
+MAX_FILE_PATH_BYTES = 400  # the path follows an 8-byte model id in an LMDB key (<= 511 bytes)
+
+
+def _check_files(files: object) -> dict[str, bytes]:
+    """Validate ``add_model``'s ``files``: relative POSIX paths inside the model's directory."""
+    if files is None:
+        return {}
+    if not isinstance(files, Mapping):
+        raise InvalidArgumentError(f"files must be a mapping of relative paths to bytes, not {type(files).__name__}")
+    out = {}
+    for path, data in files.items():
+        _check_name(path, "file name", MAX_FILE_PATH_BYTES)
+        parts = path.split("/")
+        if path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+            raise InvalidArgumentError(f"file name {path!r} must be a relative path like 'config.json' or 'sub/vocab.txt' (no '..', no leading '/')")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidArgumentError(f"file {path!r} must be bytes, not {type(data).__name__}")
+        data = bytes(data)
+        if len(data) > MAX_FILE_BYTES:
+            raise InvalidArgumentError(f"file {path!r} is {len(data)} bytes; files kept with a model may be at most {MAX_FILE_BYTES}")
+        out[path] = data
+    return out
+
+
+def _drop_files(txn: lmdb.Transaction, env: Environment, model_id: int) -> None:
+    """Delete every file kept with model ``model_id``."""
+    prefix = id_key(model_id)
+    with txn.cursor(db=env.dbs["files"]) as cur:
+        if cur.set_range(prefix):
+            while bytes(cur.key()).startswith(prefix):
+                if not cur.delete():
+                    break
 
 
 def _check_metadata(metadata: object) -> dict:

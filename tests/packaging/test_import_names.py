@@ -52,7 +52,7 @@ def test_wheel_has_no_generic_top_level_names(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for folder in ("tensorstore", *LIBRARIES):
+    for folder in ("tensorstore", "tensorstore_dedup", *LIBRARIES):
         shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path / "dist"
     done = subprocess.run(
@@ -63,4 +63,4 @@ def test_wheel_has_no_generic_top_level_names(tmp_path):
     (wheel,) = out.glob("*.whl")
     tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert not tops & set(LIBRARIES), sorted(tops)
-    assert {"tensorstore", "tensorstore_index", "tensorstore_packing", "tensorstore_bufferpool"} <= tops
+    assert {"tensorstore", "tensorstore_index", "tensorstore_packing", "tensorstore_bufferpool", "tensorstore_dedup"} <= tops

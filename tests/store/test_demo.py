@@ -18,6 +18,9 @@ def test_demo_reports_a_bit_exact_deduplicated_family(tmp_path):
     assert shared["digits-full-shifted"] == 0 and shared["digits-head-noisy"] > 0
     assert all(a > 0.5 for a in figures["accuracy"].values())  # trained, not random (10 classes)
     assert any("bit-exact round trip: yes" in line for line in lines)
+    # it says where its store is kept, and how to look at it
+    assert str(tmp_path.resolve()) in lines[0]
+    assert any(f"tensorstore ls {tmp_path / 'store'}" in line for line in lines)
     # the near-duplicate pass saved bytes and kept every model within its budget
     dedup = figures["dedup"]
     assert dedup["bytes_saved"] > 0 and dedup["accuracy_checked"]

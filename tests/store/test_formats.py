@@ -56,8 +56,11 @@ def test_corrupt_npz_and_unknown_suffix(tmp_path):
     (tmp_path / "x.npz").write_bytes(b"PK\x03\x04 broken")
     with pytest.raises(ts.FileFormatError, match="not a valid .npz"):
         read_model_file(tmp_path / "x.npz")
-    (tmp_path / "x.pt").write_bytes(b"")
+    (tmp_path / "x.onnx").write_bytes(b"")
     with pytest.raises(ts.FileFormatError, match="unknown file type"):
+        read_model_file(tmp_path / "x.onnx")
+    (tmp_path / "x.pt").write_bytes(b"")
+    with pytest.raises(ts.FileFormatError, match="convert it to safetensors"):
         read_model_file(tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError):
         read_model_file(tmp_path / "missing.safetensors")

@@ -2,13 +2,15 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from support import bits, tensors
 
 import tensorstore as ts
 
-@given(model=st.dictionaries(st.text(min_size=1, max_size=20).filter(str.isprintable), tensors(), min_size=1, max_size=4))
-def test_round_trip_is_bit_exact(tmp_path_factory, model):
+MODELS = st.dictionaries(st.text(min_size=1, max_size=20).filter(str.isprintable), tensors(), min_size=1, max_size=4)
+
+
+def round_trip_is_bit_exact(tmp_path_factory, model):
     path = tmp_path_factory.mktemp("rt") / "store"
     with ts.open(path, "w", page_size="16KiB", block_bytes="1KiB") as store:
         store.add_model("m", model)
@@ -20,6 +22,11 @@ def test_round_trip_is_bit_exact(tmp_path_factory, model):
             assert bits(got) == bits(arr)
             assert bits(store.load_tensor("m", name)) == bits(arr)
         assert store.verify().ok
+
+
+# The same property twice: a few examples in every run, many in the slow soak (make bench).
+test_round_trip_is_bit_exact = settings(max_examples=25)(given(model=MODELS)(round_trip_is_bit_exact))
+test_round_trip_is_bit_exact_soak = pytest.mark.slow(settings(max_examples=400)(given(model=MODELS)(round_trip_is_bit_exact)))
 
 
 def test_nan_payloads_and_negative_zero_survive(store):

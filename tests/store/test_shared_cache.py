@@ -190,9 +190,10 @@ def test_bad_options_are_named(paths):
         ts.open(store, "r", shared_cache=True, shared_cache_keep_alive=-1)
 
 
-@settings(max_examples=40, deadline=None)
-@given(model=st.dictionaries(st.text(min_size=1, max_size=10).filter(str.isprintable), tensors(), min_size=1, max_size=3))
-def test_round_trip_through_the_shared_cache_is_bit_exact(tmp_path_factory, model):
+SHARED_MODELS = st.dictionaries(st.text(min_size=1, max_size=10).filter(str.isprintable), tensors(), min_size=1, max_size=3)
+
+
+def round_trip_through_the_shared_cache_is_bit_exact(tmp_path_factory, model):
     root = tmp_path_factory.mktemp("shared")
     with ts.open(root / "store", "w", page_size="4KiB", block_bytes="256B", shared_cache=root / "cache") as s:
         s.add_model("m", model)
@@ -204,6 +205,13 @@ def test_round_trip_through_the_shared_cache_is_bit_exact(tmp_path_factory, mode
                 assert bits(out[name]) == bits(arr)
             del out
             gc.collect()
+
+
+# A few examples in every run, many in the slow soak (make bench).
+test_round_trip_through_the_shared_cache_is_bit_exact = settings(max_examples=12, deadline=None)(
+    given(model=SHARED_MODELS)(round_trip_through_the_shared_cache_is_bit_exact))
+test_round_trip_through_the_shared_cache_soak = pytest.mark.slow(settings(max_examples=200, deadline=None)(
+    given(model=SHARED_MODELS)(round_trip_through_the_shared_cache_is_bit_exact)))
 
 
 @pytest.fixture
