@@ -303,13 +303,13 @@ def test_cli_ls_stats_and_compact_show_encodings(store_path, capsys):
 
 COMPACTOR = """
 import sys, numpy as np, tensorstore as ts
-path = sys.argv[1]
 
 def tuned(i):  # what model t{i % 3} holds after round i: its metadata says which round
     base = (np.random.default_rng(0).standard_normal((2048, 64)) * 0.05).astype(np.float32)
     return base, base + (np.random.default_rng(i + 1).standard_normal(base.shape) * 1e-5).astype(np.float32)
 
 if __name__ == "__main__":
+    path = sys.argv[1]
     for i in range(1000):
         base, w = tuned(i)
         with ts.open(path, "a", page_size="64KiB", block_bytes="4KiB", codec="raw") as s:
@@ -339,7 +339,7 @@ def test_a_process_killed_mid_compact_leaves_a_store_that_verifies(tmp_path, see
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    namespace: dict = {}
+    namespace: dict = {"__name__": "compactor"}
     exec(COMPACTOR, namespace)  # the writer's own definition of each round's weights
     with ts.open(path, "r") as store:
         report = store.verify()
