@@ -111,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
                         "core: ingest/load speed, sizes, scaling; chunking: row-aligned blocks against 2-D tiles; "
                         "neardup: LSH recall against brute force and search speed; packing: every packer on the store's layout; "
                         "serving: memory (PSS) and cold start of many processes, shared cache against safetensors")
-    b.add_argument("--corpus", default="digits", help="digits (default), minilm, or a folder of .safetensors files")
+    b.add_argument("--corpus", default="digits",
+                   help="digits (default), minilm, embedding (the sparse-embedding family), embedding-quick (its "
+                        "synthetic stand-in), or a folder of .safetensors files (docs/corpus.md)")
     b.add_argument("--repeat", type=int, default=5, help="runs per timing; the median is reported")
     b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
     b.add_argument("--tolerance", type=float, default=0.05, help="near-dup relative L2 error per block (compare suite)")
@@ -324,8 +326,10 @@ def _bench(args) -> int:
             f"{r['found_by_exhaustive']} by brute force), LSH {r['lsh_MBps']:.0f} MB/s, brute force "
             f"{r['exhaustive_MBps']:.0f} MB/s over {r['query_bytes'] / 1e6:.1f} MB of blocks" for r in rows))
         return 0
-    if args.corpus not in ("digits", "minilm"):
-        raise _UsageError("--suite core runs on --corpus digits or minilm")
+    from .corpora.registry import NAMES
+
+    if args.corpus not in NAMES:
+        raise _UsageError(f"--suite core runs on a named corpus: {', '.join(NAMES)}")
     result = core.main(args.corpus, args.repeat, args.workdir)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -396,16 +400,12 @@ def _plot_bytes(result: dict, out: Path) -> None:
 
 def _bench_chunking(args) -> int:
     from .bench.chunking import study
-    from .corpora import digits
+    from .corpora import registry
 
-    if args.corpus == "digits":
-        rows = study(digits.build_family(), digits.FAMILY[0].name)
-    elif args.corpus == "minilm":
-        from .corpora import minilm_family
-
-        rows = study(minilm_family.load_family(), "minilm-base")
-    else:
-        raise _UsageError("the chunking study needs a fine-tuned family with a base: --corpus digits or minilm")
+    if args.corpus not in registry.NAMES:
+        raise _UsageError(f"the chunking study needs a fine-tuned family with a base: --corpus {' or '.join(registry.NAMES)}")
+    corpus = registry.load(args.corpus)
+    rows = study(corpus.family, corpus.root)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
