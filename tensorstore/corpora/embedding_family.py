@@ -507,7 +507,7 @@ def build_family(out_dir: Path | None = None, log: Callable[[str], None] = print
         tasks[member.name] = member.task
     # The held-out emails tokenized once per vocabulary, so evaluate needs numpy only.
     arrays: dict[str, np.ndarray] = {}
-    for vocab_owner, vocab in {v: k for k, v in reversed(list(vocabs.items()))}.items():
+    for vocab in dict.fromkeys(vocabs.values()):
         ids, mask = data.tokenize(data.heldout, vocab)
         key = _vocab_key(vocab)
         arrays[f"input_ids@{key}"], arrays[f"attention_mask@{key}"] = ids, mask
