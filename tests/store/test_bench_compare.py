@@ -94,3 +94,19 @@ def test_packing_suite_on_digits(tmp_path):
         assert r["pages"] >= r["lower_bound_pages"] and r["tensor_reads_over_bound"] >= 1.0
         assert r["model_pages_read_mean"] >= r["model_pages_read_bound_mean"]
     assert rows["two-stage"]["pages"] <= min(rows["greedy-2"]["pages"], rows["baseline"]["pages"])
+
+
+def test_bench_suites_take_the_embedding_corpus_by_name(tmp_path, capsys):
+    import json
+
+    from tensorstore import cli
+
+    assert cli.main(["bench", "--suite", "packing", "--corpus", "embedding-quick", "--workdir", str(tmp_path), "--json"]) == 0
+    rows = {r["algorithm"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["two-stage"]["pages"] >= rows["two-stage"]["lower_bound_pages"] > 0
+    assert cli.main(["bench", "--suite", "chunking", "--corpus", "embedding-quick", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)
+    # a name that is neither a corpus nor a folder: one line naming the corpora, exit 1
+    assert cli.main(["bench", "--suite", "compare", "--corpus", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert "unknown corpus" in err and "embedding" in err and len(err.strip().splitlines()) == 1
