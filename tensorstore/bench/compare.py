@@ -291,6 +291,11 @@ def table(res: dict) -> str:
             notes.append(f"- {key}: distinct blocks as encoded {a['encoded_bytes']:,} B "
                          f"({a['encoded_bytes'] / base:.3f}); decoded {a['unique_bytes']:,} B; pages × page size "
                          f"{a['stored_bytes']:,} B ({a['stored_bytes'] / base:.3f}); blocks by encoding: {counts}")
+    enc = alt.get("store-encoded")
+    if enc is not None:  # issue 13's targets, as ratios of this run's figures
+        for other in ("zipllm-style", "zipnn+tensor-dedup"):
+            if other in alt:
+                notes.append(f"- store-encoded / {LABELS.get(other, other)}: {enc['bytes'] / alt[other]['bytes']:.3f}")
     if notes:
         lines += ["", *notes]
     near = alt["store-neardup"]

@@ -55,7 +55,7 @@ def test_zipllm_style_round_trips_every_dtype(seed, dtype, changed):
     distinct = baselines.tensor_dedup(family)["distinct_tensors"]
     assert r["delta_tensors"] + r["packed_tensors"] == distinct
     assert r["delta_tensors"] == sum(family[n]["a"].tobytes() != family[parents[n]]["a"].tobytes() for n in ("ft", "ft2"))
-    assert r["bytes"] <= baselines.tensor_dedup(family)["bytes"] + distinct * 8 * 4
+    assert r["bytes"] <= baselines.tensor_dedup(family)["bytes"] + distinct * 64  # raw planes + small headers
 
 
 @settings(max_examples=10, deadline=None)

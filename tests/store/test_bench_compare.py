@@ -16,8 +16,8 @@ def _check_baselines(res: dict) -> None:
     # dedup keeps no more than it was given; chunks of files no more than the files
     assert tensors["bytes"] <= res["logical_bytes"] and alt["chunk-64k"]["bytes"] <= files["bytes"]
     # ZipLLM-style keeps the same distinct tensors, each encoded: a plane that does not shrink
-    # is stored raw, so a tensor costs at most its bytes plus one 4-byte header per plane
-    assert zipllm["bytes"] <= tensors["bytes"] + distinct * 8 * 4
+    # is stored raw, so a tensor costs at most its bytes plus a header of a few bytes per plane (8 planes at most)
+    assert zipllm["bytes"] <= tensors["bytes"] + distinct * 64
     assert zipllm["delta_tensors"] + zipllm["packed_tensors"] == distinct
     if "zipnn+tensor-dedup" in alt:
         assert alt["zipnn+tensor-dedup"]["bit_exact"] and alt["zipnn"]["bit_exact"]
