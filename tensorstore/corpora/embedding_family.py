@@ -7,7 +7,7 @@ together on a *small* subset of the SpamAssassin training pool (:mod:`tensorstor
 an embedding row gets a gradient only when its token occurs in a training email, and Adam
 moves a parameter only after it has had a gradient, so the rows of every token the subset
 never uses stay bit-identical to the parent's. Subsets are drawn until their tokens cover a
-target fraction of the vocabulary (5-12 %): that fraction of the rows changes, the rest is
+target fraction of the vocabulary (4-12 %): that fraction of the rows changes, the rest is
 shared. Two members extend the vocabulary (rows appended for frequent words the tokenizer
 splits into three or more pieces, initialised to the mean of their pieces' rows, then
 trained), and two are second-generation fine-tunes of other members, so that a member's
