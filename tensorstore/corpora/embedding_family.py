@@ -294,6 +294,13 @@ def train(
 # --- building -------------------------------------------------------------------------------
 
 
+def rows_changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Whether each row of ``before`` differs from the same row of ``after`` in any bit
+    (``after`` may have more rows; -0.0 differs from 0.0, a NaN from itself never)."""
+    n = len(before)
+    return ~(np.ascontiguousarray(after[:n]).view(np.uint32) == np.ascontiguousarray(before).view(np.uint32)).all(axis=1)
+
+
 def _subset(data: Data, member: Member, rows_total: int, exclude: set[int]) -> np.ndarray:
     """Training items for ``member``: its folders' pool items in a seeded order, drawn until
     their tokens cover ``row_fraction`` of ``rows_total`` rows (all of them when 0)."""
@@ -322,7 +329,7 @@ def _new_words(data: Data, items: np.ndarray, limit: int, known: tuple[str, ...]
 
 
 def _build(data: Data, base_table: np.ndarray, members: tuple[Member, ...], log: Callable[[str], None],
-           done: Callable[[Member], dict[str, Any] | None] = lambda m: None,
+           done: Callable[[Member], tuple[dict[str, np.ndarray], dict[str, Any]] | None] = lambda m: None,
            save: Callable[[Member, dict[str, np.ndarray], dict[str, Any]], None] = lambda m, t, i: None):
     """Train ``members`` in order; yield ``(member, tensors, info)``. ``done(member)`` may return a
     cached ``(tensors, info)`` to skip training it."""
@@ -363,7 +370,7 @@ def _build(data: Data, base_table: np.ndarray, members: tuple[Member, ...], log:
                                     epochs=member.epochs, batch_size=data.batch_size, seed=member.seed)
         seen = np.zeros(len(table), bool)
         seen[ids[mask > 0]] = True
-        changed = ~(table_out == table).all(axis=1) | np.isnan(table_out).any(axis=1)
+        changed = rows_changed(table, table_out)
         if (changed & ~seen).any():  # cannot happen unless training is broken
             raise RuntimeError(f"{member.name}: rows of unseen tokens changed: {np.flatnonzero(changed & ~seen)[:5]}")
         key = vocab

@@ -38,7 +38,7 @@ def test_training_moves_exactly_the_rows_of_seen_tokens(seed, vocab, used, items
     out, w, b = ef.train(table, head, ids, mask, labels, train_rows=True, epochs=2, batch_size=4, seed=seed)
     seen = np.zeros(vocab, bool)
     seen[ids[mask > 0]] = True
-    changed = ~(out == table).all(axis=1)
+    changed = ef.rows_changed(table, out)
     assert not (changed & ~seen).any()  # unseen rows keep every bit
     assert changed[seen].mean() > 0.9  # and seen rows move (a zero gradient is possible, rare)
     assert out.dtype == np.float32 and out.shape == table.shape
@@ -59,6 +59,15 @@ def test_training_lowers_the_training_loss():
     assert _loss(frozen, w2, b2, ids, mask, labels) < before
 
 
+def test_rows_changed_compares_bits():
+    a = np.array([[0.0, 1.0], [np.nan, 2.0], [3.0, 4.0]], np.float32)
+    b = a.copy()
+    assert not ef.rows_changed(a, b).any()  # NaN rows with the same bits are unchanged
+    b[0, 0] = -0.0
+    b[2, 1] = np.nextafter(np.float32(4.0), np.float32(5.0))
+    assert ef.rows_changed(a, np.concatenate([b, a[:1]])).tolist() == [True, False, True]
+
+
 def test_members_and_parents_are_well_formed():
     names = [m.name for m in ef.MEMBERS]
     assert len(names) >= 6 and len(set(names)) == len(names)
@@ -75,7 +84,7 @@ def test_quick_family_changes_a_small_fraction_of_its_parents_rows(quick):
         table, parent = quick.models[m.name][ef.TABLE], quick.models[m.parent][ef.TABLE]
         n = len(parent)
         assert len(table) >= n and table.shape[1] == parent.shape[1]
-        changed = ~(table[:n] == parent).all(axis=1)
+        changed = ef.rows_changed(parent, table)
         assert changed.sum() == quick.info[m.name]["parent_rows_changed"]
         assert m.row_fraction - 0.01 <= changed.mean() <= m.row_fraction + 0.03  # drawn up to the target
         assert len(table) - n == quick.info[m.name]["rows_appended"]
@@ -147,7 +156,7 @@ def test_cached_full_family():
         m = ef.manifest(name)
         parent = family[m["parent"]][ef.TABLE]
         table = family[name][ef.TABLE]
-        changed = ~(table[: len(parent)] == parent).all(axis=1)
+        changed = ef.rows_changed(parent, table)
         assert changed.sum() == m["parent_rows_changed"]
         assert 0.03 <= changed.mean() <= 0.13
     name = "emb-spam-r08-s2"
