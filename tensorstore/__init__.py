@@ -26,7 +26,7 @@ from .errors import (
     TensorNotFoundError,
     ViewsAliveError,
 )
-from .reports import DedupReport, PackReport, StoreStats, VerifyReport
+from .reports import CompactReport, DedupReport, PackReport, StoreStats, VerifyReport
 from .reader import Reader
 from .store import Store, open
 
@@ -35,6 +35,6 @@ __all__ = [
     "StoreError", "StoreNotFoundError", "StoreExistsError", "NotAStoreError", "ReadOnlyError",
     "ModelNotFoundError", "ModelExistsError", "TensorNotFoundError", "InvalidTensorError",
     "InvalidArgumentError", "FileFormatError", "CorruptionError", "StoreFullError", "StoreClosedError",
-    "EvaluatorError", "ConflictError", "ViewsAliveError", "SharedCacheError", "Reader", "DedupReport", "PackReport",
+    "EvaluatorError", "ConflictError", "ViewsAliveError", "SharedCacheError", "Reader", "DedupReport", "PackReport", "CompactReport",
 ]
 __version__ = "0.1.0"

@@ -20,6 +20,8 @@ import lmdb
 
 from tensorstore_index.exact import block_digest
 
+from . import codec
+
 from .catalog import (
     BlockRecord,
     PageRecord,
@@ -124,6 +126,72 @@ class BlockWriter:
             return self._place_at(spot[0], spot[1], at, n, dtype_code, digest, key)
         return self._place(copy, dtype_code, digest, key)
 
+    def reference_encoded(
+        self, blocks: list, digests: list[bytes], dtype_code: int, layout: codec.Layout, candidates: list[list[int]]
+    ) -> list[int]:
+        """Return the ids of the blocks of one run of a tensor, storing the new ones in
+        the smallest encoding (``codec.choose``).
+
+        ``digests`` are the blocks' content digests; ``candidates[i]`` the ids of stored
+        blocks that block ``i`` may be a delta of (a delta's own reference stands in for
+        it: a reference is never itself a delta). New blocks are encoded in parallel.
+        """
+        ids: list[int] = [0] * len(blocks)
+        first: dict[bytes, int] = {}  # key -> the first new block with it, in this call
+        new: list[tuple[int, bytes, list[int]]] = []
+        jobs: list[codec.Job] = []
+        for i, (data, digest) in enumerate(zip(blocks, digests)):
+            key = hash_key(self.domain, digest)
+            block_id = self._lookup(key)
+            if block_id is not None:
+                self.reference_id(block_id)
+                ids[i] = block_id
+            elif key in first:
+                ids[i] = -1 - first[key]  # a copy of a block placed below
+            else:
+                first[key] = i
+                refs = self._references(candidates[i], len(data), dtype_code)
+                new.append((i, key, refs))
+                jobs.append(codec.Job(data, [(self.stored_bytes(self.block(r)), self.block(r).encoding) for r in refs]))
+        for (i, key, refs), (encoding, payload, which) in zip(new, codec.choose_many(jobs, layout)):
+            data = blocks[i]
+            stored = data if encoding == codec.RAW else payload
+            ref = refs[which] if encoding == codec.DELTA else 0
+            ids[i] = self._place(stored, dtype_code, digests[i], key, len(data), encoding, ref)
+        for i, block_id in enumerate(ids):
+            if block_id < 0:
+                ids[i] = ids[-1 - block_id]
+                self.reference_id(ids[i])
+        return ids
+
+    def _lookup(self, key: bytes) -> int | None:
+        block_id = self._new_digests.get(key)
+        if block_id is None:
+            found = self.txn.get(key, db=self.dbs["hashes"])
+            if found is not None:
+                block_id = int.from_bytes(found, "big")
+        return block_id
+
+    def _references(self, candidates: list[int], nbytes: int, dtype_code: int) -> list[int]:
+        """The usable references among ``candidates``: live blocks of this domain, dtype
+        and length, a delta replaced by its own reference."""
+        out: list[int] = []
+        for block_id in candidates:
+            b = self.block(block_id)
+            if b.ref:
+                b = self.block(b.ref)
+            if b.refs > 0 and b.nbytes == nbytes and b.dtype_code == dtype_code and b.domain == self.domain \
+                    and b.block_id not in out:
+                out.append(b.block_id)
+        return out
+
+    def stored_bytes(self, b: BlockRecord) -> bytes:
+        """A copy of the bytes ``b`` keeps in its page, as this transaction sees them."""
+        page = self._dirty.get(b.page_id)
+        if page is not None:
+            return bytes(page.buffer[b.offset : b.offset + b.stored])
+        return bytes(self.pages.read(self.txn, b.page_id)[b.offset : b.offset + b.stored])
+
     def reference_id(self, block_id: int) -> None:
         """One more reference to a block already stored."""
         b = self.block(block_id)
@@ -133,28 +201,46 @@ class BlockWriter:
         self.state.blocks += 1
 
     def release(self, block_id: int) -> None:
-        """Drop one reference; a block with none left leaves its page."""
+        """Drop one model reference; a block with none left leaves its page."""
+        self._drop(block_id)
+        self.state.blocks -= 1
+
+    def _hold(self, block_id: int) -> None:
+        """One more reference that is not a model's: a delta block's on its reference."""
+        b = self.block(block_id)
+        if b.refs == 0:
+            self._revive(b)
+        self._blocks[block_id] = _with_refs(b, b.refs + 1)
+
+    def _drop(self, block_id: int) -> None:
         b = self.block(block_id)
         if b.refs <= 0:
-            raise AssertionError(f"block {block_id} released more often than referenced")
+            raise CorruptionError(f"block {block_id} is released more often than it is referenced; run verify")
         b = _with_refs(b, b.refs - 1)
         self._blocks[block_id] = b
-        self.state.blocks -= 1
         if b.refs == 0:
             page = self._page(b.page_id)
             page.dead.add(block_id)
-            page.live -= b.nbytes
+            page.live -= b.stored
             self._removed[block_id] = b
-            self.state.unique_blocks -= 1
-            self.state.unique_bytes -= b.nbytes
+            self._count(b, -1)
+            if b.ref:  # a delta gone: its reference may go too
+                self._drop(b.ref)
 
     def _revive(self, b: BlockRecord) -> None:
         page = self._page(b.page_id)
         page.dead.discard(b.block_id)
-        page.live += b.nbytes
+        page.live += b.stored
         del self._removed[b.block_id]
-        self.state.unique_blocks += 1
-        self.state.unique_bytes += b.nbytes
+        self._count(b, +1)
+        if b.ref:
+            self._hold(b.ref)
+
+    def _count(self, b: BlockRecord, sign: int) -> None:
+        self.state.unique_blocks += sign
+        self.state.unique_bytes += sign * b.nbytes
+        self.state.encoded_bytes += sign * b.stored
+        self.state.encodings[b.encoding] += sign
 
     def block(self, block_id: int) -> BlockRecord:
         b = self._blocks.get(block_id)
@@ -167,28 +253,34 @@ class BlockWriter:
 
     # -- placement ------------------------------------------------------------------
 
-    def _place(self, data: memoryview, dtype_code: int, digest: bytes, key: bytes) -> int:
+    def _place(self, data, dtype_code: int, digest: bytes, key: bytes, nbytes: int | None = None,
+               encoding: int = codec.RAW, ref: int = 0) -> int:
         n = len(data)
         page_id, page = self._page_with_room(n)
         offset = page.free_offset()
         page.buffer[offset : offset + n] = data
-        return self._place_at(page_id, page, offset, n, dtype_code, digest, key)
+        return self._place_at(page_id, page, offset, n, dtype_code, digest, key, nbytes, encoding, ref)
 
     def _place_at(
-        self, page_id: int, page: _DirtyPage, offset: int, n: int, dtype_code: int, digest: bytes, key: bytes
+        self, page_id: int, page: _DirtyPage, offset: int, n: int, dtype_code: int, digest: bytes, key: bytes,
+        nbytes: int | None = None, encoding: int = codec.RAW, ref: int = 0,
     ) -> int:
-        """Record a new block of ``n`` bytes already copied to ``page`` at ``offset``, its free
-        offset; ``key`` is its ``hash_key``."""
+        """Record a new block whose ``n`` stored bytes are already copied to ``page`` at
+        ``offset``, its free offset; ``key`` is its ``hash_key``; ``nbytes`` its decoded
+        length (``n`` for a raw block); a delta's reference ``ref`` gets one more reference."""
         block_id = self.state.next_block_id
         self.state.next_block_id += 1
         page.used = offset + n
         page.live += n
         page.block_ids.append(block_id)
-        self._blocks[block_id] = BlockRecord(block_id, page_id, offset, n, 1, dtype_code, self.domain, digest)
+        b = BlockRecord(block_id, page_id, offset, n if nbytes is None else nbytes, 1, dtype_code, self.domain, digest,
+                        encoding, n, ref)
+        self._blocks[block_id] = b
         self._new_digests[key] = block_id
         self.state.blocks += 1
-        self.state.unique_blocks += 1
-        self.state.unique_bytes += n
+        self._count(b, +1)
+        if ref:
+            self._hold(ref)
         return block_id
 
     def _page_with_room(self, n: int) -> tuple[int, _DirtyPage]:
@@ -340,10 +432,10 @@ class BlockWriter:
                 continue
             b = self.block(block_id)
             at = _aligned(at)
-            page.buffer[at : at + b.nbytes] = old[b.offset : b.offset + b.nbytes]
+            page.buffer[at : at + b.stored] = old[b.offset : b.offset + b.stored]
             if at != b.offset:
                 self._blocks[block_id] = replace(b, offset=at)
-            at += b.nbytes
+            at += b.stored
             kept.append(block_id)
         page.used, page.block_ids = at, kept
         page.dead.clear()

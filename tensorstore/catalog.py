@@ -29,7 +29,8 @@ from .dtypes import DTYPES
 from .errors import CorruptionError
 
 FORMAT_NAME = "tensorstore"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: encoded blocks (block records gain encoding, stored length, reference)
+READABLE_VERSIONS = (1, 2)  # a format-1 store is a format-2 store whose blocks are all raw
 ID = struct.Struct(">Q")  # big-endian ids: LMDB key order is id order
 
 
@@ -137,6 +138,14 @@ def decode_model(name: str, value) -> ModelRecord:
 
 @dataclass(frozen=True, slots=True)
 class BlockRecord:
+    """A distinct block: where its bytes lie and how they are encoded (``codec``).
+
+    ``nbytes`` is the block's decoded length, ``stored`` the length of what lies in the
+    page (equal for a raw block). ``refs`` counts the models' references *and* the delta
+    blocks that use this block as their reference (``ref``), so a reference outlives the
+    models that wrote it for as long as a delta needs it.
+    """
+
     block_id: int
     page_id: int
     offset: int
@@ -144,7 +153,14 @@ class BlockRecord:
     refs: int
     dtype_code: int
     domain: int  # the dedup domain (tenant) whose models may share this block
-    digest: bytes
+    digest: bytes  # MurmurHash3 of the decoded bytes: the block's identity
+    encoding: int = 0  # codec.RAW, PACKED or DELTA
+    stored: int = -1  # bytes in the page; -1: as many as nbytes (raw)
+    ref: int = 0  # the reference block of a delta; 0 for none
+
+    def __post_init__(self) -> None:
+        if self.stored < 0:
+            object.__setattr__(self, "stored", self.nbytes)
 
     @property
     def key(self) -> bytes:
@@ -152,7 +168,8 @@ class BlockRecord:
         return hash_key(self.domain, self.digest)
 
 
-_BLOCK = struct.Struct("<QIIIBI16s")
+_BLOCK_V1 = struct.Struct("<QIIIBI16s")  # format 1: every block raw
+_BLOCK = struct.Struct("<QIIIBI16sBIQ")
 _DOMAIN = struct.Struct(">I")
 
 
@@ -163,14 +180,24 @@ def hash_key(domain: int, digest: bytes) -> bytes:
 
 
 def encode_block(b: BlockRecord) -> bytes:
-    return _seal(_BLOCK.pack(b.page_id, b.offset, b.nbytes, b.refs, b.dtype_code, b.domain, b.digest))
+    return _seal(_BLOCK.pack(b.page_id, b.offset, b.nbytes, b.refs, b.dtype_code, b.domain, b.digest, b.encoding, b.stored, b.ref))
 
 
 def decode_block(block_id: int, value) -> BlockRecord:
     value = _unseal(value, f"block {block_id}")
     try:
-        return BlockRecord(block_id, *_BLOCK.unpack(value))
-    except struct.error as exc:
+        if len(value) == _BLOCK_V1.size:
+            return BlockRecord(block_id, *_BLOCK_V1.unpack(value))
+        b = BlockRecord(block_id, *_BLOCK.unpack(value))
+        consistent = {
+            0: b.stored == b.nbytes and b.ref == 0,  # raw
+            1: b.ref == 0,  # packed
+            2: b.ref not in (0, block_id),  # delta
+        }.get(b.encoding, False)
+        if not consistent:
+            raise ValueError(f"encoding {b.encoding} with {b.stored} stored bytes and reference {b.ref}")
+        return b
+    except (struct.error, ValueError) as exc:
         raise CorruptionError(f"the catalog record of block {block_id} is damaged ({exc})") from exc
 
 
@@ -218,6 +245,13 @@ class StoreState:
     next_model_id: int = 1
     open_pages: list[list[int]] = field(default_factory=list)  # [page id, free bytes], in id order
     domains: dict[str, int] = field(default_factory=lambda: {"": 0})  # dedup domain -> id
+    encoded_bytes: int = -1  # bytes of distinct blocks as stored; -1: a format-1 state (all raw)
+    encodings: list[int] = field(default_factory=lambda: [0, 0, 0])  # distinct blocks per encoding
+
+    def __post_init__(self) -> None:
+        if self.encoded_bytes < 0:  # written by format 1, where every block is raw
+            self.encoded_bytes = self.unique_bytes
+            self.encodings = [self.unique_blocks, 0, 0]
 
     def encode(self) -> bytes:
         return _seal(json.dumps(asdict(self), separators=(",", ":")).encode())

@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true")
     rp.set_defaults(func=_repack)
 
+    cp = sub.add_parser("compact", help="re-encode every block in its smallest encoding and rewrite the pages")
+    cp.add_argument("store", type=Path)
+    cp.add_argument("--algorithm", default="two-stage", help="the page layout's packer, as for repack (default two-stage)")
+    cp.add_argument("--time-limit", type=float, default=10.0, help="seconds for the CP-SAT stage (default 10)")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=_compact)
+
     sc = sub.add_parser("shared-cache", help="what the store's shared tensor cache holds; --clear removes unused tensors")
     sc.add_argument("store", type=Path)
     sc.add_argument("--cache", help="the cache: a name in /dev/shm or a directory (default: the store's own)")
@@ -115,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="digits (default), minilm, embedding (the sparse-embedding family), embedding-quick (its "
                         "synthetic stand-in), or a folder of .safetensors files (docs/corpus.md)")
     b.add_argument("--repeat", type=int, default=5, help="runs per timing; the median is reported")
+    b.add_argument("--codec", choices=["raw", "auto"], default="raw", help="--suite core: how the stores encode new blocks (default raw)")
     b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
     b.add_argument("--tolerance", type=float, default=0.05, help="near-dup relative L2 error per block (compare suite)")
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the bytes per alternative (needs matplotlib)")
@@ -146,10 +154,10 @@ def _add(args) -> int:
         for f in args.files:
             tensors, meta = read_model_file(f)
             name = args.name or f.stem
-            before = store.stats().unique_bytes
+            before = store.stats().encoded_bytes
             store.add_model(name, tensors, meta, replace=args.replace, domain=args.domain, progress_bar=_progress(args))
             logical = sum(t.nbytes for t in tensors.values())
-            new = store.stats().unique_bytes - before
+            new = store.stats().encoded_bytes - before  # as stored: after dedup and encoding
             added.append({"model": name, "file": str(f), "logical_bytes": logical, "new_bytes": new})
             if not args.json:
                 print(f"added {name}: {format_size(logical)}, {format_size(new)} new ({_pct(new, logical)} of its size)")
@@ -168,11 +176,15 @@ def _ls(args) -> int:
         print("(no models)")
         return 0
     width = max(len("model"), *(len(r.model) for r in rows))
-    print(f"{'model':<{width}}  {'tensors':>7}  {'size':>10}  {'shared':>10}  {'private':>10}")
+    # shared: bytes of blocks other models hold too; the rest, private, as stored:
+    # deltas of other blocks, compressed byte planes, raw.
+    print(f"{'model':<{width}}  {'tensors':>7}  {'size':>10}  {'shared':>10}  {'private':>10}  "
+          f"{'as delta':>10}  {'as packed':>10}  {'as raw':>10}")
     for r in rows:
         print(
             f"{r.model:<{width}}  {r.tensors:>7}  {format_size(r.logical_bytes):>10}  "
-            f"{format_size(r.shared_bytes):>10}  {format_size(r.private_bytes):>10}"
+            f"{format_size(r.shared_bytes):>10}  {format_size(r.private_bytes):>10}  "
+            f"{format_size(r.delta_bytes):>10}  {format_size(r.packed_bytes):>10}  {format_size(r.raw_bytes):>10}"
         )
     return 0
 
@@ -187,10 +199,24 @@ def _stats(args) -> int:
     print(f"tensors         {s.tensors}")
     print(f"logical bytes   {format_size(s.logical_bytes)}  (every tensor as added)")
     print(f"unique bytes    {format_size(s.unique_bytes)}  (distinct blocks)")
+    encodings = ", ".join(f"{n} {name}" for name, n in s.encodings.items())
+    print(f"encoded bytes   {format_size(s.encoded_bytes)}  (distinct blocks as stored: {encodings})")
     print(f"stored bytes    {format_size(s.stored_bytes)}  ({s.pages} pages of {format_size(s.page_size)})")
     print(f"file bytes      {format_size(s.file_bytes)}")
     print(f"blocks          {s.blocks} references, {s.unique_blocks} distinct (blocks of {format_size(s.block_bytes)})")
     print(f"dedup ratio     {s.dedup_ratio:.2f}x  (logical / stored)")
+    return 0
+
+
+def _compact(args) -> int:
+    with open_store(args.store, "r+") as store:
+        report = store.compact(args.algorithm, time_limit=args.time_limit)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    before, after = report.encoded_bytes_before, report.encoded_bytes_after
+    print(f"re-encoded {report.reencoded_blocks} blocks: {format_size(before)} -> {format_size(after)} as stored "
+          f"({_pct(after, before)}); {report.pack.pages_before} -> {report.pack.pages_after} pages")
     return 0
 
 
@@ -330,11 +356,12 @@ def _bench(args) -> int:
 
     if args.corpus not in NAMES:
         raise _UsageError(f"--suite core runs on a named corpus: {', '.join(NAMES)}")
-    result = core.main(args.corpus, args.repeat, args.workdir)
+    result = core.main(args.corpus, args.repeat, args.workdir, args.codec)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"store core on {args.corpus} ({format_size(result['raw']['model_bytes'])}, {result['raw']['tensors']} tensors); {result['machine']}")
+    print(f"store core on {args.corpus} ({format_size(result['raw']['model_bytes'])}, {result['raw']['tensors']} tensors), "
+          f"codec {args.codec}; {result['machine']}")
     for k, v in result["summary"].items():
         print(f"  {k:<28} {v:.4g}")
     return 0

@@ -18,8 +18,16 @@ Three encodings, chosen per block at write time, whichever is smallest:
 Every encoding is lossless, bit for bit, for every dtype (NaN payloads, -0.0, subnormals):
 the transforms are permutations of bits and XOR. An encoded payload is::
 
-    u32 plane header * k   (compressed length; the top bit set: the plane is stored raw)
+    plane header * k   (LEB128 varint: body length << 2 | kind; kind 0: a zstd frame
+                        without magic number, 1: the plane as it is, 2: all zeros, no body)
     plane bodies, in order
+    tail               (bytes past the last whole element, XOR-ed for a delta: never
+                        from the store, whose blocks hold whole elements)
+
+Blocks are small (64 KiB) and many, so the fixed cost of each is kept down: a few bytes of
+header, frames without the 4-byte magic, nothing for a plane a delta left all zero. On
+the sparse-embedding family this keeps a block-wise delta within about 2% of one delta of
+the whole tensor (``docs/benchmarks.md``, Encodings).
 
 This module knows bytes and dtypes' widths; it knows nothing of pages, blocks or models.
 zstd releases the GIL while it works, so threads encode and decode in parallel.
@@ -27,8 +35,8 @@ zstd releases the GIL while it works, so threads encode and decode in parallel.
 
 from __future__ import annotations
 
-import struct
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import zstandard
@@ -42,8 +50,7 @@ LEVEL = 1
 # every cold load, a few bytes saved do not pay for it.
 MIN_SAVING = 0.05
 
-_HEADER = struct.Struct("<I")
-_RAW_PLANE = 1 << 31
+_ZSTD, _AS_IS, _ZEROS = 0, 1, 2
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _local = threading.local()
 
@@ -51,15 +58,41 @@ _local = threading.local()
 def _compressor() -> zstandard.ZstdCompressor:
     c = getattr(_local, "c", None)
     if c is None:  # zstd contexts are not thread-safe: one per thread
-        c = _local.c = zstandard.ZstdCompressor(level=LEVEL, write_content_size=False)
+        params = zstandard.ZstdCompressionParameters.from_level(
+            LEVEL, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=False, write_checksum=False,
+            write_dict_id=False,
+        )
+        c = _local.c = zstandard.ZstdCompressor(compression_params=params)
     return c
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
     d = getattr(_local, "d", None)
     if d is None:
-        d = _local.d = zstandard.ZstdDecompressor()
+        d = _local.d = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
     return d
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(buf, at: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if at >= len(buf) or shift > 35:
+            raise ValueError("an encoded block's header is cut short or malformed")
+        byte = buf[at]
+        n |= (byte & 0x7F) << shift
+        at += 1
+        if not byte & 0x80:
+            return n, at
+        shift += 7
 
 
 class Layout:
@@ -105,13 +138,16 @@ def _pack(planes: list[np.ndarray], tail: bytes) -> bytes:
     c = _compressor()
     heads, bodies = [], []
     for plane in planes:
+        if not plane.any():
+            heads.append(_varint(_ZEROS))
+            continue
         raw = plane.data
         z = c.compress(raw)
         if len(z) < len(plane):
-            heads.append(_HEADER.pack(len(z)))
+            heads.append(_varint(len(z) << 2 | _ZSTD))
             bodies.append(z)
         else:
-            heads.append(_HEADER.pack(len(plane) | _RAW_PLANE))
+            heads.append(_varint(len(plane) << 2 | _AS_IS))
             bodies.append(raw)
     return b"".join([*heads, *bodies, tail])
 
@@ -145,22 +181,23 @@ def decode(payload, n: int, layout: Layout, ref=None, out: np.ndarray | None = N
     width = layout.width
     count = n // width
     payload = memoryview(payload)
-    heads = width * _HEADER.size
-    if len(payload) < heads:
-        raise ValueError(f"an encoded block of {n} bytes needs at least {heads} header bytes, has {len(payload)}")
+    heads, at = [], 0
+    for _ in range(width):
+        head, at = _read_varint(payload, at)
+        heads.append(head)
     out = np.empty(n, dtype=np.uint8) if out is None else out
     body = out[: count * width]
     grid = body.reshape(count, width)
     d = _decompressor()
-    at = heads
-    for j in range(width):
-        (size,) = _HEADER.unpack_from(payload, j * _HEADER.size)
-        stored_raw = bool(size & _RAW_PLANE)
-        size &= ~_RAW_PLANE
+    for j, head in enumerate(heads):
+        kind, size = head & 3, head >> 2
+        if kind == _ZEROS:
+            grid[:, j] = 0
+            continue
         plane = payload[at : at + size]
-        if len(plane) != size:
-            raise ValueError("an encoded block is cut short")
-        if not stored_raw:
+        if len(plane) != size or kind not in (_ZSTD, _AS_IS):
+            raise ValueError("an encoded block is cut short or malformed")
+        if kind == _ZSTD:
             try:
                 plane = d.decompress(plane, max_output_size=count)
             except zstandard.ZstdError as exc:
@@ -207,3 +244,71 @@ def choose(data, layout: Layout, refs=()) -> tuple[int, bytes | None, int]:
         if len(z) <= limit:
             best, payload, which = PACKED, z, -1
     return best, payload, which
+
+
+# -- many blocks at once --------------------------------------------------------------
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _executor():
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            import os
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="codec")
+    return _pool
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One new block to encode: its bytes and the candidate references, each as stored
+    (``stored`` bytes in ``encoding``, ``RAW`` or ``PACKED``; never a delta)."""
+
+    data: object
+    refs: list[tuple[object, int]]
+
+
+def choose_many(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None, int]]:
+    """``choose`` for each job, on a pool of threads (zstd releases the GIL)."""
+
+    def one(job: Job) -> tuple[int, bytes | None, int]:
+        n = len(job.data)
+        refs = [stored if enc == RAW else decode(stored, n, layout).data for stored, enc in job.refs]
+        return choose(job.data, layout, refs)
+
+    if len(jobs) < 4:
+        return [one(j) for j in jobs]
+    return list(_executor().map(one, jobs, chunksize=max(1, len(jobs) // 16)))
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeJob:
+    """One encoded block to decode into ``out[start : start + n]``: its payload and, for
+    a delta, its reference as stored (``(bytes, RAW or PACKED)``)."""
+
+    payload: object
+    ref: tuple[object, int] | None
+    start: int
+    n: int
+
+
+def decode_many(jobs: list[DecodeJob], layout: Layout, out: np.ndarray) -> None:
+    """Decode each job into its slice of ``out`` (uint8), on a pool of threads."""
+
+    def one(job: DecodeJob) -> None:
+        ref = None
+        if job.ref is not None:
+            stored, encoding = job.ref
+            ref = stored if encoding == RAW else decode(stored, job.n, layout).data
+        decode(job.payload, job.n, layout, ref, out[job.start : job.start + job.n])
+
+    if len(jobs) < 4:
+        for j in jobs:
+            one(j)
+        return
+    for _ in _executor().map(one, jobs, chunksize=max(1, len(jobs) // 16)):
+        pass

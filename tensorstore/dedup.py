@@ -354,10 +354,8 @@ class BlockSearch:
         count = first.nbytes // dtype.itemsize
         if out is None:
             out = np.empty((len(ids), count), dtype=np.float32)
-        page = reader.page
         for row, i in zip(out, ids):
-            b = blocks[i]
-            row[:] = np.frombuffer(page(b.page_id), dtype=dtype, count=count, offset=b.offset)
+            row[:] = reader.block_bytes(blocks[i]).view(dtype)
         return out
 
 
@@ -395,7 +393,7 @@ def _representative_bytes(store, ids: set[int]) -> dict[int, np.ndarray]:
             if value is None:
                 raise ConflictError(f"block {i} was deleted while dedup planned; run dedup again")
             b = cat.decode_block(i, value)
-            out[i] = np.frombuffer(reader.page(b.page_id)[b.offset : b.offset + b.nbytes], np.uint8).copy()
+            out[i] = reader.block_bytes(b).copy()
     return out
 
 

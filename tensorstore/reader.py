@@ -1,6 +1,6 @@
 """Zero-copy reads: ``with store.reader() as r: r.load_model(name)``.
 
-A reader holds one LMDB read snapshot. A tensor whose bytes lie in one run (its blocks
+A reader holds one LMDB read snapshot. A tensor whose bytes lie in one run (its raw blocks
 back to back in one page) comes back as a read-only numpy view of LMDB's memory map: no
 copy at all. Any other tensor is assembled into a new array, as ``Store.load_model`` does.
 
@@ -72,9 +72,9 @@ class Reader:
 
     def _tensor(self, t) -> np.ndarray:
         runs = self._reader.runs(t)
-        if len(runs) != 1:
+        if len(runs) != 1 or runs[0][4] is not None:  # spread over pages, or encoded
             return self._reader.assemble(t, runs)
-        page_id, offset, _, n = runs[0]
+        page_id, offset, _, n, _ = runs[0]
         raw = self._reader.page(page_id)[offset : offset + n]
         view = np.frombuffer(raw, dtype=dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
         with self._lock:

@@ -1,7 +1,8 @@
 """``Store.repack()``: rewrite every page to a layout chosen by ``packing``.
 
-The store hands ``packing`` plain data: each tensor as the list of its distinct block ids,
-the block sizes, the page size and which tensors make up each model. It gets back a page
+The store hands ``packing`` plain data: each tensor as the list of the distinct blocks a
+load of it reads (its own blocks, and the reference of each of them that is a delta), the
+blocks' sizes as stored (encoded), the page size and which tensors make up each model. It gets back a page
 and offset for every block, writes the new pages under fresh ids, moves every block record
 to its new place and deletes the old pages: all of it in one write transaction, so a
 crash leaves the old layout whole.
@@ -24,37 +25,64 @@ from .reports import PackReport
 def catalog_problem(store, txn: lmdb.Transaction):
     """The store's layout question as plain data for ``packing``.
 
-    Returns ``(models, tensors, blocks)``: model -> its tensor keys, tensor key -> its distinct
-    block ids in order, block id -> its record.
+    Returns ``(models, tensors, blocks)``: model -> its tensor keys, tensor key -> the
+    distinct block ids its load reads in order (a delta's reference right after it), block
+    id -> its record.
     """
+    blocks = all_blocks(store, txn)
+    models, tensors = read_sets(store, txn, blocks)
+    return models, tensors, blocks
+
+
+def all_blocks(store, txn: lmdb.Transaction) -> dict[int, BlockRecord]:
+    """Every block record, by id."""
+    blocks: dict[int, BlockRecord] = {}
+    with txn.cursor(db=store.env.dbs["blocks"]) as cur:
+        for k, v in cur:
+            block_id = cat.ID.unpack(bytes(k))[0]
+            blocks[block_id] = cat.decode_block(block_id, v)
+    return blocks
+
+
+def read_sets(store, txn: lmdb.Transaction, blocks: dict[int, BlockRecord]):
+    """``(models, tensors)``: model -> its tensor keys; tensor key -> the distinct blocks a
+    load of it reads, in order (a delta's reference right after it)."""
     models: dict[str, list[str]] = {}
     tensors: dict[str, list[int]] = {}
     for m in store._iter_records(txn):
         keys = []
         for t in m.tensors:
             key = f"{m.name}\x00{t.name}"
-            tensors[key] = list(dict.fromkeys(int(i) for i in t.block_ids))  # distinct, in order
+            read = []
+            for i in t.block_ids.tolist():
+                read.append(i)
+                if blocks[i].ref:
+                    read.append(blocks[i].ref)
+            tensors[key] = list(dict.fromkeys(read))  # distinct, in order
             keys.append(key)
         models[m.name] = keys
-    blocks: dict[int, BlockRecord] = {}
-    with txn.cursor(db=store.env.dbs["blocks"]) as cur:
-        for k, v in cur:
-            block_id = cat.ID.unpack(bytes(k))[0]
-            blocks[block_id] = cat.decode_block(block_id, v)
-    return models, tensors, blocks
+    return models, tensors
 
 
 def packing_problem(store, models, tensors, blocks) -> "packing.PackingProblem":
     return packing.PackingProblem.from_tensors(
-        tensors, {i: b.nbytes for i, b in blocks.items()}, store.page_size, models=models, alignment=ALIGN
+        tensors, {i: b.stored for i, b in blocks.items()}, store.page_size, models=models, alignment=ALIGN
     )
 
 
-def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, time_limit: float) -> PackReport:
+def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, time_limit: float,
+           blocks: dict[int, BlockRecord] | None = None, payloads: dict[int, bytes] | None = None) -> PackReport:
+    """Lay every block out anew (in ``txn``). ``blocks`` and ``payloads`` (``compact``'s)
+    replace records and stored bytes of re-encoded blocks; the others are copied as
+    they lie."""
     dbs = store.env.dbs
     state = store._state(txn)
-    models, tensors, blocks = catalog_problem(store, txn)
-    before = _pages_read(models, tensors, {i: b.page_id for i, b in blocks.items()})
+    original = all_blocks(store, txn)
+    before_models, before_tensors = read_sets(store, txn, original)
+    blocks = original if blocks is None else blocks
+    payloads = payloads or {}
+    models, tensors = read_sets(store, txn, blocks)
+    before = _pages_read(before_models, before_tensors, {i: b.page_id for i, b in blocks.items()})
     old_pages = store._pages.ids(txn)
     if not blocks:
         return PackReport(algorithm, "empty", 0.0, len(old_pages), 0, 0, {}, {}, {})
@@ -77,16 +105,19 @@ def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, tim
         used = 0
         for block_id in ids:
             b = blocks[block_id]
-            src = sources.get(b.page_id)
-            if src is None:
-                src = sources[b.page_id] = store._pages.read(txn, b.page_id)
             offset = placement[block_id][1]
-            buffer[offset : offset + b.nbytes] = src[b.offset : b.offset + b.nbytes]
-            used = max(used, offset + b.nbytes)
+            if block_id in payloads:
+                buffer[offset : offset + b.stored] = payloads[block_id]
+            else:
+                src = sources.get(b.page_id)
+                if src is None:
+                    src = sources[b.page_id] = store._pages.read(txn, b.page_id)
+                buffer[offset : offset + b.stored] = src[b.offset : b.offset + b.stored]
+            used = max(used, offset + b.stored)
         sources.clear()  # views into the map are not to outlive the next write
         page_id = first + page
         store._pages.write(txn, page_id, buffer)
-        txn.put(id_key(page_id), cat.encode_page(PageRecord(page_id, used, sum(blocks[i].nbytes for i in ids), tuple(ids))),
+        txn.put(id_key(page_id), cat.encode_page(PageRecord(page_id, used, sum(blocks[i].stored for i in ids), tuple(ids))),
                 db=dbs["pagemeta"])
     for block_id, (page, offset) in placement.items():
         b = blocks[block_id]
@@ -100,10 +131,12 @@ def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, tim
     state.next_page_id = first + max(members) + 1
     room = {first + p: size - -(-int(result.page_used_bytes[p]) // ALIGN) * ALIGN for p in members}
     state.open_pages = sorted([p, r] for p, r in room.items() if r >= size // OPEN_ROOM_FRACTION)
+    state.encoded_bytes = sum(b.stored for b in blocks.values())
+    state.encodings = [sum(b.encoding == e for b in blocks.values()) for e in range(len(state.encodings))]
     store._put_state(txn, state)
 
     after = _pages_read(models, tensors, new_pages)
-    bound = {m: -(-sum(blocks[i].nbytes for i in _model_blocks(models[m], tensors)) // size) for m in models}
+    bound = {m: -(-sum(blocks[i].stored for i in _model_blocks(models[m], tensors)) // size) for m in models}
     return PackReport(
         algorithm=algorithm,
         status=result.status,

@@ -33,8 +33,11 @@ class StoreStats(_AsDict):
     """What the store holds and what it costs.
 
     ``logical_bytes`` is the sum of the tensors as added; ``unique_bytes`` the bytes of
-    distinct blocks; ``stored_bytes`` pages × ``page_size``; ``file_bytes`` the data file.
-    ``blocks`` counts block references, ``unique_blocks`` distinct blocks.
+    distinct blocks (decoded); ``encoded_bytes`` the same blocks as stored, after encoding
+    (equal to ``unique_bytes`` in a raw store); ``stored_bytes`` pages × ``page_size``;
+    ``file_bytes`` the data file. ``blocks`` counts block references, ``unique_blocks``
+    distinct blocks, ``encodings`` distinct blocks per encoding (``raw``, ``packed``,
+    ``delta``).
     """
 
     models: int
@@ -48,6 +51,8 @@ class StoreStats(_AsDict):
     pages: int
     page_size: int
     block_bytes: int
+    encoded_bytes: int = 0
+    encodings: dict[str, int] | None = None
 
     @property
     def dedup_ratio(self) -> float:
@@ -57,7 +62,7 @@ class StoreStats(_AsDict):
     @property
     def padding_bytes(self) -> int:
         """Page bytes that hold no block: alignment gaps, free room and page tails."""
-        return self.stored_bytes - self.unique_bytes
+        return self.stored_bytes - self.encoded_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,3 +138,16 @@ class DedupReport(_AsDict):
     @property
     def evaluations(self) -> int:
         return sum(m.evaluations for m in self.models)
+
+
+@dataclass(frozen=True, slots=True)
+class CompactReport(_AsDict):
+    """What ``Store.compact()`` did: distinct bytes as stored before and after, how many
+    blocks it re-encoded, blocks per encoding, and the repack that laid them out."""
+
+    encoded_bytes_before: int
+    encoded_bytes_after: int
+    reencoded_blocks: int
+    encodings_before: dict[str, int]
+    encodings_after: dict[str, int]
+    pack: PackReport

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
+from tensorstore_index.exact import block_digest
 
 from . import catalog as cat
-from . import sharedcache
+from . import codec, dtypes, sharedcache
 from .blockwriter import BlockWriter
 from .catalog import ModelRecord, StoreState, TensorRecord, id_key
 from .chunking import as_bytes, block_spans, block_step, canonical
@@ -54,6 +55,10 @@ MIN_BLOCK_BYTES = 64
 MAX_NAME_BYTES = 256  # model names are LMDB keys (at most 511 bytes)
 MAX_TENSOR_NAME_BYTES = 4096
 MODES = ("r", "r+", "a", "w", "w-")
+CODECS = ("auto", "raw")
+# New blocks of one tensor are encoded in batches of this many: bounds the memory held by
+# copies of references and encoded payloads, while giving the encoding threads work.
+_ENCODE_BATCH = 256
 
 _MAX_PLANS = 64  # cached load plans per handle
 _FORMAT_KEY = b"format"
@@ -69,6 +74,7 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     shared_cache: bool | str | Path | None = None,
     shared_cache_bytes: int | str | None = None,
     shared_cache_keep_alive: float | None = None,
+    codec: str = "auto",
 ) -> "Store":
     """Open (or create) the store at ``path``.
 
@@ -99,9 +105,16 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         size of the filesystem that holds it).
     shared_cache_keep_alive : float, optional
         Seconds a tensor no process uses stays cached (default 300).
+    codec : {"auto", "raw"}
+        How this handle writes new blocks: ``"auto"`` (the default) keeps each in the
+        smallest of raw, byte planes + zstd, or a delta against a block of the model's
+        parent (:mod:`tensorstore.codec`); ``"raw"`` stores every block as it is, the
+        fastest to write and read. Stores hold both; reads decode whatever they find.
     """
     if mode not in MODES:
         raise InvalidArgumentError(f"mode {mode!r} is not one of {', '.join(map(repr, MODES))}")
+    if codec not in CODECS:
+        raise InvalidArgumentError(f"codec {codec!r} is not one of {', '.join(map(repr, CODECS))}")
     path = Path(path)
     page = parse_size(page_size, "page_size") if page_size is not None else None
     block = parse_size(block_bytes, "block_bytes") if block_bytes is not None else None
@@ -135,6 +148,7 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         store = Store._open_existing(path, readonly=(mode == "r"), page_size=page, block_bytes=block)
     else:
         store = Store._create(path, page_size=page or DEFAULT_PAGE_SIZE, block_bytes=block or DEFAULT_BLOCK_BYTES)
+    store.codec = codec
     try:
         if cache is not None:
             store._attach_cache(cache)
@@ -169,6 +183,7 @@ class Store:
         self._model_pages: dict[str, tuple[bytes, frozenset[int]]] = {}  # name -> (record, its pages)
         self._shared = None  # a SharedCache when opened with shared_cache
         self._ident: bytes | None = None
+        self.codec = "auto"  # how this handle writes new blocks (``open``'s ``codec``)
 
     def _attach_cache(self, cache_bytes: int) -> None:
         from tensorstore_bufferpool import BufferPool
@@ -242,8 +257,17 @@ class Store:
                 fmt = json.loads(bytes(raw)) if raw is not None else None
             if not isinstance(fmt, dict) or fmt.get("format") != cat.FORMAT_NAME:
                 raise NotAStoreError(f"{path} is an LMDB environment but not a store")
-            if fmt.get("version") != cat.FORMAT_VERSION:
-                raise NotAStoreError(f"{path} is a store of format version {fmt.get('version')}; this library reads version {cat.FORMAT_VERSION}")
+            if fmt.get("version") not in cat.READABLE_VERSIONS:
+                raise NotAStoreError(
+                    f"{path} is a store of format version {fmt.get('version')}; this library reads versions "
+                    f"{', '.join(map(str, cat.READABLE_VERSIONS))}: upgrade tensorstore-dedup to open it"
+                )
+            if not readonly and fmt["version"] != cat.FORMAT_VERSION:
+                # Format 1 is format 2 with every block raw; say 2 before writing any
+                # format-2 record, so that an older library refuses the store rather than
+                # misreading it.
+                upgraded = json.dumps(fmt | {"version": cat.FORMAT_VERSION}).encode()
+                env.write(lambda txn: txn.put(_FORMAT_KEY, upgraded, db=env.dbs["meta"]))
             stored = (int(fmt["page_size"]), int(fmt["block_bytes"]))
         except (ValueError, KeyError, TypeError) as exc:
             env.close()
@@ -313,6 +337,7 @@ class Store:
         *,
         replace: bool = False,
         domain: str = "",
+        base: str | None = None,
         progress_bar: bool | None = False,
     ) -> None:
         """Store a model: a mapping of tensor names to arrays.
@@ -335,11 +360,19 @@ class Store:
             The dedup domain (tenant). Blocks are shared only among models of one domain:
             a model's blocks are never matched against another domain's, so a tenant cannot
             tell from sizes or timing whether another tenant holds some data. Default "".
+        base : str, optional
+            The model this one was derived from (its *parent*): with ``codec="auto"``, a
+            new block may be stored as a delta against the parent's block at the same
+            tensor name and position. Without it the parent is found: the stored model of
+            the same domain that shares the most blocks with this one at the same
+            positions, then the most tensor names, dtypes and shapes, then the oldest.
         """
         env = self._writable()
         _check_name(name, "model name", MAX_NAME_BYTES)
         if domain != "":
             _check_name(domain, "domain", MAX_NAME_BYTES)
+        if base is not None:
+            _check_name(base, "base model name", MAX_NAME_BYTES)
         arrays = _tensor_list(tensors)
         meta = _check_metadata(metadata)
         total = sum(a.nbytes for _, a in arrays)
@@ -354,9 +387,12 @@ class Store:
             writer = BlockWriter(txn, env.dbs, self._pages, state, domain_id)
             records = []
             with progress(total, f"adding {name}", progress_bar) as bar:
-                for tname, arr in arrays:
-                    records.append(self._chunk_into(writer, tname, arr))
-                    bar.update(arr.nbytes)
+                if self.codec == "raw":
+                    for tname, arr in arrays:
+                        records.append(self._chunk_into(writer, tname, arr))
+                        bar.update(arr.nbytes)
+                else:
+                    records = self._encode_into(txn, writer, arrays, base, domain, bar)
             model_id = state.next_model_id
             if old is not None:
                 previous = cat.decode_model(name, old)
@@ -387,6 +423,65 @@ class Store:
         code = DTYPE_CODES[dname]
         ids = [writer.reference(data[s:e], code) for s, e in block_spans(arr.nbytes, step)]
         return TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids, dtype=np.uint64))
+
+    def _encode_into(self, txn: lmdb.Transaction, writer: BlockWriter, arrays: list[tuple[str, np.ndarray]],
+                     base: str | None, domain: str, bar) -> list[TensorRecord]:
+        """Chunk, hash and reference every tensor, new blocks encoded (``codec="auto"``)."""
+        chunked = []
+        for tname, arr in arrays:
+            dname = dtype_name(arr.dtype)
+            code = DTYPE_CODES[dname]
+            step = block_step(arr.shape, arr.dtype.itemsize, self.block_bytes)
+            data = as_bytes(arr)
+            blocks = [data[s:e] for s, e in block_spans(arr.nbytes, step)]
+            chunked.append((tname, arr, dname, step, blocks, [block_digest(b, code) for b in blocks]))
+        parent = self._parent(txn, base, domain, writer, chunked)
+        records = []
+        for tname, arr, dname, step, blocks, digests in chunked:
+            mine = parent.tensor(tname) if parent is not None else None
+            theirs = mine.block_ids.tolist() if mine is not None and mine.dtype == dname and mine.step == step else []
+            candidates = [theirs[i : i + 1] for i in range(len(blocks))]
+            code, layout = DTYPE_CODES[dname], dtypes.layout(dname)
+            ids: list[int] = []
+            for k in range(0, len(blocks), _ENCODE_BATCH):
+                batch = slice(k, k + _ENCODE_BATCH)
+                ids += writer.reference_encoded(blocks[batch], digests[batch], code, layout, candidates[batch])
+                bar.update(sum(len(b) for b in blocks[batch]))
+            records.append(TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids, dtype=np.uint64)))
+        return records
+
+    def _parent(self, txn: lmdb.Transaction, base: str | None, domain: str, writer: BlockWriter, chunked) -> ModelRecord | None:
+        """The model a new one is stored as deltas against: ``base`` if given; else the
+        model of its domain sharing the most blocks with it at the same tensor and
+        position, then the most tensors of the same name, dtype and shape, then the oldest."""
+        if base is not None:
+            try:
+                parent = self._record(txn, base)
+            except ModelNotFoundError:
+                raise ModelNotFoundError(f"base model {base!r} is not in the store at {self.path}") from None
+            if parent.domain != domain:
+                raise InvalidArgumentError(f"base model {base!r} is in dedup domain {parent.domain!r}, not {domain!r}")
+            return parent
+        hits = {}
+        for tname, arr, dname, step, blocks, digests in chunked:
+            found = [writer._lookup(cat.hash_key(writer.domain, d)) for d in digests]
+            hits[tname] = (dname, tuple(arr.shape), np.array([-1 if f is None else f for f in found], dtype=np.int64))
+        best, best_score = None, None
+        for record in self._iter_records(txn):
+            if record.domain != domain:
+                continue
+            shared = same = 0
+            for t in record.tensors:
+                mine = hits.get(t.name)
+                if mine is None or mine[0] != t.dtype:
+                    continue
+                same += mine[1] == t.shape
+                n = min(len(mine[2]), len(t.block_ids))
+                shared += int(np.count_nonzero(mine[2][:n] == t.block_ids[:n].astype(np.int64)))
+            score = (shared, same, -record.model_id)
+            if same and (best_score is None or score > best_score):
+                best, best_score = record, score
+        return best
 
     def delete_model(self, name: str) -> None:
         """Remove a model; blocks no other model references are freed and their space reused."""
@@ -572,11 +667,31 @@ class Store:
 
         All of it is one transaction: a crash leaves the old layout intact.
         """
-        import tensorstore_packing as packing
-
         from .repack import repack
 
         env = self._writable()
+        weight, algorithm = self._pack_options(algorithm, read_weight, time_limit)
+        return env.write(lambda txn: repack(self, txn, algorithm, weight, time_limit), expect_bytes=self.stats().stored_bytes)
+
+    def compact(self, algorithm: str = "two-stage", *, read_weight: float | None = None, time_limit: float = 10.0):
+        """Re-encode every block in its smallest encoding and rewrite every page; return a
+        ``CompactReport`` (see :mod:`tensorstore.compact`).
+
+        For a store written with ``codec="raw"`` or by a version without encodings, or
+        one whose models arrived before their parents. One transaction: a crash leaves
+        the store as it was. ``algorithm``, ``read_weight`` and ``time_limit`` are
+        :meth:`repack`'s.
+        """
+        from .compact import compact
+
+        env = self._writable()
+        weight, algorithm = self._pack_options(algorithm, read_weight, time_limit)
+        return env.write(lambda txn: compact(self, txn, algorithm, weight, time_limit), expect_bytes=2 * self.stats().stored_bytes)
+
+    @staticmethod
+    def _pack_options(algorithm: str, read_weight: float | None, time_limit: float) -> tuple[float, str]:
+        import tensorstore_packing as packing
+
         if algorithm not in packing.ALGORITHMS:
             raise InvalidArgumentError(f"unknown packing algorithm {algorithm!r}; choose one of {', '.join(packing.ALGORITHMS)}")
         weight = packing.DEFAULT_READ_WEIGHT if read_weight is None else float(read_weight)
@@ -584,7 +699,7 @@ class Store:
             raise InvalidArgumentError(f"read_weight must be a number >= 0, not {read_weight!r}")
         if not time_limit > 0:
             raise InvalidArgumentError(f"time_limit must be positive, not {time_limit!r}")
-        return env.write(lambda txn: repack(self, txn, algorithm, weight, time_limit), expect_bytes=self.stats().stored_bytes)
+        return weight, algorithm
 
     # -- facts ------------------------------------------------------------------------
 
@@ -604,6 +719,8 @@ class Store:
             pages=s.pages,
             page_size=self.page_size,
             block_bytes=self.block_bytes,
+            encoded_bytes=s.encoded_bytes,
+            encodings=dict(zip(codec.NAMES, s.encodings)),
         )
 
     def verify(self):
@@ -692,54 +809,96 @@ class _Reader:
 
     def blocks(self, t: TensorRecord) -> list[cat.BlockRecord]:
         """The catalog records of the tensor's blocks, in order."""
-        out = []
-        for block_id in t.block_ids.tolist():
-            value = self.txn.get(id_key(block_id), db=self.blocks_db)
-            if value is None:
-                raise CorruptionError(f"tensor {t.name!r} references block {block_id}, which is missing")
-            out.append(cat.decode_block(block_id, value))
-        return out
+        return [self.block(block_id, t.name) for block_id in t.block_ids.tolist()]
 
-    def runs(self, t: TensorRecord, blocks: list[cat.BlockRecord] | None = None) -> list[tuple[int, int, int, int]]:
-        """Where the tensor's bytes lie: ``(page, offset in page, offset in tensor, length)``.
+    def block(self, block_id: int, tensor: str | None = None) -> cat.BlockRecord:
+        value = self.txn.get(id_key(block_id), db=self.blocks_db)
+        if value is None:
+            whose = f"tensor {tensor!r}" if tensor is not None else "a delta block"
+            raise CorruptionError(f"{whose} references block {block_id}, which is missing")
+        return cat.decode_block(block_id, value)
 
-        Blocks of a tensor mostly lie back to back in a page; each such run is one entry.
+    def runs(self, t: TensorRecord, blocks: list[cat.BlockRecord] | None = None) -> list[tuple]:
+        """Where the tensor's bytes lie: ``(page, offset in page, offset in tensor, length,
+        encoded)``, where ``encoded`` is None for raw bytes, else ``(block, reference
+        block or None)`` to decode.
+
+        Raw blocks of a tensor mostly lie back to back in a page; each such run is one entry.
         """
-        runs: list[tuple[int, int, int, int]] = []
+        runs: list[tuple] = []
         at = 0
         for b in self.blocks(t) if blocks is None else blocks:
             block_id = b.block_id
             want = min(t.step, t.nbytes - at)
             if b.nbytes != want:
                 raise CorruptionError(f"block {block_id} holds {b.nbytes} bytes where tensor {t.name!r} needs {want}")
-            if runs and runs[-1][0] == b.page_id and runs[-1][1] + runs[-1][3] == b.offset:
-                page, offset, start, n = runs[-1]
-                runs[-1] = (page, offset, start, n + b.nbytes)
+            if b.encoding != codec.RAW:
+                runs.append((b.page_id, b.offset, at, b.nbytes, (b, self.block(b.ref) if b.ref else None)))
+            elif runs and runs[-1][4] is None and runs[-1][0] == b.page_id and runs[-1][1] + runs[-1][3] == b.offset:
+                page, offset, start, n, _ = runs[-1]
+                runs[-1] = (page, offset, start, n + b.nbytes, None)
             else:
-                runs.append((b.page_id, b.offset, at, b.nbytes))
+                runs.append((b.page_id, b.offset, at, b.nbytes, None))
             at += b.nbytes
         return runs
 
-    def assemble(self, t: TensorRecord, runs: list[tuple[int, int, int, int]], out: np.ndarray | None = None) -> np.ndarray:
-        """The tensor's bytes copied from its runs, into ``out`` (uint8) if given."""
+    def assemble(self, t: TensorRecord, runs: list[tuple], out: np.ndarray | None = None) -> np.ndarray:
+        """The tensor's bytes copied from its runs, encoded blocks decoded (on threads),
+        into ``out`` (uint8) if given."""
         out = np.empty(t.nbytes, dtype=np.uint8) if out is None else out
+        jobs = []
+        for page_id, offset, start, n, encoded in runs:
+            if encoded is None:
+                self.copy(page_id, offset, n, out[start : start + n])
+            else:
+                b, ref = encoded
+                jobs.append(codec.DecodeJob(self.stored(b), None if ref is None else (self.stored(ref), ref.encoding), start, n))
+        if jobs:
+            try:
+                codec.decode_many(jobs, dtypes.layout(t.dtype), out)
+            except ValueError as exc:
+                raise CorruptionError(f"an encoded block of tensor {t.name!r} does not decode ({exc})") from None
+        return out.view(dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
+
+    def copy(self, page_id: int, offset: int, n: int, out: np.ndarray) -> None:
+        """Copy ``n`` bytes at ``offset`` of a page into ``out``, through the pool if any."""
         pool = self.store._pool
         if pool is None:
-            for page_id, offset, start, n in runs:
-                out[start : start + n] = self.page(page_id)[offset : offset + n]
-        else:
-            from tensorstore_bufferpool import PoolExhaustedError
+            out[:] = self.page(page_id)[offset : offset + n]
+            return
+        from tensorstore_bufferpool import PoolExhaustedError
 
-            self.store._pool_txn.txn = self.txn
-            for page_id, offset, start, n in runs:
-                try:
-                    with pool.pin(page_id) as frame:
-                        out[start : start + n] = frame[offset : offset + n]
-                except PoolExhaustedError:
-                    # More threads than frames are pinning at once: read around the pool
-                    # rather than fail or wait on another thread's copy.
-                    out[start : start + n] = self.page(page_id)[offset : offset + n]
-        return out.view(dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
+        self.store._pool_txn.txn = self.txn
+        try:
+            with pool.pin(page_id) as frame:
+                out[:] = frame[offset : offset + n]
+        except PoolExhaustedError:
+            # More threads than frames are pinning at once: read around the pool
+            # rather than fail or wait on another thread's copy.
+            out[:] = self.page(page_id)[offset : offset + n]
+
+    def stored(self, b: cat.BlockRecord):
+        """The bytes ``b`` keeps in its page: a view of the page (without a pool, valid
+        while the transaction lives), or a copy out of the pool's frame."""
+        if self.store._pool is None:
+            return self.page(b.page_id)[b.offset : b.offset + b.stored]
+        out = np.empty(b.stored, dtype=np.uint8)
+        self.copy(b.page_id, b.offset, b.stored, out)
+        return out.data
+
+    def block_bytes(self, b: cat.BlockRecord) -> np.ndarray:
+        """The decoded bytes of one block (uint8): a view of the page for a raw block."""
+        stored = self.stored(b)
+        if b.encoding == codec.RAW:
+            return np.frombuffer(stored, dtype=np.uint8)
+        ref = self.block(b.ref) if b.ref else None
+        out = np.empty(b.nbytes, dtype=np.uint8)
+        job = codec.DecodeJob(stored, None if ref is None else (self.stored(ref), ref.encoding), 0, b.nbytes)
+        try:
+            codec.decode_many([job], dtypes.layout_of_code(b.dtype_code), out)
+        except ValueError as exc:
+            raise CorruptionError(f"block {b.block_id} does not decode ({exc})") from None
+        return out
 
 
 # -- input checks -------------------------------------------------------------------

@@ -8,6 +8,7 @@ import lmdb
 import pyarrow as pa
 
 from . import catalog as cat
+from . import codec
 from .pagefile import page_id_of
 
 
@@ -23,7 +24,8 @@ def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
 
     models = {"model": [], "model_id": [], "domain": [], "tensors": [], "logical_bytes": [], "created": [], "metadata": []}
     tensors = {"model": [], "tensor": [], "dtype": [], "shape": [], "nbytes": [], "blocks": []}
-    blocks = {"model": [], "tensor": [], "index": [], "block_id": [], "page_id": [], "offset": [], "nbytes": []}
+    blocks = {"model": [], "tensor": [], "index": [], "block_id": [], "page_id": [], "offset": [], "nbytes": [],
+              "encoding": [], "stored_bytes": [], "ref_block": []}
     for m in store._iter_records(txn):
         models["model"].append(m.name)
         models["model_id"].append(m.model_id)
@@ -48,6 +50,9 @@ def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
                 blocks["page_id"].append(b.page_id)
                 blocks["offset"].append(b.offset)
                 blocks["nbytes"].append(b.nbytes)
+                blocks["encoding"].append(codec.NAMES[b.encoding])
+                blocks["stored_bytes"].append(b.stored)
+                blocks["ref_block"].append(b.ref or None)
 
     pages = {"page_id": [], "used_bytes": [], "live_bytes": [], "blocks": []}
     with txn.cursor(db=dbs["pagemeta"]) as cur:
@@ -63,6 +68,9 @@ def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
         "page_id": [b.page_id for b in block_rows.values()],
         "offset": [b.offset for b in block_rows.values()],
         "nbytes": [b.nbytes for b in block_rows.values()],
+        "encoding": [codec.NAMES[b.encoding] for b in block_rows.values()],
+        "stored_bytes": [b.stored for b in block_rows.values()],
+        "ref_block": [b.ref or None for b in block_rows.values()],
         "refs": [b.refs for b in block_rows.values()],
         "domain": [b.domain for b in block_rows.values()],
         "digest": [b.digest.hex() for b in block_rows.values()],
@@ -87,11 +95,11 @@ def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
     return {
         "models": pa.table(models, schema=pa.schema([("model", pa.string()), ("model_id", i64), ("domain", pa.string()), ("tensors", i64), ("logical_bytes", i64), ("created", pa.float64()), ("metadata", pa.string())])),
         "tensors": pa.table(tensors, schema=pa.schema([("model", pa.string()), ("tensor", pa.string()), ("dtype", pa.string()), ("shape", pa.list_(i64)), ("nbytes", i64), ("blocks", i64)])),
-        "blocks": pa.table(blocks, schema=pa.schema([("model", pa.string()), ("tensor", pa.string()), ("index", i64), ("block_id", i64), ("page_id", i64), ("offset", i64), ("nbytes", i64)])),
+        "blocks": pa.table(blocks, schema=pa.schema([("model", pa.string()), ("tensor", pa.string()), ("index", i64), ("block_id", i64), ("page_id", i64), ("offset", i64), ("nbytes", i64), ("encoding", pa.string()), ("stored_bytes", i64), ("ref_block", i64)])),
         "pages": pa.table(pages, schema=pa.schema([("page_id", i64), ("used_bytes", i64), ("live_bytes", i64), ("blocks", i64)])),
         "replacements": pa.table(replacements, schema=pa.schema([
             ("model", pa.string()), ("tensor", pa.string()), ("index", i64), ("positions", i64), ("block_id", i64),
             ("representative", i64), ("nbytes", i64), ("error", pa.float64()), ("accuracy_before", pa.float64()),
             ("accuracy_after", pa.float64()), ("time", pa.float64())])),
-        "distinct_blocks": pa.table(distinct, schema=pa.schema([("block_id", i64), ("page_id", i64), ("offset", i64), ("nbytes", i64), ("refs", i64), ("domain", i64), ("digest", pa.string())])),
+        "distinct_blocks": pa.table(distinct, schema=pa.schema([("block_id", i64), ("page_id", i64), ("offset", i64), ("nbytes", i64), ("encoding", pa.string()), ("stored_bytes", i64), ("ref_block", i64), ("refs", i64), ("domain", i64), ("digest", pa.string())])),
     }

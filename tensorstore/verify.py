@@ -15,6 +15,7 @@ import lmdb
 from tensorstore_index.exact import block_digest
 
 from . import catalog as cat
+from . import codec, dtypes
 from .catalog import id_key
 from .dtypes import DTYPES
 from .errors import CorruptionError
@@ -64,12 +65,9 @@ def verify_store(store, txn: lmdb.Transaction) -> VerifyReport:
             if rec is None or block_id not in rec.block_ids:
                 problem(f"block {block_id} says it is in page {b.page_id}, which does not list it")
                 continue
-            if b.offset + b.nbytes > min(rec.used, store.page_size):
+            if b.offset + b.stored > min(rec.used, store.page_size):
                 problem(f"block {block_id} runs past the used part of page {b.page_id}")
                 continue
-            payload = payloads.get(b.page_id)
-            if payload is not None and block_digest(payload[b.offset : b.offset + b.nbytes], b.dtype_code) != b.digest:
-                problem(f"block {block_id} in page {b.page_id} does not match its content digest")
             found = txn.get(b.key, db=dbs["hashes"])
             if found is None or int.from_bytes(found, "big") != block_id:
                 problem(f"block {block_id} is missing from the hash index")
@@ -78,7 +76,7 @@ def verify_store(store, txn: lmdb.Transaction) -> VerifyReport:
         problem(f"the hash index has {hashes} entries for {len(blocks)} blocks")
 
     for rec in page_records.values():
-        spans = sorted((blocks[i].offset, blocks[i].nbytes) for i in rec.block_ids if i in blocks)
+        spans = sorted((blocks[i].offset, blocks[i].stored) for i in rec.block_ids if i in blocks)
         for (a, n), (b, _) in zip(spans, spans[1:]):
             if a + n > b:
                 problem(f"blocks overlap in page {rec.page_id}")
@@ -91,7 +89,8 @@ def verify_store(store, txn: lmdb.Transaction) -> VerifyReport:
                 problem(f"page {rec.page_id} lists block {i}, which is missing")
 
     # Models: every reference resolves, sizes agree, reference counts add up.
-    refs: Counter[int] = Counter()
+    refs: Counter[int] = Counter(b.ref for b in blocks.values() if b.ref)  # deltas hold their references
+    users: dict[int, set[str]] = {}
     models = tensors = logical = 0
     try:
         for m in store._iter_records(txn):
@@ -106,6 +105,7 @@ def verify_store(store, txn: lmdb.Transaction) -> VerifyReport:
                     problem(f"model {m.name!r} tensor {t.name!r}: shape {t.shape} does not make {t.nbytes} bytes")
                 for block_id, (start, stop) in zip(t.block_ids.tolist(), t.spans()):
                     refs[block_id] += 1
+                    users.setdefault(block_id, set()).add(m.name)
                     b = blocks.get(block_id)
                     if b is None:
                         problem(f"model {m.name!r} tensor {t.name!r} references missing block {block_id}")
@@ -115,14 +115,17 @@ def verify_store(store, txn: lmdb.Transaction) -> VerifyReport:
         problem(str(exc))
     for block_id, b in blocks.items():
         if b.refs != refs.get(block_id, 0):
-            problem(f"block {block_id} counts {b.refs} references; models hold {refs.get(block_id, 0)}")
+            problem(f"block {block_id} counts {b.refs} references; models and deltas hold {refs.get(block_id, 0)}")
+    _check_contents(blocks, payloads, users, problem)
 
     # Running totals behind stats().
     try:
         s = store._state(txn)
         expected = {
-            "models": models, "tensors": tensors, "logical_bytes": logical, "blocks": sum(refs.values()),
+            "models": models, "tensors": tensors, "logical_bytes": logical, "blocks": sum(refs.values()) - sum(1 for b in blocks.values() if b.ref),
             "unique_blocks": len(blocks), "unique_bytes": sum(b.nbytes for b in blocks.values()), "pages": len(page_ids),
+            "encoded_bytes": sum(b.stored for b in blocks.values()),
+            "encodings": [sum(b.encoding == e for b in blocks.values()) for e in range(len(codec.NAMES))],
         }
         for field, want in expected.items():
             if getattr(s, field) != want:
@@ -135,6 +138,53 @@ def verify_store(store, txn: lmdb.Transaction) -> VerifyReport:
         problem(str(exc))
 
     return VerifyReport(ok=not problems, problems=problems, models=models, pages=len(page_ids), blocks=len(blocks))
+
+
+def _check_contents(blocks: dict[int, cat.BlockRecord], payloads: dict, users: dict[int, set[str]], problem) -> None:
+    """Decode every block whose page is intact and compare its digest. A damaged block
+    damages every delta that uses it as reference: the problem names the models of both."""
+    dependants: dict[int, list[int]] = {}
+    for b in blocks.values():
+        if b.ref:
+            dependants.setdefault(b.ref, []).append(b.block_id)
+    for block_id, b in blocks.items():
+        if b.page_id not in payloads:
+            continue  # its page failed its checksum: reported above
+        why = _content_problem(b, blocks, payloads)
+        if why is None:
+            continue
+        hit = {block_id, *dependants.get(block_id, ())}
+        names = sorted(set().union(*(users.get(i, set()) for i in hit)))
+        role = f", the reference of {len(hit) - 1} delta block(s)," if len(hit) > 1 else ""
+        problem(f"block {block_id} in page {b.page_id} ({codec.NAMES[b.encoding]}){role} {why}; it affects "
+                + (", ".join(f"model {n!r}" for n in names) if names else "no model"))
+
+
+def _content_problem(b: cat.BlockRecord, blocks: dict[int, cat.BlockRecord], payloads: dict) -> str | None:
+    """What is wrong with the content of ``b``, or None."""
+
+    def stored(x: cat.BlockRecord):
+        return payloads[x.page_id][x.offset : x.offset + x.stored]
+
+    try:
+        if b.encoding == codec.RAW:
+            data = stored(b)
+        else:
+            ref = None
+            if b.ref:
+                r = blocks.get(b.ref)
+                if r is None or r.encoding == codec.DELTA or r.nbytes != b.nbytes or r.page_id not in payloads:
+                    why = ("missing" if r is None else "a delta itself" if r.encoding == codec.DELTA
+                           else "of another length" if r.nbytes != b.nbytes else "in a damaged page")
+                    return f"needs reference block {b.ref}, which is {why}"
+                lay = dtypes.layout_of_code(r.dtype_code)
+                ref = stored(r) if r.encoding == codec.RAW else codec.decode(stored(r), r.nbytes, lay).data
+            data = codec.decode(stored(b), b.nbytes, dtypes.layout_of_code(b.dtype_code), ref).data
+    except (ValueError, KeyError) as exc:
+        return f"does not decode ({exc})"
+    if block_digest(data, b.dtype_code) != b.digest:
+        return "does not match its content digest"
+    return None
 
 
 def _prod(shape: tuple[int, ...]) -> int:

@@ -26,7 +26,6 @@ under a skewed request stream, per policy and Belady.
 
 from __future__ import annotations
 
-import inspect
 import os
 from contextlib import contextmanager
 import shutil
@@ -64,17 +63,11 @@ def _median(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(_timed(fn) for _ in range(repeat))
 
 
-def store_encodes() -> bool:
-    """Whether this version of the store takes ``codec=`` (encoded blocks, issue 13)."""
-    return "codec" in inspect.signature(open_store).parameters
-
-
-def _ingest(path: Path, family: dict, page_size, block_bytes, codec: str | None) -> float:
-    kwargs = {"codec": codec} if codec is not None and store_encodes() else {}
+def _ingest(path: Path, family: dict, page_size, block_bytes, codec: str) -> float:
     t0 = time.perf_counter()
-    with open_store(path, "w", page_size=page_size, block_bytes=block_bytes, **kwargs) as s:
+    with open_store(path, "w", page_size=page_size, block_bytes=block_bytes, codec=codec) as s:
         for n, tensors in family.items():
-            s.add_model(n, tensors)
+            s.add_model(n, tensors)  # no base=: the store finds each model's parent itself
     return time.perf_counter() - t0
 
 
@@ -139,17 +132,13 @@ def run(
     raw_path = workdir / "store-raw"
     ingest = _ingest(raw_path, family, page_size, block_bytes, "raw")
     alt["store-exact"] = _store_figures(raw_path, names, family, repeat) | {"ingest_s": ingest, "accuracy": accuracy_original}
-    near_path = raw_path
-    if store_encodes():
-        enc_path = workdir / "store-encoded"
-        ingest = _ingest(enc_path, family, page_size, block_bytes, "auto")
-        figures = _store_figures(enc_path, names, family, repeat)
-        figures["bytes"] = figures["encoded_bytes"]
-        alt["store-encoded"] = figures | {"ingest_s": ingest, "accuracy": accuracy_original}
-        shutil.rmtree(raw_path, ignore_errors=True)
-        near_path = enc_path
-    else:
-        res["left_out"]["store-encoded"] = "this version of the store does not encode blocks (no codec= in tensorstore.open)"
+    enc_path = workdir / "store-encoded"
+    ingest = _ingest(enc_path, family, page_size, block_bytes, "auto")
+    figures = _store_figures(enc_path, names, family, repeat)
+    figures["bytes"] = figures["encoded_bytes"]  # distinct blocks as encoded; pages beside it
+    alt["store-encoded"] = figures | {"ingest_s": ingest, "accuracy": accuracy_original}
+    shutil.rmtree(raw_path, ignore_errors=True)
+    near_path = enc_path
 
     t0 = time.perf_counter()
     with open_store(near_path, "r+") as s:
@@ -157,8 +146,7 @@ def run(
         pack = s.repack()
         accuracy_after = {n: evaluate(n, s.load_model(n)) for n in names}
     near = _store_figures(near_path, names, None, repeat)
-    if "encoded_bytes" in near:
-        near["bytes"] = near["encoded_bytes"]
+    near["bytes"] = near["encoded_bytes"]
     near.update({
         "dedup_s": time.perf_counter() - t0,
         "accuracy": accuracy_after,
@@ -167,7 +155,7 @@ def run(
         "max_accuracy_drop": max_accuracy_drop,
         "tolerance": tolerance,
         "repack_status": pack.status,
-        "on": "store-encoded" if near_path != raw_path else "store-exact",
+        "on": "store-encoded",
     })
     alt["store-neardup"] = near
     res["cache"] = _cache_figures(near_path, names, requests, seed)
@@ -194,13 +182,17 @@ def _store_figures(path: Path, names: list[str], family: dict | None, repeat: in
         else:
             exact = None
         warm = _median(lambda: [s.load_model(n) for n in names], repeat)
-        blocks = s.catalog()["blocks"].to_pylist()
+        tables = s.catalog()
         verified = s.verify().ok
-    pages_read = {n: len({r["page_id"] for r in blocks if r["model"] == n}) for n in names}
-    distinct = {}
-    for r in blocks:
-        distinct.setdefault(r["model"], {})[r["block_id"]] = r["nbytes"]
-    bound = {n: -(-sum(distinct.get(n, {}).values()) // stats.page_size) for n in names}
+    # A load reads the pages of a model's blocks and of the references of its deltas.
+    distinct = {r["block_id"]: r for r in tables["distinct_blocks"].to_pylist()}
+    needed: dict[str, set[int]] = {n: set() for n in names}
+    for r in tables["blocks"].to_pylist():
+        needed[r["model"]].add(r["block_id"])
+        if r["ref_block"] is not None:
+            needed[r["model"]].add(r["ref_block"])
+    pages_read = {n: len({distinct[i]["page_id"] for i in needed[n]}) for n in names}
+    bound = {n: -(-sum(distinct[i]["stored_bytes"] for i in needed[n]) // stats.page_size) for n in names}
 
     def cold_load():
         with open_store(path, "r") as s:  # a fresh handle: nothing verified, nothing mapped
@@ -211,10 +203,9 @@ def _store_figures(path: Path, names: list[str], family: dict | None, repeat: in
     for _ in range(repeat):
         _drop_cache(data)
         cold_times.append(_timed(cold_load))
-    encoded = {}
-    if hasattr(stats, "encoded_bytes"):  # stores that encode blocks (issue 13)
-        encoded = {"encoded_bytes": stats.encoded_bytes, "encodings": dict(stats.encodings)}
-    return encoded | {
+    return {
+        "encoded_bytes": stats.encoded_bytes,
+        "encodings": dict(stats.encodings),
         "bytes": stats.stored_bytes,
         "stored_bytes": stats.stored_bytes,
         "unique_bytes": stats.unique_bytes,
@@ -234,13 +225,16 @@ def _cache_figures(path: Path, names: list[str], requests: int, seed: int) -> di
     import tensorstore_bufferpool as bufferpool
 
     with open_store(path, "r") as s:
-        blocks = s.catalog()["blocks"].to_pylist()
+        tables = s.catalog()
         page_size = s.page_size
+    # A model's request reads the pages of its blocks and of its deltas' references, in order.
+    page_of = {r["block_id"]: r["page_id"] for r in tables["distinct_blocks"].to_pylist()}
     model_pages: dict[str, list[int]] = {}
-    for r in blocks:
+    for r in tables["blocks"].to_pylist():
         pages = model_pages.setdefault(r["model"], [])
-        if r["page_id"] not in pages:
-            pages.append(r["page_id"])
+        for block in (r["ref_block"], r["block_id"]):
+            if block is not None and page_of[block] not in pages:
+                pages.append(page_of[block])
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, len(names) + 1) ** 1.0
     order = rng.permutation(len(names))

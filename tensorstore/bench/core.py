@@ -52,18 +52,20 @@ def head_only(base: dict[str, np.ndarray], seed: int = 0, classes: int = 2) -> d
     })
 
 
-def run(model: dict[str, np.ndarray], workdir: Path, *, repeat: int = 5, models_in_big_store: int = 50) -> dict:
-    """Measure the store-core figures on ``model``; return them as a dict."""
+def run(model: dict[str, np.ndarray], workdir: Path, *, repeat: int = 5, models_in_big_store: int = 50,
+        codec: str = "raw") -> dict:
+    """Measure the store-core figures on ``model`` with stores of ``codec``; return them."""
     from safetensors.numpy import load_file
 
     nbytes = sum(v.nbytes for v in model.values())
-    res: dict = {"model_bytes": nbytes, "tensors": len(model), "repeat": repeat, "page_size": PAGE, "block_bytes": BLOCK}
+    res: dict = {"model_bytes": nbytes, "tensors": len(model), "repeat": repeat, "page_size": PAGE, "block_bytes": BLOCK,
+                 "codec": codec}
     counter = iter(range(10**9))
 
     stores = []
 
     def fresh_store():
-        stores.append(open_store(workdir / f"s{next(counter)}", "w", page_size=PAGE, block_bytes=BLOCK))
+        stores.append(open_store(workdir / f"s{next(counter)}", "w", page_size=PAGE, block_bytes=BLOCK, codec=codec))
         return stores[-1]
 
     # Ingest of new data, and the same bytes written raw into LMDB as the store's pages,
@@ -71,6 +73,7 @@ def run(model: dict[str, np.ndarray], workdir: Path, *, repeat: int = 5, models_
     probe = fresh_store()
     probe.add_model("m", model)
     pages, page_bytes = probe.stats().pages, probe.page_size
+    res["encoded_bytes"] = probe.stats().encoded_bytes
     payload = [np.random.default_rng(i).bytes(page_bytes) for i in range(pages)]
 
     def raw_write(env):
@@ -103,7 +106,7 @@ def run(model: dict[str, np.ndarray], workdir: Path, *, repeat: int = 5, models_
             s.add_model(f"extra{i}", model)
         st = s.stats()
         res["ten_copies_stored_bytes"] = st.stored_bytes
-        res["padding_overhead"] = (pages * page_bytes - nbytes) / nbytes
+        res["padding_overhead"] = (pages * page_bytes - res["encoded_bytes"]) / res["encoded_bytes"]
         s.load_model("m")  # warm the page cache and the map
         st_file = workdir / "model.safetensors"
         write_safetensors(st_file, model)
@@ -122,6 +125,29 @@ def run(model: dict[str, np.ndarray], workdir: Path, *, repeat: int = 5, models_
         before = st.unique_bytes
         s.add_model("head-only", head_only(model))
         res["head_only_added_bytes"] = s.stats().unique_bytes - before
+
+    # A full fine-tune (every float weight moved a little): stored mostly as deltas of the
+    # base under codec="auto"; its warm load decodes them, against safetensors' load of it.
+    tuned = variant(model, seed=7)
+    with fresh_store() as s:
+        s.add_model("base", model)
+        before = s.stats()
+        s.add_model("tuned", tuned)
+        after = s.stats()
+        res["tuned_added_encoded_bytes"] = after.encoded_bytes - before.encoded_bytes
+        res["tuned_delta_blocks"] = after.encodings["delta"] - before.encodings["delta"]
+        res["tuned_new_blocks"] = after.unique_blocks - before.unique_blocks
+        st_file = workdir / "tuned.safetensors"
+        write_safetensors(st_file, tuned)
+        s.load_model("tuned")
+        load_file(str(st_file))
+        loads, files = [], []
+        for _ in range(repeat):
+            loads.append(_median_time(lambda _: s.load_model("tuned"), 1))
+            files.append(_median_time(lambda _: load_file(str(st_file)), 1))
+        res["tuned_load_warm_s"] = statistics.median(loads)
+        res["tuned_safetensors_load_warm_s"] = statistics.median(files)
+        res["tuned_load_paired_ratio"] = statistics.median(m / f for f, m in zip(files, loads))
 
     # Scaling: the same new model into an empty store and into one holding many models.
     newcomer = variant(model, seed=10**6)
@@ -177,6 +203,10 @@ def summarize(r: dict) -> dict:
         "head_only_adds_fraction": r["head_only_added_bytes"] / r["model_bytes"],
         "padding_overhead": r["padding_overhead"],
         "ingest_big_vs_empty": r["ingest_into_big_s"] / r["ingest_into_empty_s"],
+        "encoded_vs_model_bytes": r["encoded_bytes"] / r["model_bytes"],
+        "full_fine_tune_adds_fraction": r["tuned_added_encoded_bytes"] / r["model_bytes"],
+        "full_fine_tune_delta_blocks_fraction": r["tuned_delta_blocks"] / max(1, r["tuned_new_blocks"]),
+        "full_fine_tune_load_time_vs_safetensors": r["tuned_load_paired_ratio"],
     }
 
 
@@ -186,7 +216,7 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
-def main(corpus: str = "minilm", repeat: int = 5, workdir: str | None = None) -> dict:
+def main(corpus: str = "minilm", repeat: int = 5, workdir: str | None = None, codec: str = "raw") -> dict:
     if corpus == "minilm":
         from ..corpora import minilm
 
@@ -202,7 +232,7 @@ def main(corpus: str = "minilm", repeat: int = 5, workdir: str | None = None) ->
         model = c.family[c.root or next(iter(c.family))]
     tmp = Path(tempfile.mkdtemp(prefix="ts-bench-", dir=workdir))
     try:
-        raw = run(model, tmp, repeat=repeat, models_in_big_store=50 if corpus in ("minilm", "embedding") else 10)
+        raw = run(model, tmp, repeat=repeat, models_in_big_store=50 if corpus in ("minilm", "embedding") else 10, codec=codec)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"corpus": corpus, "machine": machine(), "raw": raw, "summary": summarize(raw)}
+    return {"corpus": corpus, "codec": codec, "machine": machine(), "raw": raw, "summary": summarize(raw)}

@@ -33,7 +33,8 @@ def snapshot(store: ts.Store) -> tuple:
 # -- arrays of every dtype, shape and layout, for property tests --------------------
 
 DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.float16, ml_dtypes.bfloat16,
-          np.int32, np.uint32, np.float32, np.int64, np.uint64, np.float64]
+          np.int32, np.uint32, np.float32, np.int64, np.uint64, np.float64,
+          ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2]
 
 
 def bits(a: np.ndarray) -> bytes:

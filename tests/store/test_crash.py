@@ -1,7 +1,7 @@
 """Crash safety: SIGKILL a writer at random instants; the store is always whole.
 
-Each kill lands somewhere in an add, a replace, a delete, a near-duplicate pass or a
-repack. A model that dedup changed is whole but no longer bit-exact: it must then be
+Each kill lands somewhere in an add, a replace, a delete, a near-duplicate pass, a
+repack or a compact. A model that dedup changed is whole but no longer bit-exact: it must then be
 within the pass's tolerance of what was added, block by block. After it, the store must
 open, pass ``verify()``, and hold every model either whole and bit-exact or not at all.
 CI kills 12 times; ``TS_KILL_POINTS=200 pytest tests/store/test_crash.py`` runs the full count.
@@ -42,6 +42,8 @@ WRITER = textwrap.dedent(
                 s.dedup(tolerance=0.05)  # "own" tensors are near-twins: replacements get applied
             elif op == 7:
                 s.repack(time_limit=0.5)
+            elif op == 6:
+                s.compact(time_limit=0.5)
             elif op < 4 or name not in s:
                 s.add_model(name, model(name), replace=True)
             else:

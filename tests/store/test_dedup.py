@@ -111,13 +111,15 @@ def test_stats_fields(store):
     s = store.stats()
     assert s.models == 1 and s.tensors == len(m)
     assert s.logical_bytes == sum(v.nbytes for v in m.values())
-    assert s.stored_bytes == s.pages * s.page_size >= s.unique_bytes
+    assert s.stored_bytes == s.pages * s.page_size >= s.encoded_bytes
+    assert s.encoded_bytes <= s.unique_bytes and sum(s.encodings.values()) == s.unique_blocks
     assert s.file_bytes > 0 and s.page_size == 64 << 10 and s.block_bytes == 4 << 10
     assert set(s.to_dict()) >= {"models", "tensors", "logical_bytes", "unique_bytes", "stored_bytes", "file_bytes",
-                                "blocks", "unique_blocks", "pages", "page_size", "block_bytes"}
+                                "blocks", "unique_blocks", "pages", "page_size", "block_bytes", "encoded_bytes", "encodings"}
 
 
-def test_small_tensors_share_pages_without_padding(store):
+def test_small_tensors_share_pages_without_padding(raw_store):
+    store = raw_store
     # 300 biases of 256 bytes: packed together, not one page (or block) each
     store.add_model("tiny", {f"b{i}": np.full(64, i, np.float32) for i in range(300)})
     s = store.stats()

@@ -11,7 +11,8 @@ import tensorstore as ts
 
 @pytest.fixture
 def filled(store_path):
-    s = ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB")
+    # Views are of raw blocks only: an encoded tensor is decoded into a new array.
+    s = ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB", codec="raw")
     s.add_model("m", {"small": np.arange(100, dtype=np.float32), "big": np.arange(40000, dtype=np.float32)})
     yield s
     gc.collect()
@@ -63,3 +64,14 @@ def test_a_closed_reader_refuses_loads(filled):
     r.close()
     with pytest.raises(ts.StoreClosedError, match="reader is closed"):
         r.load_model("m")
+
+
+def test_encoded_tensors_are_decoded_copies(store_path):
+    with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB") as s:
+        small = np.arange(100, dtype=np.float32)  # packs well: stored encoded, in one run
+        s.add_model("m", {"small": small})
+        assert s.stats().encodings["packed"] == 1
+        with s.reader() as r:
+            got = r.load_model("m")["small"]
+            assert not r.is_view(got) and np.array_equal(got, small)
+            del got

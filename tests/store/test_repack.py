@@ -20,7 +20,7 @@ def _family(n=8):
     return out
 
 
-def _fine_tuned_family():
+def _fine_tuned_family(scale: float = 1.0):
     """The MiniLM family in small: a base and fine-tunes that retrain its top layers,
     all of it, or the head only. Attention matrices are 9/16 of a 64 KiB page, so no two
     share a page whole; stored model after model, each page mixes data of several
@@ -34,7 +34,7 @@ def _fine_tuned_family():
     for i, retrain in enumerate(["head", "head", "top1", "top2", "top2", "full"]):
         r = np.random.default_rng(10 + i)
         m = {
-            k: v + r.standard_normal(v.shape).astype(np.float32) if int(k[5]) >= first_trained[retrain] else v
+            k: v + scale * r.standard_normal(v.shape).astype(np.float32) if int(k[5]) >= first_trained[retrain] else v
             for k, v in base.items()
         }
         m["head"] = r.standard_normal((96, 2)).astype(np.float32)
@@ -42,7 +42,8 @@ def _fine_tuned_family():
     return family
 
 
-def test_repack_reads_fewer_pages_per_model_load_than_as_ingested(store):
+def test_repack_reads_fewer_pages_per_model_load_than_as_ingested(raw_store):
+    store = raw_store  # ingest's layout of raw blocks: one page per 16 blocks, in add order
     family = _fine_tuned_family()
     for name, m in family.items():
         store.add_model(name, m)
@@ -60,8 +61,30 @@ def test_repack_reads_fewer_pages_per_model_load_than_as_ingested(store):
         assert all(out[k].tobytes() == m[k].tobytes() for k in m)
 
 
+def test_repack_counts_the_pages_of_delta_references(store):
+    family = _fine_tuned_family(scale=1e-3)  # small changes: stored as deltas of the base
+    for name, m in family.items():
+        store.add_model(name, m)
+    assert store.stats().encodings["delta"] > 0
+    report = store.repack()
+    assert report.pages_after <= 1.02 * report.lower_bound_pages + 1
+    for m, after in report.pages_read_after.items():  # a load reads little beyond what it needs
+        assert after <= 1.1 * report.pages_read_lower_bound[m] + 1
+    tables = store.catalog()
+    page_of = {r["block_id"]: r["page_id"] for r in tables["distinct_blocks"].to_pylist()}
+    for m, after in report.pages_read_after.items():
+        rows = [r for r in tables["blocks"].to_pylist() if r["model"] == m]
+        needed = {r["block_id"] for r in rows} | {r["ref_block"] for r in rows if r["ref_block"] is not None}
+        assert report.pages_read_lower_bound[m] <= after == len({page_of[i] for i in needed})
+    assert store.verify().ok
+    for name, m in family.items():
+        out = store.load_model(name)
+        assert all(out[k].tobytes() == m[k].tobytes() for k in m)
+
+
 @pytest.fixture
-def fragmented(store):
+def fragmented(raw_store):
+    store = raw_store
     fam = _family()
     for name, m in fam.items():
         store.add_model(name, m)
