@@ -125,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--codec", choices=["raw", "auto"], default="raw", help="--suite core: how the stores encode new blocks (default raw)")
     b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
     b.add_argument("--tolerance", type=float, default=0.05, help="near-dup relative L2 error per block (compare suite)")
+    b.add_argument("--lossless-only", action="store_true",
+                   help="compare suite: the lossless rows only (no evaluator, no near-dup pass, no cache simulation)")
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the bytes per alternative (needs matplotlib)")
     b.add_argument("--workdir", help="where to put temporary stores (default: the system's temp dir)")
     b.add_argument("--processes", type=int, default=8, help="worker processes (serving suite)")
@@ -397,7 +399,8 @@ def _bench_compare(args) -> int:
         import zstandard  # noqa: F401 - one of the alternatives measured
     except ImportError:
         raise _UsageError("the compare suite needs zstandard: pip install 'tensorstore-dedup[bench]'") from None
-    result = compare.main(args.corpus, args.workdir, args.repeat, args.max_accuracy_drop, args.tolerance)
+    result = compare.main(args.corpus, args.workdir, args.repeat, args.max_accuracy_drop, args.tolerance,
+                          lossless_only=args.lossless_only)
     if args.plot:
         _plot_bytes(result, args.plot)
     if args.json:

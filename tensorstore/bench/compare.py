@@ -84,11 +84,14 @@ def run(
     repeat: int = 3,
     requests: int = 2000,
     seed: int = 0,
+    lossless_only: bool = False,
 ) -> dict:
     """Measure every alternative on ``family``; return a JSON-ready dict.
 
     ``parents`` names each model's base (None for a root), for the ZipLLM-style baseline,
     which must be told; without it every model is compressed on its own there.
+    ``lossless_only`` skips what needs the evaluator (accuracies, the near-duplicate pass)
+    and the cache simulation on its store: the lossless rows alone, in minutes.
     """
     from safetensors.numpy import load_file
 
@@ -98,7 +101,7 @@ def run(
     logical = sum(a.nbytes for t in family.values() for a in t.values())
     res: dict = {"models": names, "parents": parents, "logical_bytes": logical, "alternatives": {}, "left_out": {}}
     alt = res["alternatives"]
-    accuracy_original = {n: evaluate(n, family[n]) for n in names}
+    accuracy_original = {n: None for n in names} if lossless_only else {n: evaluate(n, family[n]) for n in names}
 
     # One safetensors file per model.
     files = workdir / "safetensors"
@@ -139,6 +142,8 @@ def run(
     alt["store-encoded"] = figures | {"ingest_s": ingest, "accuracy": accuracy_original}
     shutil.rmtree(raw_path, ignore_errors=True)
     near_path = enc_path
+    if lossless_only:
+        return res
 
     t0 = time.perf_counter()
     with open_store(near_path, "r+") as s:
@@ -265,14 +270,15 @@ def table(res: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, a in alt.items():
-        acc = list(a["accuracy"].values())
+        acc = [v for v in a["accuracy"].values() if v is not None]
+        acc_text = f"{min(acc):.4f} / {statistics.mean(acc):.4f}" if acc else "-"
         pr = a.get("pages_read")
         pages_read = f"{statistics.mean(pr.values()):.1f} / {statistics.mean(a['pages_read_lower_bound'].values()):.1f}" if pr else "-"
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         exact = {True: "bit-exact", False: "DIFFERS", None: "lossy" if key == "store-neardup" else "-"}[a.get("bit_exact")]
         lines.append(
             f"| {LABELS.get(key, key)} | {a['bytes']:,} | {a['bytes'] / base:.3f} | {a.get('pages', '-')} | {exact} | "
-            f"{min(acc):.4f} / {statistics.mean(acc):.4f} | "
+            f"{acc_text} | "
             f"{fmt(a.get('ingest_s'))} | {fmt(a.get('load_warm_s'))} | {fmt(a.get('load_cold_s'))} | {pages_read} |"
         )
     for key, why in res.get("left_out", {}).items():
@@ -292,7 +298,9 @@ def table(res: dict) -> str:
                 notes.append(f"- store-encoded / {LABELS.get(other, other)}: {enc['bytes'] / alt[other]['bytes']:.3f}")
     if notes:
         lines += ["", *notes]
-    near = alt["store-neardup"]
+    near = alt.get("store-neardup")
+    if near is None:
+        return "\n".join(lines + ["", "(lossless rows only: no accuracies, no near-duplicate pass, no cache simulation)"])
     lines += ["", f"Per-model accuracy (original → after near-dup on {near.get('on', 'store-exact')}, "
                   f"budget {near['max_accuracy_drop']}):", ""]
     lines += ["| model | base | original | after near-dup |", "|---|---|---|---|"]
@@ -330,14 +338,15 @@ def stored_corpus(corpus: str, workdir: str | None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main(corpus: str, workdir: str | None, repeat: int, max_accuracy_drop: float, tolerance: float) -> dict:
+def main(corpus: str, workdir: str | None, repeat: int, max_accuracy_drop: float, tolerance: float,
+         lossless_only: bool = False) -> dict:
     import tempfile
 
     c = load_corpus(corpus)
     tmp = Path(tempfile.mkdtemp(prefix="ts-compare-", dir=workdir))
     try:
         res = run(c.family, c.evaluate, tmp, parents=c.parents, page_size=c.page_size, block_bytes=c.block_bytes,
-                  repeat=repeat, max_accuracy_drop=max_accuracy_drop, tolerance=tolerance)
+                  repeat=repeat, max_accuracy_drop=max_accuracy_drop, tolerance=tolerance, lossless_only=lossless_only)
         return {"corpus": corpus} | res
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -120,3 +120,16 @@ def test_bench_suites_take_the_embedding_corpus_by_name(tmp_path, capsys):
     assert cli.main(["bench", "--suite", "compare", "--corpus", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
     assert "unknown corpus" in err and "embedding" in err and len(err.strip().splitlines()) == 1
+
+
+def test_lossless_only_skips_the_evaluator(tmp_path):
+    corpus = registry.load("embedding-quick")
+
+    def evaluate(name, tensors):
+        raise AssertionError("the lossless rows need no evaluator")
+
+    res = compare.run(corpus.family, evaluate, tmp_path, parents=corpus.parents, page_size=corpus.page_size,
+                      block_bytes=corpus.block_bytes, repeat=1, lossless_only=True)
+    _check_baselines(res)
+    assert "store-neardup" not in res["alternatives"] and "cache" not in res
+    assert "lossless rows only" in compare.table(res)
