@@ -354,8 +354,7 @@ class BlockSearch:
         count = first.nbytes // dtype.itemsize
         if out is None:
             out = np.empty((len(ids), count), dtype=np.float32)
-        for row, i in zip(out, ids):
-            row[:] = reader.block_bytes(blocks[i]).view(dtype)
+        out[:] = reader.blocks_bytes([blocks[i] for i in ids]).view(dtype)
         return out
 
 

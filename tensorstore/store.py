@@ -888,16 +888,27 @@ class _Reader:
 
     def block_bytes(self, b: cat.BlockRecord) -> np.ndarray:
         """The decoded bytes of one block (uint8): a view of the page for a raw block."""
-        stored = self.stored(b)
         if b.encoding == codec.RAW:
-            return np.frombuffer(stored, dtype=np.uint8)
-        ref = self.block(b.ref) if b.ref else None
-        out = np.empty(b.nbytes, dtype=np.uint8)
-        job = codec.DecodeJob(stored, None if ref is None else (self.stored(ref), ref.encoding), 0, b.nbytes)
-        try:
-            codec.decode_many([job], dtypes.layout_of_code(b.dtype_code), out)
-        except ValueError as exc:
-            raise CorruptionError(f"block {b.block_id} does not decode ({exc})") from None
+            return np.frombuffer(self.stored(b), dtype=np.uint8)
+        return self.blocks_bytes([b])[0]
+
+    def blocks_bytes(self, blocks: list[cat.BlockRecord]) -> np.ndarray:
+        """The decoded bytes of blocks of one dtype and length, one row each (decoded on
+        the codec's threads)."""
+        n = blocks[0].nbytes
+        out = np.empty((len(blocks), n), dtype=np.uint8)
+        jobs = []
+        for k, b in enumerate(blocks):
+            if b.encoding == codec.RAW:
+                out[k] = np.frombuffer(self.stored(b), dtype=np.uint8)
+            else:
+                ref = self.block(b.ref) if b.ref else None
+                jobs.append(codec.DecodeJob(self.stored(b), None if ref is None else (self.stored(ref), ref.encoding), k * n, n))
+        if jobs:
+            try:
+                codec.decode_many(jobs, dtypes.layout_of_code(blocks[0].dtype_code), out.reshape(-1))
+            except ValueError as exc:
+                raise CorruptionError(f"a block of {len(blocks)} being read does not decode ({exc})") from None
         return out
 
 

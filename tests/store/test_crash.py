@@ -25,6 +25,7 @@ WRITER = textwrap.dedent(
     import sys, numpy as np, tensorstore as ts
     path, seed = sys.argv[1], int(sys.argv[2])
     rng = np.random.default_rng(seed)
+    compacts = np.random.default_rng(seed + 10**6)  # apart, so the other ops stay as they were
 
     def model(name):
         k = int(name[1:])
@@ -38,12 +39,16 @@ WRITER = textwrap.dedent(
         while True:
             name = f"m{rng.integers(0, 40)}"
             op = rng.integers(0, 9)
+            if compacts.random() < 0.1:
+                s.compact(time_limit=0.5)
             if op == 8:
-                s.dedup(tolerance=0.05)  # "own" tensors are near-twins: replacements get applied
+                # "own" tensors are near-twins: replacements get applied. One model per
+                # pass, so that a pass ends within a life of the writer.
+                present = list(s)
+                if present:
+                    s.dedup([name if name in s else present[-1]], tolerance=0.05)
             elif op == 7:
                 s.repack(time_limit=0.5)
-            elif op == 6:
-                s.compact(time_limit=0.5)
             elif op < 4 or name not in s:
                 s.add_model(name, model(name), replace=True)
             else:
@@ -70,7 +75,14 @@ def test_sigkill_at_random_instants_never_leaves_a_half_written_store(tmp_path):
     survived = 0
     seen = set()
     deduped = set()
-    for i in range(kills):
+    with ts.open(path, "w", page_size="64KiB", block_bytes="8KiB") as s:  # material for the first passes
+        for name in ("m1", "m2", "m3", "m4"):
+            s.add_model(name, expected(name))
+    # Past the kill points asked for, go on (to a bound) until a dedup pass has changed a
+    # model: on a slow machine the writer's lives are short and passes rarely finish.
+    for i in range(4 * kills):
+        if i >= kills and deduped and len(seen) >= 5:
+            break
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(i)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.0, 0.4))
@@ -95,6 +107,6 @@ def test_sigkill_at_random_instants_never_leaves_a_half_written_store(tmp_path):
                     assert np.linalg.norm(a - b) <= TOLERANCE * np.linalg.norm(b), (name, k)
                     deduped.add(name)
         survived += 1
-    assert survived == kills
+    assert survived >= kills  # every kill left a whole store (each round asserts it)
     assert len(seen) >= 5  # the writer got far enough for the kills to land mid-work
     assert deduped  # and dedup passes did change models along the way
