@@ -144,11 +144,15 @@ def _parser() -> argparse.ArgumentParser:
                         "core: ingest/load speed, sizes, scaling; chunking: row-aligned blocks against 2-D tiles; "
                         "neardup: LSH recall against brute force and search speed; packing: every packer on the store's layout; "
                         "serving: memory (PSS) and cold start of many processes, shared cache against safetensors")
-    b.add_argument("--corpus", default="digits", help="digits (default), minilm, or a folder of .safetensors files")
+    b.add_argument("--corpus", default="digits",
+                   help="digits (default), minilm, embedding (the sparse-embedding family), embedding-quick (its "
+                        "synthetic stand-in), or a folder of .safetensors files (docs/corpus.md)")
     b.add_argument("--repeat", type=int, default=5, help="runs per timing; the median is reported")
     b.add_argument("--codec", choices=["raw", "auto"], default="raw", help="--suite core: how the stores encode new blocks (default raw)")
     b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
     b.add_argument("--tolerance", type=float, default=0.05, help="near-dup relative L2 error per block (compare suite)")
+    b.add_argument("--lossless-only", action="store_true",
+                   help="compare suite: the lossless rows only (no evaluator, no near-dup pass, no cache simulation)")
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the bytes per alternative (needs matplotlib)")
     b.add_argument("--workdir", help="where to put temporary stores (default: the system's temp dir)")
     b.add_argument("--processes", type=int, default=8, help="worker processes (serving suite)")
@@ -465,8 +469,10 @@ def _bench(args) -> int:
             f"{r['found_by_exhaustive']} by brute force), LSH {r['lsh_MBps']:.0f} MB/s, brute force "
             f"{r['exhaustive_MBps']:.0f} MB/s over {r['query_bytes'] / 1e6:.1f} MB of blocks" for r in rows))
         return 0
-    if args.corpus not in ("digits", "minilm"):
-        raise _UsageError("--suite core runs on --corpus digits or minilm")
+    from .corpora.registry import NAMES
+
+    if args.corpus not in NAMES:
+        raise _UsageError(f"--suite core runs on a named corpus: {', '.join(NAMES)}")
     result = core.main(args.corpus, args.repeat, args.workdir, args.codec)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -508,7 +514,8 @@ def _bench_compare(args) -> int:
         import zstandard  # noqa: F401 - one of the alternatives measured
     except ImportError:
         raise _UsageError("the compare suite needs zstandard: pip install 'tensorstore-dedup[bench]'") from None
-    result = compare.main(args.corpus, args.workdir, args.repeat, args.max_accuracy_drop, args.tolerance)
+    result = compare.main(args.corpus, args.workdir, args.repeat, args.max_accuracy_drop, args.tolerance,
+                          lossless_only=args.lossless_only)
     if args.plot:
         _plot_bytes(result, args.plot)
     if args.json:
@@ -538,16 +545,12 @@ def _plot_bytes(result: dict, out: Path) -> None:
 
 def _bench_chunking(args) -> int:
     from .bench.chunking import study
-    from .corpora import digits
+    from .corpora import registry
 
-    if args.corpus == "digits":
-        rows = study(digits.build_family(), digits.FAMILY[0].name)
-    elif args.corpus == "minilm":
-        from .corpora import minilm_family
-
-        rows = study(minilm_family.load_family(), "minilm-base")
-    else:
-        raise _UsageError("the chunking study needs a fine-tuned family with a base: --corpus digits or minilm")
+    if args.corpus not in registry.NAMES:
+        raise _UsageError(f"the chunking study needs a fine-tuned family with a base: --corpus {' or '.join(registry.NAMES)}")
+    corpus = registry.load(args.corpus)
+    rows = study(corpus.family, corpus.root)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

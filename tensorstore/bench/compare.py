@@ -1,24 +1,31 @@
-"""The end-to-end comparison (SPEC §7): this store against what a user would pick instead.
+"""The end-to-end comparison (SPEC §7, issue 13): this store against what a user would pick instead.
 
-On one corpus (a family of models, each a dict of arrays, with an ``evaluate`` function),
-in one run:
+On one corpus (a family of models, each a dict of arrays, with an ``evaluate`` function and
+each model's base), in one run:
 
 - **safetensors**: one file per model;
 - **chunk-64k**: those files cut into fixed 64 KiB chunks, each distinct chunk kept once
   (the exact-chunk dedup of content-addressed model hubs);
 - **zstd**: each file compressed with zstd (level 3);
+- **zipnn**: each file compressed with ZipNN (``pip install zipnn``), when it imports;
 - **tensor-dedup**: each distinct tensor (dtype, shape, bytes) kept once;
-- **store-exact**: this store, exact block dedup;
-- **store-neardup**: this store after the accuracy-gated near-duplicate pass and a repack.
+- **zipnn+tensor-dedup**: whole-tensor dedup, then each distinct tensor with ZipNN;
+- **zipllm-style**: a reimplementation of ZipLLM's lossless path, told each model's base
+  (:func:`tensorstore.bench.baselines.zipllm_style`);
+- **store-exact**: this store, exact block dedup, blocks raw;
+- **store-encoded**: this store, lossless: exact dedup and encoded blocks (``codec="auto"``);
+  bytes are the distinct blocks as encoded (``StoreStats.encoded_bytes``);
+- **store-neardup**: this store after the accuracy-gated near-duplicate pass and a repack
+  (on the encoded store when the store encodes).
 
-Figures: bytes, accuracy of every model, ingest time, load time warm and cold (cold: the
-file dropped from the OS page cache with ``posix_fadvise``), pages read per model load,
-and the hit ratio of a buffer pool under a skewed request stream, per policy and Belady.
+Every alternative's round trip is measured (``bit_exact``). Figures: bytes, accuracy of
+every model, ingest time, load time warm and cold (cold: the file dropped from the OS page
+cache with ``posix_fadvise``), pages read per model load, and the hit ratio of a buffer pool
+under a skewed request stream, per policy and Belady.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from contextlib import contextmanager
 import shutil
@@ -31,8 +38,9 @@ import numpy as np
 
 from .. import open as open_store
 from ..formats import write_safetensors
+from . import baselines
 
-CHUNK = 64 << 10
+CHUNK = baselines.CHUNK
 
 
 def _drop_cache(path: Path) -> None:
@@ -55,11 +63,20 @@ def _median(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(_timed(fn) for _ in range(repeat))
 
 
+def _ingest(path: Path, family: dict, page_size, block_bytes, codec: str) -> float:
+    t0 = time.perf_counter()
+    with open_store(path, "w", page_size=page_size, block_bytes=block_bytes, codec=codec) as s:
+        for n, tensors in family.items():
+            s.add_model(n, tensors)  # no base=: the store finds each model's parent itself
+    return time.perf_counter() - t0
+
+
 def run(
     family: dict[str, dict[str, np.ndarray]],
     evaluate: Callable[[str, dict[str, np.ndarray]], float],
     workdir: Path,
     *,
+    parents: dict[str, str | None] | None = None,
     page_size: int | str = "1MiB",
     block_bytes: int | str = "64KiB",
     max_accuracy_drop: float = 0.005,
@@ -67,87 +84,74 @@ def run(
     repeat: int = 3,
     requests: int = 2000,
     seed: int = 0,
+    lossless_only: bool = False,
 ) -> dict:
-    """Measure every alternative on ``family``; return a JSON-ready dict."""
+    """Measure every alternative on ``family``; return a JSON-ready dict.
+
+    ``parents`` names each model's base (None for a root), for the ZipLLM-style baseline,
+    which must be told; without it every model is compressed on its own there.
+    ``lossless_only`` skips what needs the evaluator (accuracies, the near-duplicate pass)
+    and the cache simulation on its store: the lossless rows alone, in minutes.
+    """
     from safetensors.numpy import load_file
-    import zstandard
 
     workdir.mkdir(parents=True, exist_ok=True)
     names = list(family)
+    parents = {n: (parents or {}).get(n) for n in names}
     logical = sum(a.nbytes for t in family.values() for a in t.values())
-    res: dict = {"models": names, "logical_bytes": logical, "alternatives": {}}
+    res: dict = {"models": names, "parents": parents, "logical_bytes": logical, "alternatives": {}, "left_out": {}}
     alt = res["alternatives"]
-    accuracy_original = {n: evaluate(n, family[n]) for n in names}
+    accuracy_original = {n: None for n in names} if lossless_only else {n: evaluate(n, family[n]) for n in names}
 
     # One safetensors file per model.
     files = workdir / "safetensors"
     files.mkdir(exist_ok=True)
     t_write = _timed(lambda: [write_safetensors(files / f"{n}.safetensors", family[n]) for n in names])
     paths = {n: files / f"{n}.safetensors" for n in names}
+    loaded = {n: load_file(str(p)) for n, p in paths.items()}
     alt["safetensors"] = {
         "bytes": sum(p.stat().st_size for p in paths.values()),
         "ingest_s": t_write,
         "load_warm_s": _median(lambda: [load_file(str(paths[n])) for n in names], repeat),
         "load_cold_s": _cold(lambda: [load_file(str(paths[n])) for n in names], list(paths.values()), repeat),
+        "bit_exact": baselines._family_equal(loaded, family),
         "accuracy": accuracy_original,
     }
+    del loaded
 
-    # Fixed 64 KiB chunks of those files, each distinct chunk once.
-    seen: set[bytes] = set()
-    chunk_bytes = 0
-    t0 = time.perf_counter()
-    for p in paths.values():
-        data = p.read_bytes()
-        for i in range(0, len(data), CHUNK):
-            piece = data[i : i + CHUNK]
-            digest = hashlib.blake2b(piece, digest_size=16).digest()
-            if digest not in seen:
-                seen.add(digest)
-                chunk_bytes += len(piece)
-    alt["chunk-64k"] = {"bytes": chunk_bytes, "ingest_s": time.perf_counter() - t0, "accuracy": accuracy_original}
+    alt["chunk-64k"] = baselines.chunk_dedup(paths) | {"accuracy": accuracy_original}
+    alt["zstd"] = baselines.zstd_files(paths, repeat) | {"accuracy": accuracy_original}
+    why_not = baselines.zipnn_available()
+    if why_not is None:
+        alt["zipnn"] = baselines.zipnn_files(paths, family, repeat) | {"accuracy": accuracy_original}
+    else:
+        res["left_out"]["zipnn"] = res["left_out"]["zipnn+tensor-dedup"] = why_not
+    alt["tensor-dedup"] = baselines.tensor_dedup(family) | {"accuracy": accuracy_original}
+    if why_not is None:
+        alt["zipnn+tensor-dedup"] = baselines.zipnn_tensor_dedup(family, repeat) | {"accuracy": accuracy_original}
+    alt["zipllm-style"] = baselines.zipllm_style(family, parents, repeat) | {"accuracy": accuracy_original}
 
-    # zstd of each file.
-    cctx = zstandard.ZstdCompressor(level=3)
-    t0 = time.perf_counter()
-    compressed = {n: cctx.compress(paths[n].read_bytes()) for n in names}
-    zstd_ingest = time.perf_counter() - t0
-    dctx = zstandard.ZstdDecompressor()
-    from safetensors.numpy import load as load_bytes
-
-    alt["zstd"] = {
-        "bytes": sum(len(c) for c in compressed.values()),
-        "ingest_s": zstd_ingest,
-        "load_warm_s": _median(lambda: [load_bytes(dctx.decompress(compressed[n])) for n in names], repeat),
-        "accuracy": accuracy_original,
-    }
-
-    # Whole-tensor exact dedup.
-    distinct: set[bytes] = set()
-    tensor_bytes = 0
-    for t in family.values():
-        for a in t.values():
-            h = hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16)
-            h.update(f"{a.dtype.str}{a.shape}".encode())
-            if h.digest() not in distinct:
-                distinct.add(h.digest())
-                tensor_bytes += a.nbytes
-    alt["tensor-dedup"] = {"bytes": tensor_bytes, "accuracy": accuracy_original}
-
-    # This store: exact, then near-duplicate dedup and repack.
-    store_path = workdir / "store"
-    t0 = time.perf_counter()
-    with open_store(store_path, "w", page_size=page_size, block_bytes=block_bytes) as s:
-        for n in names:
-            s.add_model(n, family[n])
-    ingest = time.perf_counter() - t0
-    alt["store-exact"] = _store_figures(store_path, names, family, repeat) | {"ingest_s": ingest, "accuracy": accuracy_original}
+    # This store: exact dedup with raw blocks; lossless encoded; then near-duplicate dedup and repack.
+    raw_path = workdir / "store-raw"
+    ingest = _ingest(raw_path, family, page_size, block_bytes, "raw")
+    alt["store-exact"] = _store_figures(raw_path, names, family, repeat) | {"ingest_s": ingest, "accuracy": accuracy_original}
+    enc_path = workdir / "store-encoded"
+    ingest = _ingest(enc_path, family, page_size, block_bytes, "auto")
+    figures = _store_figures(enc_path, names, family, repeat)
+    figures["bytes"] = figures["encoded_bytes"]  # distinct blocks as encoded; pages beside it
+    alt["store-encoded"] = figures | {"ingest_s": ingest, "accuracy": accuracy_original}
+    shutil.rmtree(raw_path, ignore_errors=True)
+    near_path = enc_path
+    if lossless_only:
+        return res
 
     t0 = time.perf_counter()
-    with open_store(store_path, "r+") as s:
+    with open_store(near_path, "r+") as s:
         report = s.dedup(evaluate=evaluate, max_accuracy_drop=max_accuracy_drop, tolerance=tolerance)
         pack = s.repack()
         accuracy_after = {n: evaluate(n, s.load_model(n)) for n in names}
-    near = _store_figures(store_path, names, None, repeat)
+    near = _store_figures(near_path, names, None, repeat)
+    near["bytes"] = near["encoded_bytes"]
     near.update({
         "dedup_s": time.perf_counter() - t0,
         "accuracy": accuracy_after,
@@ -156,9 +160,10 @@ def run(
         "max_accuracy_drop": max_accuracy_drop,
         "tolerance": tolerance,
         "repack_status": pack.status,
+        "on": "store-encoded",
     })
     alt["store-neardup"] = near
-    res["cache"] = _cache_figures(store_path, names, requests, seed)
+    res["cache"] = _cache_figures(near_path, names, requests, seed)
     return res
 
 
@@ -204,7 +209,10 @@ def _store_figures(path: Path, names: list[str], family: dict | None, repeat: in
         _drop_cache(data)
         cold_times.append(_timed(cold_load))
     return {
+        "encoded_bytes": stats.encoded_bytes,
+        "encodings": dict(stats.encodings),
         "bytes": stats.stored_bytes,
+        "stored_bytes": stats.stored_bytes,
         "unique_bytes": stats.unique_bytes,
         "file_bytes": stats.file_bytes,
         "pages": stats.pages,
@@ -222,13 +230,16 @@ def _cache_figures(path: Path, names: list[str], requests: int, seed: int) -> di
     import tensorstore_bufferpool as bufferpool
 
     with open_store(path, "r") as s:
-        blocks = s.catalog()["blocks"].to_pylist()
+        tables = s.catalog()
         page_size = s.page_size
+    # A model's request reads the pages of its blocks and of its deltas' references, in order.
+    page_of = {r["block_id"]: r["page_id"] for r in tables["distinct_blocks"].to_pylist()}
     model_pages: dict[str, list[int]] = {}
-    for r in blocks:
+    for r in tables["blocks"].to_pylist():
         pages = model_pages.setdefault(r["model"], [])
-        if r["page_id"] not in pages:
-            pages.append(r["page_id"])
+        for block in (r["ref_block"], r["block_id"]):
+            if block is not None and page_of[block] not in pages:
+                pages.append(page_of[block])
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, len(names) + 1) ** 1.0
     order = rng.permutation(len(names))
@@ -246,28 +257,56 @@ def _cache_figures(path: Path, names: list[str], requests: int, seed: int) -> di
     return out
 
 
+LABELS = {"zipllm-style": "zipllm-style (reimplementation)"}
+
+
 def table(res: dict) -> str:
     """The comparison as a Markdown table, ratios against one safetensors file per model."""
     alt = res["alternatives"]
     base = alt["safetensors"]["bytes"]
     names = res["models"]
     lines = [
-        "| alternative | bytes | × safetensors | min / mean accuracy | ingest s | warm load s | cold load s | pages read / bound (mean) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| alternative | bytes | × safetensors | pages | round trip | min / mean accuracy | ingest s | warm load s | cold load s | pages read / bound (mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, a in alt.items():
-        acc = list(a["accuracy"].values())
+        acc = [v for v in a["accuracy"].values() if v is not None]
+        acc_text = f"{min(acc):.4f} / {statistics.mean(acc):.4f}" if acc else "-"
         pr = a.get("pages_read")
-        pages = f"{statistics.mean(pr.values()):.1f} / {statistics.mean(a['pages_read_lower_bound'].values()):.1f}" if pr else "-"
+        pages_read = f"{statistics.mean(pr.values()):.1f} / {statistics.mean(a['pages_read_lower_bound'].values()):.1f}" if pr else "-"
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        exact = {True: "bit-exact", False: "DIFFERS", None: "lossy" if key == "store-neardup" else "-"}[a.get("bit_exact")]
         lines.append(
-            f"| {key} | {a['bytes']:,} | {a['bytes'] / base:.3f} | {min(acc):.4f} / {statistics.mean(acc):.4f} | "
-            f"{fmt(a.get('ingest_s'))} | {fmt(a.get('load_warm_s'))} | {fmt(a.get('load_cold_s'))} | {pages} |"
+            f"| {LABELS.get(key, key)} | {a['bytes']:,} | {a['bytes'] / base:.3f} | {a.get('pages', '-')} | {exact} | "
+            f"{acc_text} | "
+            f"{fmt(a.get('ingest_s'))} | {fmt(a.get('load_warm_s'))} | {fmt(a.get('load_cold_s'))} | {pages_read} |"
         )
-    lines += ["", f"Per-model accuracy (original → after near-dup, budget {alt['store-neardup']['max_accuracy_drop']}):", ""]
-    lines += ["| model | original | after near-dup |", "|---|---|---|"]
+    for key, why in res.get("left_out", {}).items():
+        lines.append(f"| {key} | left out: {why} | | | | | | | | |")
+    notes = []
+    for key in ("store-exact", "store-encoded", "store-neardup"):
+        a = alt.get(key)
+        if a is not None and "encodings" in a:
+            counts = ", ".join(f"{k} {v:,}" for k, v in a["encodings"].items())
+            notes.append(f"- {key}: distinct blocks as encoded {a['encoded_bytes']:,} B "
+                         f"({a['encoded_bytes'] / base:.3f}); decoded {a['unique_bytes']:,} B; pages × page size "
+                         f"{a['stored_bytes']:,} B ({a['stored_bytes'] / base:.3f}); blocks by encoding: {counts}")
+    enc = alt.get("store-encoded")
+    if enc is not None:  # issue 13's targets, as ratios of this run's figures
+        for other in ("zipllm-style", "zipnn+tensor-dedup"):
+            if other in alt:
+                notes.append(f"- store-encoded / {LABELS.get(other, other)}: {enc['bytes'] / alt[other]['bytes']:.3f}")
+    if notes:
+        lines += ["", *notes]
+    near = alt.get("store-neardup")
+    if near is None:
+        return "\n".join(lines + ["", "(lossless rows only: no accuracies, no near-duplicate pass, no cache simulation)"])
+    lines += ["", f"Per-model accuracy (original → after near-dup on {near.get('on', 'store-exact')}, "
+                  f"budget {near['max_accuracy_drop']}):", ""]
+    lines += ["| model | base | original | after near-dup |", "|---|---|---|---|"]
     for n in names:
-        lines.append(f"| {n} | {alt['safetensors']['accuracy'][n]:.4f} | {alt['store-neardup']['accuracy'][n]:.4f} |")
+        lines.append(f"| {n} | {res.get('parents', {}).get(n) or '-'} | {alt['safetensors']['accuracy'][n]:.4f} | "
+                     f"{near['accuracy'][n]:.4f} |")
     c = res["cache"]
     lines += ["", f"Cache hit ratio, {c['requests']} Zipf(1.0) requests, {c['distinct_pages']} distinct pages (largest model {c['largest_model_pages']} pages):", ""]
     lines += ["| capacity (pages) | LRU | ARC | S3-FIFO | queueing | Belady |", "|---|---|---|---|---|---|"]
@@ -277,22 +316,10 @@ def table(res: dict) -> str:
 
 
 def load_corpus(corpus: str):
-    """``(family, evaluate, page_size, block_bytes)`` for a corpus name or a folder."""
-    if corpus == "digits":
-        from ..corpora import digits
+    """The :class:`tensorstore.corpora.registry.Corpus` named ``corpus`` (or a folder of files)."""
+    from ..corpora import registry
 
-        return digits.build_family(), digits.evaluate, "256KiB", "16KiB"
-    if corpus == "minilm":
-        from ..corpora import minilm_family
-
-        return minilm_family.load_family(), minilm_family.evaluate, "1MiB", "64KiB"
-    from ..formats import read_model_file
-
-    folder = Path(corpus)
-    family = {p.stem: read_model_file(p)[0] for p in sorted(folder.glob("*.safetensors"))}
-    if not family:
-        raise FileNotFoundError(f"no .safetensors files in {folder}")
-    return family, (lambda n, t: 0.0), "1MiB", "64KiB"
+    return registry.load(corpus)
 
 
 @contextmanager
@@ -300,24 +327,26 @@ def stored_corpus(corpus: str, workdir: str | None):
     """Store a corpus's family (exact dedup) in a temporary store; yield its path and the family."""
     import tempfile
 
-    family, _, page, block = load_corpus(corpus)
+    c = load_corpus(corpus)
     tmp = Path(tempfile.mkdtemp(prefix="ts-bench-", dir=workdir))
     try:
-        with open_store(tmp / "store", "w", page_size=page, block_bytes=block) as s:
-            for name, tensors in family.items():
+        with open_store(tmp / "store", "w", page_size=c.page_size, block_bytes=c.block_bytes) as s:
+            for name, tensors in c.family.items():
                 s.add_model(name, tensors)
-        yield tmp / "store", family
+        yield tmp / "store", c.family
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main(corpus: str, workdir: str | None, repeat: int, max_accuracy_drop: float, tolerance: float) -> dict:
+def main(corpus: str, workdir: str | None, repeat: int, max_accuracy_drop: float, tolerance: float,
+         lossless_only: bool = False) -> dict:
     import tempfile
 
-    family, evaluate, page, block = load_corpus(corpus)
+    c = load_corpus(corpus)
     tmp = Path(tempfile.mkdtemp(prefix="ts-compare-", dir=workdir))
     try:
-        return run(family, evaluate, tmp, page_size=page, block_bytes=block, repeat=repeat,
-                   max_accuracy_drop=max_accuracy_drop, tolerance=tolerance)
+        res = run(c.family, c.evaluate, tmp, parents=c.parents, page_size=c.page_size, block_bytes=c.block_bytes,
+                  repeat=repeat, max_accuracy_drop=max_accuracy_drop, tolerance=tolerance, lossless_only=lossless_only)
+        return {"corpus": corpus} | res
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -221,13 +221,18 @@ def main(corpus: str = "minilm", repeat: int = 5, workdir: str | None = None, co
         from ..corpora import minilm
 
         model = minilm.load_base()
-    else:
+    elif corpus == "digits":
         from ..corpora import digits
 
         model = digits.build_family(digits.FAMILY[:1])["digits-base"]
+    else:  # another named corpus: its root model
+        from ..corpora import registry
+
+        c = registry.load(corpus)
+        model = c.family[c.root or next(iter(c.family))]
     tmp = Path(tempfile.mkdtemp(prefix="ts-bench-", dir=workdir))
     try:
-        raw = run(model, tmp, repeat=repeat, models_in_big_store=50 if corpus == "minilm" else 10, codec=codec)
+        raw = run(model, tmp, repeat=repeat, models_in_big_store=50 if corpus in ("minilm", "embedding") else 10, codec=codec)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"corpus": corpus, "codec": codec, "machine": machine(), "raw": raw, "summary": summarize(raw)}
