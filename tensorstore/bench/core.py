@@ -55,7 +55,6 @@ def head_only(base: dict[str, np.ndarray], seed: int = 0, classes: int = 2) -> d
 def run(model: dict[str, np.ndarray], workdir: Path, *, repeat: int = 5, models_in_big_store: int = 50,
         codec: str = "raw") -> dict:
     """Measure the store-core figures on ``model`` with stores of ``codec``; return them."""
-    from safetensors.numpy import load_file
 
     nbytes = sum(v.nbytes for v in model.values())
     res: dict = {"model_bytes": nbytes, "tensors": len(model), "repeat": repeat, "page_size": PAGE, "block_bytes": BLOCK,
@@ -107,16 +106,7 @@ def run(model: dict[str, np.ndarray], workdir: Path, *, repeat: int = 5, models_
         st = s.stats()
         res["ten_copies_stored_bytes"] = st.stored_bytes
         res["padding_overhead"] = (pages * page_bytes - res["encoded_bytes"]) / res["encoded_bytes"]
-        s.load_model("m")  # warm the page cache and the map
-        st_file = workdir / "model.safetensors"
-        write_safetensors(st_file, model)
-        load_file(str(st_file))
-        # Alternated, run by run, so that both see the same machine; the ratio is the
-        # median of the paired ratios.
-        loads, files = [], []
-        for _ in range(repeat):
-            loads.append(_median_time(lambda _: s.load_model("m"), 1))
-            files.append(_median_time(lambda _: load_file(str(st_file)), 1))
+        loads, files = _paired_loads(s, "m", model, workdir / "model.safetensors", repeat)
         res["load_warm_s"] = statistics.median(loads)
         res["safetensors_load_warm_s"] = statistics.median(files)
         res["load_paired_ratio"] = statistics.median(f / m for f, m in zip(files, loads))
@@ -137,14 +127,7 @@ def run(model: dict[str, np.ndarray], workdir: Path, *, repeat: int = 5, models_
         res["tuned_added_encoded_bytes"] = after.encoded_bytes - before.encoded_bytes
         res["tuned_delta_blocks"] = after.encodings["delta"] - before.encodings["delta"]
         res["tuned_new_blocks"] = after.unique_blocks - before.unique_blocks
-        st_file = workdir / "tuned.safetensors"
-        write_safetensors(st_file, tuned)
-        s.load_model("tuned")
-        load_file(str(st_file))
-        loads, files = [], []
-        for _ in range(repeat):
-            loads.append(_median_time(lambda _: s.load_model("tuned"), 1))
-            files.append(_median_time(lambda _: load_file(str(st_file)), 1))
+        loads, files = _paired_loads(s, "tuned", tuned, workdir / "tuned.safetensors", repeat)
         res["tuned_load_warm_s"] = statistics.median(loads)
         res["tuned_safetensors_load_warm_s"] = statistics.median(files)
         res["tuned_load_paired_ratio"] = statistics.median(m / f for f, m in zip(files, loads))
@@ -177,6 +160,21 @@ def run(model: dict[str, np.ndarray], workdir: Path, *, repeat: int = 5, models_
     for s in stores:
         s.close()
     return res
+
+
+def _paired_loads(store, name: str, model: dict, st_file: Path, repeat: int) -> tuple[list[float], list[float]]:
+    """Warm ``load_model(name)`` and safetensors' ``load_file`` of the same tensors, timed
+    alternately run by run so that both see the same machine (ratios: median of the pairs)."""
+    from safetensors.numpy import load_file
+
+    write_safetensors(st_file, model)
+    store.load_model(name)  # warm the page cache and the map
+    load_file(str(st_file))
+    loads, files = [], []
+    for _ in range(repeat):
+        loads.append(_median_time(lambda _: store.load_model(name), 1))
+        files.append(_median_time(lambda _: load_file(str(st_file)), 1))
+    return loads, files
 
 
 def _top_layers(model: dict) -> list[str]:
