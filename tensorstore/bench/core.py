@@ -55,7 +55,6 @@ def head_only(base: dict[str, np.ndarray], seed: int = 0, classes: int = 2) -> d
 def run(model: dict[str, np.ndarray], workdir: Path, *, repeat: int = 5, models_in_big_store: int = 50,
         codec: str = "raw") -> dict:
     """Measure the store-core figures on ``model`` with stores of ``codec``; return them."""
-
     nbytes = sum(v.nbytes for v in model.values())
     res: dict = {"model_bytes": nbytes, "tensors": len(model), "repeat": repeat, "page_size": PAGE, "block_bytes": BLOCK,
                  "codec": codec}
