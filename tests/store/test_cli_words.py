@@ -48,14 +48,16 @@ def test_errors_name_flags_not_python_arguments(models, capsys):
     assert code == 1 and "--page-size '4XB' is not a size" in err
 
 
-def test_a_failing_file_is_named_with_what_was_added_before_it(models, capsys):
+def test_a_failing_file_is_named_and_nothing_is_added(models, capsys):
+    # One transaction for every FILE|DIR: the one that fails is named, the others stay out.
     store = models / "store"
-    code, out, err = run(capsys, "add", store, models / "a.safetensors", models / "bad.safetensors", models / "b.safetensors")
+    assert run(capsys, "add", store, models / "b.safetensors")[0] == 0
+    code, out, err = run(capsys, "add", store, models / "a.safetensors", models / "bad.safetensors")
     assert code == 1 and len(err.splitlines()) == 1
-    assert str(models / "bad.safetensors") in err and "added before it: a" in err
-    assert "added a" in out
-    code, out, _ = run(capsys, "ls", store)
-    assert "a" in out and " b " not in out
+    assert str(models / "bad.safetensors") in err and "nothing was added" in err
+    assert "added a" not in out
+    code, out, _ = run(capsys, "ls", store, "--json")
+    assert [r["model"] for r in json.loads(out)] == ["b"]
 
 
 def test_an_empty_name_is_an_error_not_a_fallback(models, capsys):
