@@ -84,8 +84,10 @@ def _run(directory: Path, out) -> dict:
     out(f"  logical bytes (all models as added)  {format_size(stats.logical_bytes)}")
     out(f"  one safetensors file per model       {format_size(files_bytes)}")
     out(f"  distinct block bytes                 {format_size(stats.unique_bytes)}")
-    out(f"  distinct / logical                   {stats.unique_bytes / stats.logical_bytes:.2f}  "
-        f"({stats.logical_bytes / stats.unique_bytes:.2f}x smaller)")
+    encodings = ", ".join(f"{n} {name}" for name, n in stats.encodings.items())
+    out(f"  the same, as stored (encoded)        {format_size(stats.encoded_bytes)}  ({encodings} blocks)")
+    out(f"  stored / logical                     {stats.encoded_bytes / stats.logical_bytes:.2f}  "
+        f"({stats.logical_bytes / stats.encoded_bytes:.2f}x smaller, lossless)")
     out(f"  pages                                {format_size(stats.stored_bytes)}  ({stats.pages} of "
         f"{format_size(stats.page_size)}; {format_size(stats.padding_bytes)} of it room not yet filled)")
     out(f"  ingest of {len(family)} models                   {ingest * 1000:.0f} ms")
@@ -105,7 +107,8 @@ def _run(directory: Path, out) -> dict:
         if m.replaced:
             out(f"  {m.model:<{width}}  {len(m.replaced):>3} blocks -> shared, {format_size(m.bytes_saved):>10} saved, "
                 f"accuracy {m.accuracy_before:.3f} -> {m.accuracy_after:.3f} ({m.evaluations} evaluations)")
-    out(f"  distinct block bytes {format_size(stats.unique_bytes)} -> {format_size(after.unique_bytes)};  "
+    out(f"  distinct block bytes {format_size(stats.unique_bytes)} -> {format_size(after.unique_bytes)}, "
+        f"as stored {format_size(stats.encoded_bytes)} -> {format_size(after.encoded_bytes)};  "
         f"{report.evaluations} evaluations in all;  every model within budget: "
         f"{'yes' if all(m.accuracy_after >= m.accuracy_before - budget for m in report.models) else 'NO'}")
     out(f"Repack ({pack.algorithm}): {pack.pages_before} -> {pack.pages_after} pages (lower bound {pack.lower_bound_pages}); "
