@@ -135,7 +135,11 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     if mode in ("r", "r+"):
         if not path.exists():
             raise StoreNotFoundError(f"no store at {path}; create one with mode 'a' or 'w-'")
-        if not is_store and not any(p.name != "lock.mdb" for p in path.iterdir()):  # empty, or being created
+        # One listing decides: another process may be creating the store right now, and
+        # data.mdb may appear between two looks at the directory.
+        names = {p.name for p in path.iterdir()}
+        is_store = DATA_FILE in names and (path / DATA_FILE).is_file()
+        if not is_store and names <= {"lock.mdb"}:  # empty, or being created
             raise StoreNotFoundError(f"no store at {path} (the directory is empty); create one with mode 'a' or 'w-'")
         if not is_store:
             raise NotAStoreError(f"{path} is not a store (no {DATA_FILE} in it)")
