@@ -208,7 +208,7 @@ def _add(args) -> int:
                             tensors, meta, files = read_model_dir(f)
                         else:
                             (tensors, meta), files = read_model_file(f), None
-                        before = store._state(txn).encoded_bytes
+                        before = store.state(txn).encoded_bytes
                         store.add_model(name, tensors, meta, replace=args.replace, domain=args.domain,
                                         progress_bar=_progress(args), files=files)
                     except ModelExistsError:
@@ -219,7 +219,7 @@ def _add(args) -> int:
                         raise _FileError((text if str(f) in text else f"{f}: {text}") + "; nothing was added") from None
                     # new bytes as stored: after dedup and encoding
                     added.append({"model": name, "file": str(f), "logical_bytes": sum(t.nbytes for t in tensors.values()),
-                                  "new_bytes": store._state(txn).encoded_bytes - before, "files": sorted(files or ()),
+                                  "new_bytes": store.state(txn).encoded_bytes - before, "files": sorted(files or ()),
                                   "skipped": list(meta.get("skipped_pickles", ()))})
 
             store.env.write(add_all)

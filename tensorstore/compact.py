@@ -32,7 +32,7 @@ def compact(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, ti
     before_bytes = sum(b.stored for b in blocks.values())
     before = [sum(b.encoding == e for b in blocks.values()) for e in range(len(codec.NAMES))]
     reader = _Reader(store, txn, verify=True)
-    records = sorted(store._iter_records(txn), key=lambda m: m.model_id)
+    records = sorted(store.records(txn), key=lambda m: m.model_id)
     is_ref = {b.ref for b in blocks.values() if b.ref}
     seen: set[int] = set()
     payloads: dict[int, bytes] = {}

@@ -394,7 +394,7 @@ def gather(store, txn, name: str, search: BlockSearch):
     float blocks (``search`` synced to the snapshot) and which of them are private to it."""
     from .store import _Reader
 
-    record = store._record(txn, name)
+    record = store.record(txn, name)
     reader = _Reader(store, txn, verify=True)
     original = {t.name: reader.tensor(t) for t in record.tensors}
     blocks = search.sync(store, txn, reader)
@@ -410,7 +410,7 @@ def base_ranks(store, txn: lmdb.Transaction) -> tuple[dict[str, tuple[int, int]]
     """
     owners: dict[int, set[str]] = {}
     ids: dict[str, int] = {}
-    for m in store._iter_records(txn):
+    for m in store.records(txn):
         ids[m.name] = m.model_id
         for t in m.tensors:
             for i in t.block_ids.tolist():
@@ -464,11 +464,11 @@ def _apply(store, txn: lmdb.Transaction, planned: _Planned, tolerance: float) ->
 
     name = planned.record.name
     env = store.env
-    current = store._record(txn, name)
+    current = store.record(txn, name)
     if (current.model_id, current.created) != (planned.record.model_id, planned.record.created):
         raise ConflictError(f"model {name!r} changed while dedup planned it; run dedup again")
-    state = store._state(txn)
-    writer = BlockWriter(txn, env.dbs, store._pages, state)
+    state = store.state(txn)
+    writer = BlockWriter(txn, env.dbs, store.page_file, state)
     tensors = []
     for t in current.tensors:
         ids = t.block_ids.copy()
@@ -484,7 +484,7 @@ def _apply(store, txn: lmdb.Transaction, planned: _Planned, tolerance: float) ->
     writer.flush()
     record = replace(current, tensors=tuple(tensors))
     txn.put(name.encode(), cat.encode_model(record), db=env.dbs["models"])
-    store._put_state(txn, state)
+    store.put_state(txn, state)
     r = planned.result
     now = time.time()
     for rep in r.replaced:

@@ -52,7 +52,7 @@ class Reader:
         """Every tensor of the model, read-only: mapped from the shared cache when the store
         has one; else views of the memory map where a tensor is one run, and copies."""
         self._check_open()
-        raw, record = self._store._record_value(self._txn, name)
+        raw, record = self._store.record_value(self._txn, name)
         if self._store._shared is None:
             return {t.name: self._tensor(t) for t in record.tensors}
         keys = self._content_keys(raw, record)
@@ -62,7 +62,7 @@ class Reader:
         from .errors import TensorNotFoundError
 
         self._check_open()
-        record = self._store._record(self._txn, name)
+        record = self._store.record(self._txn, name)
         t = record.tensor(tensor_name)
         if t is None:
             raise TensorNotFoundError(f"model {name!r} has no tensor {tensor_name!r}")

@@ -235,8 +235,8 @@ def push(store, url: str, models=None, *, pack_bytes: int = PACK_BYTES, max_atte
     with store.env.read() as txn:
         reader = _Reader(store, txn, verify=True)
         local = _LocalBlocks(reader)
-        wanted = names if names is not None else [m.name for m in store._iter_records(txn)]
-        records = [store._record(txn, n) for n in wanted]
+        wanted = names if names is not None else [m.name for m in store.records(txn)]
+        records = [store.record(txn, n) for n in wanted]
         records.sort(key=lambda r: (r.created, r.model_id))  # parents first: their blocks come first in packs
         ours = {r.name: local.model(r) for r in records}
         unchanged = [n for n, m in ours.items() if n in base.models and base.models[n].same_as(m)]
@@ -402,7 +402,7 @@ def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store):
         value = txn.get(_name_key(m.name), db=store.env.dbs["models"])
         if value is not None and local.model(cat.decode_model(m.name, value)).same_as(m):
             return None, (0, 0, 0)
-        domain_id = store._state(txn).domains.get(m.domain)
+        domain_id = store.state(txn).domains.get(m.domain)
         hashes = store.env.dbs["hashes"]
 
         def from_store(d: bytes) -> bool:

@@ -49,7 +49,7 @@ def read_sets(store, txn: lmdb.Transaction, blocks: dict[int, BlockRecord]):
     load of it reads, in order (a delta's reference right after it)."""
     models: dict[str, list[str]] = {}
     tensors: dict[str, list[int]] = {}
-    for m in store._iter_records(txn):
+    for m in store.records(txn):
         keys = []
         for t in m.tensors:
             key = f"{m.name}\x00{t.name}"
@@ -76,14 +76,14 @@ def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, tim
     replace records and stored bytes of re-encoded blocks; the others are copied as
     they lie."""
     dbs = store.env.dbs
-    state = store._state(txn)
+    state = store.state(txn)
     original = all_blocks(store, txn)
     before_models, before_tensors = read_sets(store, txn, original)
     blocks = original if blocks is None else blocks
     payloads = payloads or {}
     models, tensors = read_sets(store, txn, blocks)
     before = _pages_read(before_models, before_tensors, {i: b.page_id for i, b in blocks.items()})
-    old_pages = store._pages.ids(txn)
+    old_pages = store.page_file.ids(txn)
     if not blocks:
         return PackReport(algorithm, "empty", 0.0, len(old_pages), 0, 0, {}, {}, {})
 
@@ -96,7 +96,7 @@ def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, tim
     members: dict[int, list[int]] = {}
     for block_id, (page, _) in placement.items():
         members.setdefault(page, []).append(block_id)
-    buffer = store._pages.new_buffer()
+    buffer = store.page_file.new_buffer()
     size = store.page_size
     for page, ids in sorted(members.items()):
         ids.sort(key=lambda i: placement[i][1])
@@ -111,19 +111,19 @@ def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, tim
             else:
                 src = sources.get(b.page_id)
                 if src is None:
-                    src = sources[b.page_id] = store._pages.read(txn, b.page_id)
+                    src = sources[b.page_id] = store.page_file.read(txn, b.page_id)
                 buffer[offset : offset + b.stored] = src[b.offset : b.offset + b.stored]
             used = max(used, offset + b.stored)
         sources.clear()  # views into the map are not to outlive the next write
         page_id = first + page
-        store._pages.write(txn, page_id, buffer)
+        store.page_file.write(txn, page_id, buffer)
         txn.put(id_key(page_id), cat.encode_page(PageRecord(page_id, used, sum(blocks[i].stored for i in ids), tuple(ids))),
                 db=dbs["pagemeta"])
     for block_id, (page, offset) in placement.items():
         b = blocks[block_id]
         txn.put(id_key(block_id), cat.encode_block(replace(b, page_id=first + page, offset=offset)), db=dbs["blocks"])
     for page_id in old_pages:
-        store._pages.delete(txn, page_id)
+        store.page_file.delete(txn, page_id)
         txn.delete(id_key(page_id), db=dbs["pagemeta"])
 
     new_pages = {i: first + p for i, (p, _) in placement.items()}
@@ -133,7 +133,7 @@ def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, tim
     state.open_pages = sorted([p, r] for p, r in room.items() if r >= size // OPEN_ROOM_FRACTION)
     state.encoded_bytes = sum(b.stored for b in blocks.values())
     state.encodings = [sum(b.encoding == e for b in blocks.values()) for e in range(len(state.encodings))]
-    store._put_state(txn, state)
+    store.put_state(txn, state)
 
     after = _pages_read(models, tensors, new_pages)
     bound = {m: -(-sum(blocks[i].stored for i in _model_blocks(models[m], tensors)) // size) for m in models}

@@ -193,7 +193,7 @@ class Store:
         self.readonly = readonly
         self.page_size = page_size
         self.block_bytes = block_bytes
-        self._pages = PageFile(env.dbs["pages"], page_size, env.verified_pages)
+        self.page_file = PageFile(env.dbs["pages"], page_size, env.verified_pages)
         # Where each tensor's bytes lie, per model, valid for one snapshot (LMDB txn id):
         # a warm load of an unchanged store skips the catalog entirely.
         self._plans: dict[tuple[str, int], list[tuple[TensorRecord, list[tuple[int, int, int, int]]]]] = {}
@@ -233,7 +233,7 @@ class Store:
 
     def _load_into_frame(self, page_id: int, frame: memoryview) -> int:
         # Called by the pool, in the loading thread, inside that thread's read transaction.
-        payload = self._pages.read(self._pool_txn.txn, page_id, recheck=True)
+        payload = self.page_file.read(self._pool_txn.txn, page_id, recheck=True)
         frame[: len(payload)] = payload
         return len(payload)
 
@@ -421,9 +421,9 @@ class Store:
             old = txn.get(key, db=env.dbs["models"])
             if old is not None and not replace:
                 raise ModelExistsError(f"model {name!r} already exists; pass replace=True to overwrite it")
-            state = self._state(txn)
+            state = self.state(txn)
             domain_id = state.domains.setdefault(domain, len(state.domains))
-            writer = BlockWriter(txn, env.dbs, self._pages, state, domain_id)
+            writer = BlockWriter(txn, env.dbs, self.page_file, state, domain_id)
             records = []
             with progress(total, f"adding {name}", progress_bar) as bar:
                 if self.codec == "raw":
@@ -454,7 +454,7 @@ class Store:
             state.models += 1
             state.tensors += len(records)
             state.logical_bytes += total
-            self._put_state(txn, state)
+            self.put_state(txn, state)
 
         env.write(add, expect_bytes=total + sum(len(d) for d in extra.values()))
 
@@ -498,7 +498,7 @@ class Store:
         position, then the most tensors of the same name, dtype and shape, then the oldest."""
         if base is not None:
             try:
-                parent = self._record(txn, base)
+                parent = self.record(txn, base)
             except ModelNotFoundError:
                 raise ModelNotFoundError(f"base model {base!r} is not in the store at {self.path}") from None
             if parent.domain != domain:
@@ -509,7 +509,7 @@ class Store:
             found = [writer._lookup(cat.hash_key(writer.domain, d)) for d in digests]
             hits[tname] = (dname, tuple(arr.shape), np.array([-1 if f is None else f for f in found], dtype=np.int64))
         best, best_score = None, None
-        for record in self._iter_records(txn):
+        for record in self.records(txn):
             if record.domain != domain:
                 continue
             shared = same = 0
@@ -531,9 +531,9 @@ class Store:
         key = _name_key(name)
 
         def delete(txn: lmdb.Transaction) -> None:
-            record = self._record(txn, name)
-            state = self._state(txn)
-            writer = BlockWriter(txn, env.dbs, self._pages, state)
+            record = self.record(txn, name)
+            state = self.state(txn)
+            writer = BlockWriter(txn, env.dbs, self.page_file, state)
             for t in record.tensors:
                 for block_id in t.block_ids:
                     writer.release(int(block_id))
@@ -544,7 +544,7 @@ class Store:
             state.models -= 1
             state.tensors -= len(record.tensors)
             state.logical_bytes -= record.logical_bytes
-            self._put_state(txn, state)
+            self.put_state(txn, state)
 
         env.write(delete)
 
@@ -565,7 +565,7 @@ class Store:
             with self._plans_lock:
                 plan = self._plans.get(key)
             if plan is None:
-                plan = [(t, reader.runs(t)) for t in self._record(txn, name).tensors]
+                plan = [(t, reader.runs(t)) for t in self.record(txn, name).tensors]
                 with self._plans_lock:  # handles are shared across threads
                     while len(self._plans) >= _MAX_PLANS:
                         self._plans.pop(next(iter(self._plans)))
@@ -576,7 +576,7 @@ class Store:
         """Return one tensor of a model (reads only the pages that tensor needs)."""
         self._read_through(name)
         with self.env.read() as txn:
-            record = self._record(txn, name)
+            record = self.record(txn, name)
             t = record.tensor(tensor_name)
             if t is None:
                 raise TensorNotFoundError(f"model {name!r} has no tensor {tensor_name!r}")
@@ -598,7 +598,7 @@ class Store:
     def load_files(self, name: str) -> dict[str, bytes]:
         """The small files kept with a model (``add_model(..., files=)``), by relative path."""
         with self.env.read() as txn:
-            prefix = id_key(self._record(txn, name).model_id)
+            prefix = id_key(self.record(txn, name).model_id)
             db = self.env.dbs.get("files")
             if db is None:  # a store made before files could be kept, opened read-only
                 return {}
@@ -653,7 +653,7 @@ class Store:
         """The page of each block in ``ids``: looked up one by one, or, when they are most
         of the store, read in one scan of the block table (cheaper than as many lookups)."""
         db = self.env.dbs["blocks"]
-        if len(ids) < self._state(txn).unique_blocks // 2:
+        if len(ids) < self.state(txn).unique_blocks // 2:
             values = ((i, txn.get(id_key(i), db=db)) for i in ids)
             return {i: cat.decode_block(i, v).page_id for i, v in values if v is not None}
         out = {}
@@ -667,7 +667,7 @@ class Store:
     def model_info(self, name: str) -> ModelRecord:
         """The catalog record of a model: metadata and each tensor's dtype, shape, blocks."""
         with self.env.read() as txn:
-            return self._record(txn, name)
+            return self.record(txn, name)
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str) or not name:
@@ -684,7 +684,7 @@ class Store:
 
     def __len__(self) -> int:
         with self.env.read() as txn:
-            return self._state(txn).models
+            return self.state(txn).models
 
     def models(self) -> list[str]:
         """Model names in the store's (UTF-8 byte) order."""
@@ -788,7 +788,7 @@ class Store:
     def stats(self) -> StoreStats:
         """Sizes and counts; read from running totals, so it costs the same at any size."""
         with self.env.read() as txn:
-            s = self._state(txn)
+            s = self.state(txn)
         return StoreStats(
             models=s.models,
             tensors=s.tensors,
@@ -819,12 +819,13 @@ class Store:
         with self.env.read() as txn:
             return catalog_tables(self, txn)
 
-    # -- helpers for the parts that read the catalog ---------------------------------
+    # -- the catalog, for the modules that compose the store (dedup, repack, verify,
+    #    tables, compact, remote, the CLI): one snapshot's records and running state -----
 
-    def _record(self, txn: lmdb.Transaction, name: str) -> ModelRecord:
-        return self._record_value(txn, name)[1]
+    def record(self, txn: lmdb.Transaction, name: str) -> ModelRecord:
+        return self.record_value(txn, name)[1]
 
-    def _record_value(self, txn: lmdb.Transaction, name: str) -> tuple[bytes, ModelRecord]:
+    def record_value(self, txn: lmdb.Transaction, name: str) -> tuple[bytes, ModelRecord]:
         """A model's catalog record, raw and decoded."""
         value = txn.get(_name_key(name), db=self.env.dbs["models"])
         if value is None:
@@ -842,13 +843,13 @@ class Store:
             self._ident = f"{st.st_dev}:{st.st_ino}:{created!r}".encode()
         return self._ident
 
-    def _state(self, txn: lmdb.Transaction) -> StoreState:
+    def state(self, txn: lmdb.Transaction) -> StoreState:
         value = txn.get(_STATE_KEY, db=self.env.dbs["meta"])
         if value is None:
             raise CorruptionError(f"the store at {self.path} has no state record")
         return StoreState.decode(value)
 
-    def _put_state(self, txn: lmdb.Transaction, state: StoreState) -> None:
+    def put_state(self, txn: lmdb.Transaction, state: StoreState) -> None:
         txn.put(_STATE_KEY, state.encode(), db=self.env.dbs["meta"])
 
     def _models_in_page(self, txn: lmdb.Transaction, page_id: int) -> str:
@@ -856,12 +857,12 @@ class Store:
         try:
             value = txn.get(id_key(page_id), db=self.env.dbs["pagemeta"])
             in_page = set(cat.decode_page(page_id, value).block_ids) if value is not None else set()
-            names = [m.name for m in self._iter_records(txn) if any(int(i) in in_page for t in m.tensors for i in t.block_ids)]
+            names = [m.name for m in self.records(txn) if any(int(i) in in_page for t in m.tensors for i in t.block_ids)]
         except CorruptionError:
             return "models the damaged catalog no longer names"
         return "models " + ", ".join(repr(n) for n in names) if names else "no model"
 
-    def _iter_records(self, txn: lmdb.Transaction) -> Iterator[ModelRecord]:
+    def records(self, txn: lmdb.Transaction) -> Iterator[ModelRecord]:
         with txn.cursor(db=self.env.dbs["models"]) as cur:
             for k, v in cur:
                 yield cat.decode_model(bytes(k).decode(errors="replace"), v)
@@ -881,7 +882,7 @@ class _Reader:
         view = self.pages.get(page_id)
         if view is None:
             try:
-                view = self.pages[page_id] = self.store._pages.read(self.txn, page_id, verify=self.verify)
+                view = self.pages[page_id] = self.store.page_file.read(self.txn, page_id, verify=self.verify)
             except CorruptionError as exc:
                 raise CorruptionError(f"{exc}; it holds blocks of {self.store._models_in_page(self.txn, page_id)}") from None
         return view

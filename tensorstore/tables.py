@@ -26,7 +26,7 @@ def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
     tensors = {"model": [], "tensor": [], "dtype": [], "shape": [], "nbytes": [], "blocks": []}
     blocks = {"model": [], "tensor": [], "index": [], "block_id": [], "page_id": [], "offset": [], "nbytes": [],
               "encoding": [], "stored_bytes": [], "ref_block": []}
-    for m in store._iter_records(txn):
+    for m in store.records(txn):
         models["model"].append(m.name)
         models["model_id"].append(m.model_id)
         models["domain"].append(m.domain)

@@ -41,11 +41,11 @@ def _verify(store, txn: lmdb.Transaction) -> VerifyReport:
     problem = problems.append
 
     # Pages and their checksums.
-    page_ids = store._pages.ids(txn)
+    page_ids = store.page_file.ids(txn)
     payloads = {}
     for page_id in page_ids:
         try:
-            payloads[page_id] = store._pages.read(txn, page_id, recheck=True)
+            payloads[page_id] = store.page_file.read(txn, page_id, recheck=True)
         except CorruptionError as exc:
             problem(str(exc))
 
@@ -105,7 +105,7 @@ def _verify(store, txn: lmdb.Transaction) -> VerifyReport:
     users: dict[int, set[str]] = {}
     models = tensors = logical = 0
     try:
-        for m in store._iter_records(txn):
+        for m in store.records(txn):
             models += 1
             tensors += len(m.tensors)
             logical += m.logical_bytes
@@ -132,7 +132,7 @@ def _verify(store, txn: lmdb.Transaction) -> VerifyReport:
 
     # Running totals behind stats().
     try:
-        s = store._state(txn)
+        s = store.state(txn)
         expected = {
             "models": models, "tensors": tensors, "logical_bytes": logical, "blocks": sum(refs.values()) - sum(1 for b in blocks.values() if b.ref),
             "unique_blocks": len(blocks), "unique_bytes": sum(b.nbytes for b in blocks.values()), "pages": len(page_ids),

@@ -48,7 +48,7 @@ def measure(store_path: Path, tolerance: float) -> dict:
         for name in s.models():
             # The search reads vectors from the snapshot's pages: keep it open meanwhile.
             with s.env.read() as txn:
-                record = s._record(txn, name)
+                record = s.record(txn, name)
                 t0 = time.perf_counter()
                 blocks = search.sync(s, txn, _Reader(s, txn, verify=True))
                 t1 = time.perf_counter()

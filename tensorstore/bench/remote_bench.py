@@ -25,7 +25,7 @@ def needed_bytes(store, name: str) -> int:
         from tensorstore.store import _Reader
 
         reader = _Reader(store, txn, verify=False)
-        todo = {int(i) for t in store._record(txn, name).tensors for i in t.block_ids}
+        todo = {int(i) for t in store.record(txn, name).tensors for i in t.block_ids}
         seen, total = set(), 0
         while todo:
             i = todo.pop()

@@ -23,7 +23,7 @@ def test_a_reference_count_that_runs_out_is_a_corruption_error(tmp_path):
         before = s.stats()
 
         def release_twice(txn):
-            writer = BlockWriter(txn, s.env.dbs, s._pages, s._state(txn))
+            writer = BlockWriter(txn, s.env.dbs, s.page_file, s.state(txn))
             writer.release(block)
             writer.release(block)  # as a damaged count would make it
 

@@ -72,7 +72,7 @@ def test_a_reader_keeps_its_snapshot_while_a_writer_changes_the_store(store_path
                 w.delete_model("a")
                 w.add_model("a", random_model(1))
                 # the snapshot did not move: the old model, whole, from the old pages
-                snap = {t.name: _Reader(r, txn, True).tensor(t) for t in r._record(txn, "a").tensors}
+                snap = {t.name: _Reader(r, txn, True).tensor(t) for t in r.record(txn, "a").tensors}
                 assert all(np.array_equal(snap[k], v) for k, v in before.items())
             assert np.array_equal(r.load_model("a")["embed.weight"], random_model(1)["embed.weight"])
         finally:
@@ -95,7 +95,7 @@ def test_handles_in_one_process_share_the_environment(store_path):
 
 def _pages(store):
     with store.env.read() as txn:
-        return {i: bytes(store._pages.read(txn, i)) for i in store._pages.ids(txn)}
+        return {i: bytes(store.page_file.read(txn, i)) for i in store.page_file.ids(txn)}
 
 
 def test_a_page_id_names_the_same_bytes_forever(store):

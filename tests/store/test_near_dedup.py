@@ -307,7 +307,7 @@ def test_the_search_keeps_no_vectors_and_reads_the_live_snapshot(pair):
     search = BlockSearch()
     with store.env.read() as txn:
         blocks = search.sync(store, txn, _Reader(store, txn, verify=True))
-        record = store._record(txn, "tuned")
+        record = store.record(txn, "tuned")
         private = private_blocks(record, blocks)
         found = search.find(blocks, private, sorted(private), 0.01)
         first = int(record.tensor("w").block_ids[0])

@@ -80,7 +80,7 @@ def test_blocks_found_stored_leave_no_bytes_in_the_page(raw_store):
     (page,) = store.catalog()["pages"].to_pylist()
     assert page["used_bytes"] == page["live_bytes"] == 22000 == store.stats().unique_bytes
     with store.env.read() as txn:
-        payload = bytes(store._pages.read(txn, page["page_id"]))
+        payload = bytes(store.page_file.read(txn, page["page_id"]))
     assert payload[22000:] == bytes(len(payload) - 22000)
     out = store.load_model("n")
     assert all(bits(out[k]) == bits(v) for k, v in n.items())
