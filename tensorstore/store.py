@@ -8,6 +8,7 @@ in exactly one LMDB write transaction, so a failed or interrupted call changes n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -31,6 +32,7 @@ from .dtypes import DTYPE_CODES, dtype_from_name, dtype_name
 from .environment import DATA_FILE, Environment, acquire, is_open, opening, other_users
 from .errors import (
     CorruptionError,
+    HashCollisionError,
     InvalidArgumentError,
     InvalidTensorError,
     ModelExistsError,
@@ -463,7 +465,8 @@ class Store:
         step = block_step(arr.shape, arr.dtype.itemsize, self.block_bytes)
         data = as_bytes(arr)
         code = DTYPE_CODES[dname]
-        ids = [writer.reference(data[s:e], code) for s, e in block_spans(arr.nbytes, step)]
+        with _naming_tensor(tname):
+            ids = [writer.reference(data[s:e], code) for s, e in block_spans(arr.nbytes, step)]
         return TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids, dtype=np.uint64))
 
     def _encode_into(self, txn: lmdb.Transaction, writer: BlockWriter, arrays: list[tuple[str, np.ndarray]],
@@ -487,7 +490,8 @@ class Store:
             ids: list[int] = []
             for k in range(0, len(blocks), _ENCODE_BATCH):
                 batch = slice(k, k + _ENCODE_BATCH)
-                ids += writer.reference_encoded(blocks[batch], digests[batch], code, layout, candidates[batch])
+                with _naming_tensor(tname):
+                    ids += writer.reference_encoded(blocks[batch], digests[batch], code, layout, candidates[batch])
                 bar.update(sum(len(b) for b in blocks[batch]))
             records.append(TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids, dtype=np.uint64)))
         return records
@@ -996,6 +1000,14 @@ class _Reader:
 
 
 # -- input checks -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _naming_tensor(tname: str) -> Iterator[None]:
+    try:
+        yield
+    except HashCollisionError as exc:
+        raise HashCollisionError(f"tensor {tname!r}: {exc}") from None
 
 
 def _check_name(name: object, what: str, max_bytes: int) -> None:
