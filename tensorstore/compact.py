@@ -26,13 +26,13 @@ from .repack import all_blocks, repack
 
 
 def compact(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, time_limit: float) -> CompactReport:
-    from .store import _Reader
+    from .readpath import ReadPath
 
     blocks = all_blocks(store, txn)
     original = dict(blocks)  # where and how each block lies now: what reads must use
     before_bytes = sum(b.stored for b in blocks.values())
     before = [sum(b.encoding == e for b in blocks.values()) for e in range(len(codec.NAMES))]
-    reader = _Reader(store, txn, verify=True)
+    reader = ReadPath(store, txn, verify=True)
     records = sorted(store.records(txn), key=lambda m: m.model_id)
     is_ref = {b.ref for b in blocks.values() if b.ref}
     seen: set[int] = set()

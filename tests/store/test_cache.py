@@ -29,7 +29,7 @@ def test_loads_through_a_small_pool_are_exact_and_hit(family_store):
         stats = s.cache_stats().pool
         assert stats.requests == 30 and stats.hits > 0 and stats.misses > 0
         assert stats.bytes_loaded <= stats.misses * s.page_size
-        assert s._pool.n_frames * s.page_size <= 64 * 1024
+        assert s.pool.n_frames * s.page_size <= 64 * 1024
 
 
 def test_without_cache_there_are_no_cache_stats(family_store):
