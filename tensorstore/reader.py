@@ -95,7 +95,7 @@ class Reader:
         # the same bytes for the life of a store), so they are kept in the cache too: a
         # process that finds them there reads no block record at all.
         shared = self._store.shared_cache
-        manifest = manifest_key(self._store._identity(), raw)
+        manifest = manifest_key(self._store.identity(), raw)
         keys = shared.read_manifest(manifest, len(record.tensors))
         if keys is None:
             keys = [content_key(record.domain, t, self._reader.blocks(t)) for t in record.tensors]

@@ -841,7 +841,7 @@ class Store:
             raise ModelNotFoundError(f"no model {name!r} in the store at {self.path}")
         return value, cat.decode_model(name, value)
 
-    def _identity(self) -> bytes:
+    def identity(self) -> bytes:
         """What tells this store from any other, for names kept outside it (the shared
         cache): its data file's device and inode, and its creation time. A copied or
         re-created store differs, even where its block ids are the same numbers."""
