@@ -51,16 +51,22 @@ def verify_policy(verify: bool | str) -> str:
         ) from None
 
 
-_loading = threading.local()  # the ReadPath whose pin is loading a pool frame in this thread
+_loading = threading.local()  # the ReadPath pinning in this thread, and blocks it decoded
 
 
-def load_frame(page_id: int, frame: memoryview) -> int:
-    """The buffer pool's loader: read a page into a frame under the checksum rule of the
-    ReadPath that asked for it (in this thread, inside its read transaction)."""
+def load_frame(block_id: int, frame: memoryview) -> int:
+    """The buffer pool's loader: a block's decoded bytes into a frame, read under the
+    checksum rule of the ReadPath that asked for it (in this thread, inside its read
+    transaction). Blocks that path has just decoded on the codec's threads are copied."""
+    ready = getattr(_loading, "ready", None)
+    ready = ready.get(block_id) if ready else None
+    if ready is not None:
+        frame[: len(ready)] = ready
+        return len(ready)
     path = _loading.path
-    payload = path.read_page(page_id)
-    frame[: len(payload)] = payload
-    return len(payload)
+    b = path.block(block_id)
+    path.decoded_into(b, np.frombuffer(frame, dtype=np.uint8, count=b.nbytes))
+    return b.nbytes
 
 
 class ReadPath:
@@ -112,13 +118,17 @@ class ReadPath:
             raise CorruptionError(f"{whose} references block {block_id}, which is missing")
         return cat.decode_block(block_id, value)
 
-    def runs(self, t: TensorRecord, blocks: list[cat.BlockRecord] | None = None) -> list[tuple]:
+    def runs(self, t: TensorRecord, blocks: list[cat.BlockRecord] | None = None, *,
+             per_block: bool | None = None) -> list[tuple]:
         """Where the tensor's bytes lie: ``(page, offset in page, offset in tensor, length,
-        encoded)``, where ``encoded`` is None for raw bytes, else ``(block, reference
-        block or None)`` to decode.
+        block)``, where ``block`` is None for raw bytes copied from the page, else
+        ``(block, reference block or None)``: to decode, or to take from the buffer pool.
 
-        Raw blocks of a tensor mostly lie back to back in a page; each such run is one entry.
+        Raw blocks of a tensor mostly lie back to back in a page; each such run is one
+        entry, unless ``per_block`` (the default when the store has a buffer pool, which
+        holds blocks one by one).
         """
+        per_block = self.store.pool is not None if per_block is None else per_block
         runs: list[tuple] = []
         at = 0
         for b in self.blocks(t) if blocks is None else blocks:
@@ -126,7 +136,7 @@ class ReadPath:
             want = min(t.step, t.nbytes - at)
             if b.nbytes != want:
                 raise CorruptionError(f"block {block_id} holds {b.nbytes} bytes where tensor {t.name!r} needs {want}")
-            if b.encoding != codec.RAW:
+            if b.encoding != codec.RAW or per_block:
                 runs.append((b.page_id, b.offset, at, b.nbytes, (b, self.block(b.ref) if b.ref else None)))
             elif runs and runs[-1][4] is None and runs[-1][0] == b.page_id and runs[-1][1] + runs[-1][3] == b.offset:
                 page, offset, start, n, _ = runs[-1]
@@ -137,48 +147,89 @@ class ReadPath:
         return runs
 
     def assemble(self, t: TensorRecord, runs: list[tuple], out: np.ndarray | None = None) -> np.ndarray:
-        """The tensor's bytes copied from its runs, encoded blocks decoded (on threads),
-        into ``out`` (uint8) if given."""
+        """The tensor's bytes from its runs into ``out`` (uint8) if given: raw runs copied
+        from their pages, blocks taken from the buffer pool if the store has one, the rest
+        decoded on the codec's threads."""
         out = np.empty(t.nbytes, dtype=np.uint8) if out is None else out
-        jobs = []
-        for page_id, offset, start, n, encoded in runs:
-            if encoded is None:
-                self.copy(page_id, offset, n, out[start : start + n])
+        todo = []
+        for page_id, offset, start, n, block in runs:
+            if block is None:
+                out[start : start + n] = self.page(page_id)[offset : offset + n]
             else:
-                b, ref = encoded
-                jobs.append(codec.DecodeJob(self.stored(b), None if ref is None else (self.stored(ref), ref.encoding), start, n))
-        if jobs:
-            try:
-                codec.decode_many(jobs, dtypes.layout(t.dtype), out)
-            except ValueError as exc:
-                raise CorruptionError(f"an encoded block of tensor {t.name!r} does not decode ({exc})") from None
+                todo.append((block, start, n))
+        if todo and self.store.pool is not None:
+            todo = self._from_pool(todo, out)
+            if todo:
+                self._decode(todo, dtypes.layout(t.dtype), out, f"tensor {t.name!r}")
+                self._offer(todo, out)
+        elif todo:
+            self._decode(todo, dtypes.layout(t.dtype), out, f"tensor {t.name!r}")
         return out.view(dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
 
-    def copy(self, page_id: int, offset: int, n: int, out: np.ndarray) -> None:
-        """Copy ``n`` bytes at ``offset`` of a page into ``out``, through the pool if any."""
-        pool = self.store.pool
-        if pool is None:
-            out[:] = self.page(page_id)[offset : offset + n]
-            return
+    def _decode(self, todo: list[tuple], layout: codec.Layout, out: np.ndarray, what: str) -> None:
+        """Decode ``((block, ref), start, n)`` items into ``out``, on the codec's threads."""
+        jobs = []
+        for (b, ref), start, n in todo:
+            if b.encoding == codec.RAW:
+                out[start : start + n] = self.stored(b)
+            else:
+                jobs.append(codec.DecodeJob(self.stored(b), None if ref is None else (self.stored(ref), ref.encoding), start, n))
+        try:
+            codec.decode_many(jobs, layout, out)
+        except ValueError as exc:
+            raise CorruptionError(f"an encoded block of {what} does not decode ({exc})") from None
+
+    def _from_pool(self, todo: list[tuple], out: np.ndarray) -> list[tuple]:
+        """Copy the blocks the pool holds into ``out``; return the others.
+
+        The pool holds blocks decoded, so a warm load decodes nothing. Blocks it lacks are
+        decoded together on the codec's threads (``_decode``), then put in the pool
+        (``_offer``), rather than decoded one by one by its loader.
+        """
         from tensorstore_bufferpool import PoolExhaustedError
 
-        _loading.path = self
-        try:
-            with pool.pin(page_id) as frame:
-                out[:] = frame[offset : offset + n]
-        except PoolExhaustedError:
-            # More threads than frames are pinning at once: read around the pool
-            # rather than fail or wait on another thread's copy.
-            out[:] = self.page(page_id)[offset : offset + n]
+        pool = self.store.pool
+        _loading.path, _loading.ready = self, None
+        missing = []
+        for item in todo:
+            (b, _), start, n = item
+            if b.block_id not in pool:
+                missing.append(item)
+                continue
+            try:
+                with pool.pin(b.block_id) as frame:
+                    out[start : start + n] = frame[:n]
+            except PoolExhaustedError:
+                # More threads than frames are pinning at once: read around the pool
+                # rather than fail or wait on another thread's copy.
+                missing.append(item)
+        return missing
 
-    def stored(self, b: cat.BlockRecord):
-        """The bytes ``b`` keeps in its page: a view of the page (without a pool, valid
-        while the transaction lives), or a copy out of the pool's frame."""
-        if self.store.pool is None:
-            return self.page(b.page_id)[b.offset : b.offset + b.stored]
-        out = np.empty(b.stored, dtype=np.uint8)
-        self.copy(b.page_id, b.offset, b.stored, out)
-        return out.data
+    def _offer(self, items: list[tuple], out: np.ndarray) -> None:
+        """Put blocks just decoded into ``out`` in the pool (its loader copies them)."""
+        from tensorstore_bufferpool import PoolExhaustedError
+
+        pool = self.store.pool
+        _loading.path = self
+        _loading.ready = {b.block_id: out[start : start + n] for (b, _), start, n in items}
+        try:
+            for (b, _), _, _ in items:
+                with pool.pin(b.block_id):
+                    pass
+        except PoolExhaustedError:
+            pass  # other threads hold every frame: these stay out of the pool this time
+        finally:
+            _loading.ready = None
+
+    def decoded_into(self, b: cat.BlockRecord, out: np.ndarray) -> None:
+        """One block's decoded bytes into ``out`` (uint8, ``b.nbytes`` long)."""
+        ref = self.block(b.ref) if b.ref else None
+        self._decode([((b, ref), 0, b.nbytes)], dtypes.layout_of_code(b.dtype_code), out, f"block {b.block_id}")
+
+    def stored(self, b: cat.BlockRecord) -> memoryview:
+        """The bytes ``b`` keeps in its page: a view of the page, valid while the
+        transaction lives."""
+        return self.page(b.page_id)[b.offset : b.offset + b.stored]
 
     def block_bytes(self, b: cat.BlockRecord) -> np.ndarray:
         """The decoded bytes of one block (uint8): a view of the page for a raw block."""
@@ -204,3 +255,4 @@ class ReadPath:
             except ValueError as exc:
                 raise CorruptionError(f"a block of {len(blocks)} being read does not decode ({exc})") from None
         return out
+

@@ -96,10 +96,11 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         Fixed when the store is created (``"1MiB"``, ``65536``). Given for an existing
         store they must match what it was created with.
     cache_bytes : int or str, optional
-        Give this handle a buffer pool of that many bytes (at least one page): loads read
-        pages through it, and its queueing-model eviction keeps the pages that the most
-        requested models share. Without it, loads read LMDB's memory map directly and the
-        OS page cache is the cache.
+        Give this handle a buffer pool of that many bytes (at least one block): it holds
+        blocks decoded, so a model it holds loads with no decode and no page read, and its
+        queueing-model eviction keeps the blocks that the most requested models share.
+        Without it, loads read LMDB's memory map directly (the OS page cache is the cache)
+        and decode encoded blocks on every load.
     shared_cache : bool, str or Path, optional
         Share assembled tensors with every process on this machine that opens the store
         (:mod:`tensorstore.sharedcache`): ``True`` for a directory in ``/dev/shm`` named
@@ -213,7 +214,7 @@ class Store:
         self.pool = None  # a BufferPool when opened with cache_bytes
         self.verify_policy = FIRST  # the checksum rule of this handle's reads (``open``'s ``verify``)
         self._sharing_snapshot = -1  # txn id the pool's sharing map was computed at
-        self._model_pages: dict[str, tuple[bytes, frozenset[int]]] = {}  # name -> (record, its pages)
+        self._model_blocks: dict[str, tuple[bytes, frozenset[int]]] = {}  # name -> (record, its blocks)
         self.shared_cache = None  # a SharedCache when opened with shared_cache
         self._ident: bytes | None = None
         self.codec = "auto"  # how this handle writes new blocks (``open``'s ``codec``)
@@ -222,9 +223,10 @@ class Store:
     def _attach_cache(self, cache_bytes: int) -> None:
         from tensorstore_bufferpool import BufferPool
 
-        if cache_bytes < self.page_size:
-            raise InvalidArgumentError(f"cache_bytes ({cache_bytes}) must hold at least one page ({self.page_size} bytes)")
-        self.pool = BufferPool(cache_bytes, self.page_size, None, policy="queueing", load_into=readpath.load_frame)
+        if cache_bytes < self.block_bytes:
+            raise InvalidArgumentError(f"cache_bytes ({cache_bytes}) must hold at least one block ({self.block_bytes} bytes)")
+        # The pool holds blocks, decoded: a model it holds loads with no decode and no page read.
+        self.pool = BufferPool(cache_bytes, self.block_bytes, None, policy="queueing", load_into=readpath.load_frame)
 
     def _attach_shared(self, where: bool | str | Path, budget: int | None, keep_alive: float | None) -> None:
         if where is True:
@@ -574,7 +576,7 @@ class Store:
             with self._plans_lock:
                 plan = self._plans.get(key)
             if plan is None:
-                plan = [(t, reader.runs(t)) for t in self.record(txn, name).tensors]
+                plan = [(t, reader.runs(t)) for t in self.record(txn, name).tensors]  # per block with a pool
                 with self._plans_lock:  # handles are shared across threads
                     while len(self._plans) >= _MAX_PLANS:
                         self._plans.pop(next(iter(self._plans)))
@@ -622,56 +624,29 @@ class Store:
             return out
 
     def _note_request(self, txn: lmdb.Transaction, name: str) -> None:
-        """Tell the pool a model was requested, and which models need which pages."""
+        """Tell the pool a model was requested, and which models need which blocks."""
         if self._sharing_snapshot != txn.id():
             self.pool.set_sharing(self._sharing(txn))
             self._sharing_snapshot = txn.id()
         self.pool.note_request(name)
 
     def _sharing(self, txn: lmdb.Transaction) -> dict[int, list[str]]:
-        """Which models need each page, in ``txn``'s snapshot.
-
-        A model's page set is kept between snapshots and reused while its catalog record is
-        unchanged and every page in the set still exists: a page that changes gets a new id,
-        so a block cannot have left a page that is still there. A commit thus costs a check
-        of each model's pages, not a scan of every block of the store.
-        """
-        pagemeta = self.env.dbs["pagemeta"]
+        """Which models need each block, in ``txn``'s snapshot (a model's block set is kept
+        between snapshots while its catalog record is unchanged)."""
         kept: dict[str, tuple[bytes, frozenset[int]]] = {}
-        stale: dict[str, tuple[bytes, set[int]]] = {}
         with txn.cursor(db=self.env.dbs["models"]) as cur:
             for k, v in cur:
                 name, raw = bytes(k).decode(errors="replace"), bytes(v)
-                hit = self._model_pages.get(name)
-                if hit is not None and hit[0] == raw and all(txn.get(id_key(p), db=pagemeta) is not None for p in hit[1]):
-                    kept[name] = hit
-                else:
-                    stale[name] = (raw, {int(i) for t in cat.decode_model(name, raw).tensors for i in t.block_ids})
-        if stale:
-            page_of = self._pages_of_blocks(txn, set().union(*(ids for _, ids in stale.values())))
-            for name, (raw, ids) in stale.items():
-                kept[name] = (raw, frozenset(page_of[i] for i in ids if i in page_of))
-        self._model_pages = kept
+                hit = self._model_blocks.get(name)
+                if hit is None or hit[0] != raw:
+                    hit = (raw, frozenset(int(i) for t in cat.decode_model(name, raw).tensors for i in t.block_ids))
+                kept[name] = hit
+        self._model_blocks = kept
         sharing: dict[int, list[str]] = {}
-        for name, (_, pages) in kept.items():
-            for p in pages:
-                sharing.setdefault(p, []).append(name)
+        for name, (_, blocks) in kept.items():
+            for b in blocks:
+                sharing.setdefault(b, []).append(name)
         return sharing
-
-    def _pages_of_blocks(self, txn: lmdb.Transaction, ids: set[int]) -> dict[int, int]:
-        """The page of each block in ``ids``: looked up one by one, or, when they are most
-        of the store, read in one scan of the block table (cheaper than as many lookups)."""
-        db = self.env.dbs["blocks"]
-        if len(ids) < self.state(txn).unique_blocks // 2:
-            values = ((i, txn.get(id_key(i), db=db)) for i in ids)
-            return {i: cat.decode_block(i, v).page_id for i, v in values if v is not None}
-        out = {}
-        with txn.cursor(db=db) as cur:
-            for k, v in cur:
-                block_id = cat.ID.unpack(bytes(k))[0]
-                if block_id in ids:
-                    out[block_id] = cat.decode_block(block_id, v).page_id
-        return out
 
     def model_info(self, name: str) -> ModelRecord:
         """The catalog record of a model: metadata and each tensor's dtype, shape, blocks."""
