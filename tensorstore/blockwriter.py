@@ -18,9 +18,10 @@ from dataclasses import replace
 
 import lmdb
 
-from tensorstore_index.exact import block_digest, same_bytes, strong_digest
+from tensorstore_index.exact import block_digest
 
 from . import codec, dtypes
+from .digests import same_bytes, strong_digest
 
 from .catalog import (
     BlockRecord,

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import lmdb
-from tensorstore_index.exact import strong_digest
 
 from . import codec, dtypes
+from .digests import strong_digest
 from .catalog import BlockRecord, ModelRecord
 from .reports import CompactReport
 from .repack import all_blocks, repack

@@ -13,10 +13,11 @@ from collections import Counter
 
 import lmdb
 
-from tensorstore_index.exact import block_digest, strong_digest
+from tensorstore_index.exact import block_digest
 
 from . import catalog as cat
 from . import codec, dtypes
+from .digests import strong_digest
 from .catalog import id_key
 from .dtypes import DTYPES
 from .errors import CorruptionError
