@@ -25,4 +25,3 @@ def block_digest(data, block_class: int = 0) -> bytes:
         A 32-bit unsigned class id; blocks of different classes never share a digest.
     """
     return mmh3.mmh3_x64_128_digest(data, block_class & 0xFFFFFFFF)
-
