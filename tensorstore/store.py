@@ -701,6 +701,7 @@ class Store:
         dry_run: bool = False,
         progress_bar: bool | None = False,
         keep_bases: bool = True,
+        executor=None,
     ):
         """Let near-duplicate blocks share one representative, as far as accuracy allows.
 
@@ -723,6 +724,10 @@ class Store:
             A block is replaced only by one of a model that ranks as more of a base (shares
             blocks with more models; of equals, the one added first), so a base stays exact
             and its fine-tunes move toward it. ``False``: any direction.
+        executor : concurrent.futures.Executor, optional
+            Where the evaluations run (``tensorstore.ray_executor.RayExecutor`` for a Ray
+            cluster): those of different models at once, with the serial pass's result
+            (:mod:`tensorstore.executor`; ``evaluate`` must be deterministic and picklable).
 
         Returns
         -------
@@ -732,7 +737,8 @@ class Store:
             replacements are also recorded in ``catalog()["replacements"]``.
         """
         names = [models] if isinstance(models, str) else models
-        return run_dedup(self, names, evaluate, max_accuracy_drop, tolerance, dry_run, progress_bar, keep_bases)
+        return run_dedup(self, names, evaluate, max_accuracy_drop, tolerance, dry_run, progress_bar, keep_bases,
+                         executor)
 
     def repack(self, algorithm: str = "two-stage", *, read_weight: float | None = None, time_limit: float = 10.0):
         """Rewrite every page to the layout ``packing`` chooses; return a ``PackReport``.
