@@ -598,19 +598,23 @@ class Store:
     def load_files(self, name: str) -> dict[str, bytes]:
         """The small files kept with a model (``add_model(..., files=)``), by relative path."""
         with self.env.read() as txn:
-            prefix = id_key(self.record(txn, name).model_id)
-            db = self.env.dbs.get("files")
-            if db is None:  # a store made before files could be kept, opened read-only
-                return {}
-            out = {}
-            with txn.cursor(db=db) as cur:
-                if cur.set_range(prefix):
-                    for k, v in cur:
-                        k = bytes(k)
-                        if not k.startswith(prefix):
-                            break
-                        out[k[len(prefix):].decode()] = bytes(v)
-            return out
+            return self.files_in(txn, self.record(txn, name).model_id)
+
+    def files_in(self, txn: lmdb.Transaction, model_id: int) -> dict[str, bytes]:
+        """The files kept with the model of ``model_id`` in ``txn``'s snapshot."""
+        prefix = id_key(model_id)
+        db = self.env.dbs.get("files")
+        if db is None:  # a store made before files could be kept, opened read-only
+            return {}
+        out = {}
+        with txn.cursor(db=db) as cur:
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    k = bytes(k)
+                    if not k.startswith(prefix):
+                        break
+                    out[k[len(prefix):].decode()] = bytes(v)
+        return out
 
     def _note_request(self, txn: lmdb.Transaction, name: str) -> None:
         """Tell the pool a model was requested, and which models need which pages."""
