@@ -79,7 +79,21 @@ class RayExecutor(Executor):
         return self._workers
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
-        return self._task.remote(fn, args, kwargs).future()
+        """Run ``fn(*args, **kwargs)`` as a task; its exception, if any, is the one ``fn``
+        raised (not Ray's wrapper, whose message carries the worker's traceback)."""
+        task = self._task.remote(fn, args, kwargs).future()
+        out: Future = Future()
+
+        def done(f: Future) -> None:
+            exc = f.exception()
+            if exc is None:
+                out.set_result(f.result())
+            else:
+                cause = getattr(exc, "cause", None) if isinstance(exc, self._ray.exceptions.RayTaskError) else None
+                out.set_exception(cause if isinstance(cause, Exception) else exc)
+
+        task.add_done_callback(done)
+        return out
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the local cluster if this executor started it."""

@@ -1,11 +1,12 @@
 """The near-duplicate pass serially and on a local Ray cluster: same result, wall time.
 
-    python -m tensorstore.bench.ray_dedup [--corpus minilm] [--workers 2] [--workdir DIR]
+    python -m tensorstore.bench.ray_dedup [--corpus minilm] [--model M ...] [--workers 2] [--workdir DIR]
 
 Stores the corpus's family once (exact dedup, as ``tensorstore bench`` does), copies the
 store, and runs ``dedup`` with the corpus's evaluator on each copy: once in this process,
 once with a :class:`~tensorstore.ray_executor.RayExecutor` on a local cluster of
-``--workers`` CPUs (started before the clock runs). Reports both passes' wall time, the
+``--workers`` CPUs (started before the clock runs). ``--model`` keeps only the models
+named (in the family's order), for a shorter run. Reports both passes' wall time, the
 time spent inside the evaluator in the serial pass, how many evaluations each made
 (the Ray pass evaluates some prefixes ahead that the exact pass then does not ask for)
 and whether the replacements, accuracies and stored models are identical. Prints JSON.
@@ -24,9 +25,9 @@ from .. import open as open_store
 
 
 def _load(corpus: str):
-    from ..corpora.registry import load_corpus
+    from ..corpora.registry import load
 
-    return load_corpus(corpus)
+    return load(corpus)
 
 
 def _outcome(store_path: Path, report) -> dict:
@@ -39,13 +40,17 @@ def _outcome(store_path: Path, report) -> dict:
     return {"models": models, "audit": audit, "unique_bytes": stats.unique_bytes, "encoded_bytes": stats.encoded_bytes}
 
 
-def run(corpus: str, workdir: Path, workers: int, max_accuracy_drop: float, tolerance: float) -> dict:
+def run(corpus: str, workdir: Path, workers: int, max_accuracy_drop: float, tolerance: float,
+        models: list[str] | None = None) -> dict:
     from ..ray_executor import RayExecutor
 
     c = _load(corpus)
+    family = {n: t for n, t in c.family.items() if models is None or n in models}
+    if models is not None and len(family) != len(set(models)):
+        raise SystemExit(f"not in the {corpus} family: {sorted(set(models) - set(family))}")
     serial_path, ray_path = workdir / "serial", workdir / "ray"
     with open_store(serial_path, "w", page_size=c.page_size, block_bytes=c.block_bytes) as s:
-        for name, tensors in c.family.items():
+        for name, tensors in family.items():
             s.add_model(name, tensors)
     shutil.copytree(serial_path, ray_path)
 
@@ -60,7 +65,7 @@ def run(corpus: str, workdir: Path, workers: int, max_accuracy_drop: float, tole
             spent[1] += 1
 
     options = dict(max_accuracy_drop=max_accuracy_drop, tolerance=tolerance)
-    out: dict = {"corpus": corpus, "models": len(c.family), "workers": workers, **options,
+    out: dict = {"corpus": corpus, "models": list(family), "workers": workers, **options,
                  "load_before": os.getloadavg()}
     with open_store(serial_path, "r+") as s:
         t = time.perf_counter()
@@ -105,6 +110,7 @@ def run(corpus: str, workdir: Path, workers: int, max_accuracy_drop: float, tole
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tensorstore.bench.ray_dedup")
     p.add_argument("--corpus", default="minilm", help="a corpus of tensorstore.corpora.registry (default minilm)")
+    p.add_argument("--model", action="append", dest="models", metavar="M", help="keep only these models (repeatable)")
     p.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray cluster (default 2)")
     p.add_argument("--max-accuracy-drop", type=float, default=0.005)
     p.add_argument("--tolerance", type=float, default=0.05)
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="ts-ray-dedup-", dir=args.workdir) as work:
-        out = run(args.corpus, Path(work), args.workers, args.max_accuracy_drop, args.tolerance)
+        out = run(args.corpus, Path(work), args.workers, args.max_accuracy_drop, args.tolerance, args.models)
     print(json.dumps(out, indent=2))
     return 0
 

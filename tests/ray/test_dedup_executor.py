@@ -6,24 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from support import chain_family
 
 import tensorstore as ts
 from tensorstore.corpora import digits
 from tensorstore.errors import EvaluatorError
 from tensorstore.executor import SerialExecutor, parallelism
-
-
-def chain_family():
-    """A base and three fine-tunes near one another: t1's replacements take blocks of t2
-    as representatives, which changes t2's candidates (the pass is sequential)."""
-    rng = np.random.default_rng(5)
-    base = {"w": rng.standard_normal((1024, 64)).astype(np.float32), "b": rng.standard_normal(64).astype(np.float32)}
-    t1 = {k: v.copy() for k, v in base.items()}
-    t1["w"][:512] += 1e-3 * rng.standard_normal((512, 64)).astype(np.float32)
-    t2 = {k: v.copy() for k, v in t1.items()}
-    t2["w"][256:768] += 1e-4 * rng.standard_normal((512, 64)).astype(np.float32)
-    t3 = {k: v + 3e-3 * rng.standard_normal(v.shape).astype(np.float32) for k, v in base.items()}
-    return {"t1": t1, "t2": t2, "t3": t3, "base": base}
 
 
 def drift_evaluator(family, calls=None):
@@ -115,8 +103,10 @@ def test_an_evaluator_that_raises_on_ray_is_an_evaluator_error_and_changes_nothi
         for n, t in family.items():
             s.add_model(n, t)
         before = s.stats()
-        with pytest.raises(EvaluatorError, match="'t3'.*no held-out data for t3"):
+        with pytest.raises(EvaluatorError, match="'t3'.*no held-out data for t3") as caught:
             s.dedup(list(family), evaluate=evaluate, executor=ray_executor, **CHAIN)
+        assert type(caught.value.__cause__) is ValueError  # the evaluator's own error, not Ray's wrapper
+        assert "Traceback" not in str(caught.value)
         assert s.stats() == before
         assert s.catalog()["replacements"].num_rows == 0
 
