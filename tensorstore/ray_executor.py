@@ -49,8 +49,8 @@ class RayExecutor(Executor):
     ----------
     address : str, optional
         The cluster to join (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``). Without
-        it, a Ray already initialised in this process is used, else a local cluster is
-        started (and stopped by :meth:`shutdown`).
+        it a local cluster is started (and stopped by :meth:`shutdown`). A Ray already
+        initialised in this process is used as it is, whatever ``address`` says.
     num_cpus : int, optional
         CPUs of a local cluster started here (default: every core).
     """
