@@ -418,7 +418,7 @@ def _dedup(args) -> int:
         )
     evaluate = _load_evaluator(args.evaluator) if args.evaluator else None
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    with _executor(args) as executor, open_store(args.store, "r" if args.dry_run else "r+") as store:
+    with open_store(args.store, "r" if args.dry_run else "r+") as store, _executor(args) as executor:
         report = store.dedup(args.models, evaluate=evaluate, max_accuracy_drop=args.max_accuracy_drop,
                              tolerance=tolerance, dry_run=args.dry_run, progress_bar=_progress(args),
                              keep_bases=not args.replace_bases, executor=executor)

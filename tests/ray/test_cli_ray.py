@@ -85,16 +85,20 @@ def test_importing_tensorstore_does_not_import_ray():
 
 def test_ray_flag_without_ray_installed_is_one_line_and_touches_nothing(tmp_path):
     files = write_family(tmp_path)
+    assert main(["add", str(tmp_path / "s"), *map(str, files[:2])]) == 0
+    before = store_bytes(tmp_path / "s")
     # `import ray` fails in this child as it would without the package.
     code = ("import sys; sys.modules['ray'] = None; from tensorstore.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
     for argv in (["add", str(tmp_path / "new"), str(files[0]), "--ray"],
-                 ["dedup", str(tmp_path / "new"), "--evaluator", "tensorstore.corpora.digits:evaluate", "--ray"]):
+                 ["add", str(tmp_path / "s"), str(files[2]), "--ray"],
+                 ["dedup", str(tmp_path / "s"), "--evaluator", "tensorstore.corpora.digits:evaluate", "--ray"]):
         out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
         assert out.returncode == 1
         assert out.stderr.strip().count("\n") == 0
         assert "pip install 'tensorstore-dedup[ray]'" in out.stderr and "Traceback" not in out.stderr
-        assert not (tmp_path / "new").exists()
+    assert not (tmp_path / "new").exists()
+    assert store_bytes(tmp_path / "s") == before
 
 
 def test_blocks_are_encoded_by_the_executor_within_encoding_on(tmp_path):
