@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--page-size", help="page size for a new store, e.g. 1MiB")
     a.add_argument("--block-bytes", help="block size for a new store, e.g. 64KiB")
     a.add_argument("--json", action="store_true", help="print what was added as JSON")
+    _ray_flag(a, "encode new blocks in Ray workers (this process chunks, hashes and commits)")
     a.set_defaults(func=_add)
 
     ls = sub.add_parser("ls", help="list the models, with the bytes each shares")
@@ -109,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     dd.add_argument("--replace-bases", action="store_true",
                     help="let a base's blocks move toward a fine-tune's too (default: only fine-tunes move toward bases)")
     dd.add_argument("--json", action="store_true")
+    _ray_flag(dd, "run the evaluations on Ray, several models at once (same result as without)")
     dd.set_defaults(func=_dedup)
 
     rp = sub.add_parser("repack", help="rewrite the pages to a layout that loads each model from fewer pages")
@@ -174,6 +176,23 @@ def _remote_parsers(sub) -> None:
     add_parsers(sub)
 
 
+def _ray_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help=f"{what}; ADDRESS joins a cluster (auto, ray://HOST:10001), none starts a local one "
+                             "(needs pip install 'tensorstore-dedup[ray]')")
+
+
+def _executor(args):
+    """The Ray executor ``--ray`` asks for, or a context that does nothing."""
+    if args.ray is None:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    from .ray_executor import RayExecutor
+
+    return RayExecutor(args.ray or None)
+
+
 def _progress(args) -> bool:
     return sys.stderr.isatty() and not getattr(args, "json", False)
 
@@ -195,8 +214,9 @@ def _add(args) -> int:
     created = not (args.store / "data.mdb").exists()
     made_dir = not args.store.exists()
     added = []
+    executor = _executor(args)  # before the store is touched: a missing Ray changes nothing
     try:
-        with open_store(args.store, "a", page_size=args.page_size, block_bytes=args.block_bytes) as store:
+        with executor, open_store(args.store, "a", page_size=args.page_size, block_bytes=args.block_bytes) as store:
 
             def add_all(txn) -> None:
                 # Every FILE|DIR in one transaction: one that fails leaves none of them added.
@@ -222,7 +242,13 @@ def _add(args) -> int:
                                   "new_bytes": store.state(txn).encoded_bytes - before, "files": sorted(files or ()),
                                   "skipped": list(meta.get("skipped_pickles", ()))})
 
-            store.env.write(add_all)
+            if args.ray is None:
+                store.env.write(add_all)
+            else:
+                from .executor import encoding_on
+
+                with encoding_on(executor):
+                    store.env.write(add_all)
     except BaseException:
         if created:
             _remove_new_store(args.store, made_dir)
@@ -392,10 +418,10 @@ def _dedup(args) -> int:
         )
     evaluate = _load_evaluator(args.evaluator) if args.evaluator else None
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    with open_store(args.store, "r" if args.dry_run else "r+") as store:
+    with open_store(args.store, "r" if args.dry_run else "r+") as store, _executor(args) as executor:
         report = store.dedup(args.models, evaluate=evaluate, max_accuracy_drop=args.max_accuracy_drop,
                              tolerance=tolerance, dry_run=args.dry_run, progress_bar=_progress(args),
-                             keep_bases=not args.replace_bases)
+                             keep_bases=not args.replace_bases, executor=executor)
     if args.json:
         print(json.dumps(report.to_dict() | {"bytes_saved": report.bytes_saved, "evaluations": report.evaluations}, indent=2))
         return 0

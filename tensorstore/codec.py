@@ -320,7 +320,14 @@ class Job:
 
 
 def choose_many(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None, int]]:
-    """``choose`` for each job, on a pool of threads (zstd releases the GIL)."""
+    """``choose`` for each job, on a pool of threads (zstd releases the GIL), or on the
+    executor of ``tensorstore.executor.encoding_on`` (e.g. Ray workers)."""
+    from .executor import encoding_executor, run_chunked
+
+    elsewhere = encoding_executor()
+    if elsewhere is not None and jobs:
+        portable = [Job(bytes(j.data), [(bytes(stored), enc) for stored, enc in j.refs]) for j in jobs]
+        return run_chunked(elsewhere, choose_jobs, portable, layout)
 
     def one(job: Job) -> tuple[int, bytes | None, int]:
         return _choose(job.data, layout, job.refs)
@@ -328,6 +335,11 @@ def choose_many(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None
     if len(jobs) < 4:  # each job is a whole encode: threads pay off sooner than for decodes
         return [one(j) for j in jobs]
     return list(_executor().map(one, jobs, chunksize=max(1, len(jobs) // 16)))
+
+
+def choose_jobs(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None, int]]:
+    """``choose`` for each job, one after another (a task of ``choose_many`` elsewhere)."""
+    return [_choose(j.data, layout, j.refs) for j in jobs]
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,7 @@ def run_dedup(
     dry_run: bool,
     progress_bar: bool | None,
     keep_bases: bool = True,
+    executor=None,
 ) -> DedupReport:
     if not (isinstance(max_accuracy_drop, (int, float)) and 0 <= max_accuracy_drop < 1):
         raise InvalidArgumentError(f"max_accuracy_drop must be a number in [0, 1), not {max_accuracy_drop!r}")
@@ -97,6 +98,8 @@ def run_dedup(
     # models are planned as the applied pass will find the store: against the blocks
     # earlier replacements free and share (the same for a dry run).
     effects = _Effects()
+    if executor is not None and evaluate is not None:
+        evaluate = _evaluate_ahead(store, names, evaluate, executor, max_accuracy_drop, tolerance, search, keep_bases)
     with progress(len(names), "dedup", progress_bar) as bar:
         for name in names:
             planned = _plan(store, name, evaluate, max_accuracy_drop, tolerance, search, effects, keep_bases)
@@ -113,6 +116,22 @@ def run_dedup(
 
         store.env.write(apply_all)
     return DedupReport(results, float(tolerance), float(max_accuracy_drop), evaluate is not None, dry_run)
+
+
+def _evaluate_ahead(store, names, evaluate, executor, budget, tolerance, search, keep_bases):
+    """The models' evaluations run on ``executor``, several models at once; the pass then
+    finds each of its evaluations done (``tensorstore.executor.evaluate_ahead``)."""
+    from .executor import evaluate_ahead
+
+    done: dict[int, _Planned] = {}
+
+    def plan(i: int, evaluator) -> None:
+        effects = _Effects()  # of the earlier models planned so far: usually all of them
+        for j in sorted(k for k in done if k < i):
+            effects.add(done[j])
+        done[i] = _plan(store, names[i], evaluator, budget, tolerance, search, effects, keep_bases)
+
+    return evaluate_ahead(names, evaluate, executor, plan)
 
 
 class _Planned:

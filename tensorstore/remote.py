@@ -33,15 +33,18 @@ from . import codec, dtypes
 from .dtypes import DTYPES
 from .errors import CorruptionError, InvalidArgumentError, ModelNotFoundError, StoreError
 from .remote_format import (
+    FILE_PREFIX,
     HEAD_PREFIX,
     PACK_PREFIX,
     SNAPSHOT_PREFIX,
     Head,
     RemoteBlock,
+    RemoteFile,
     RemoteModel,
     RemoteTensor,
     Snapshot,
     head_generation,
+    file_key,
     head_key,
     name_of,
     pack_key,
@@ -74,11 +77,22 @@ _MAX_DECODE_DEPTH = 8  # a remote merged from stores may chain deltas; a cycle i
 
 
 @dataclass(frozen=True, slots=True)
-class PushReport:
+class _Report:
     url: str
-    generation: int  # the head this push made current (the old one if nothing changed)
-    models: list[str]  # models written to the new snapshot
-    unchanged: list[str]  # models the remote already had exactly
+    generation: int  # the current head (after a push: the one it made current, or the old one)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelsReport(_Report):
+    models: list[str]  # models written to the new snapshot (push), added or replaced (pull)
+    unchanged: list[str]  # models the other side already had exactly
+
+
+@dataclass(frozen=True, slots=True)
+class PushReport(_ModelsReport):
     blocks_sent: int
     stored_bytes_sent: int  # payload bytes in new packs (encoded, as stored)
     packs_sent: int
@@ -86,30 +100,18 @@ class PushReport:
     attempts: int  # head writes tried (more than one: another push came first)
     transfer: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class PullReport:
-    url: str
-    generation: int
-    models: list[str]  # models added or replaced
-    unchanged: list[str]  # models the store already had exactly
+class PullReport(_ModelsReport):
     blocks_fetched: int
     blocks_local: int  # blocks taken from the local store instead
     stored_bytes_fetched: int  # payload bytes of the fetched blocks (the ranges may add gaps)
     snapshot_bytes: int
     transfer: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class GcReport:
-    url: str
-    generation: int
+class GcReport(_Report):
     deleted_heads: int
     deleted_snapshots: int
     deleted_packs: int
@@ -117,12 +119,24 @@ class GcReport:
     kept_packs: int
     kept_bytes: int
     transfer: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    deleted_files: int = 0
 
 
 # -- reading the remote -----------------------------------------------------------------
+
+
+def _decoded(b: RemoteBlock, payload, reference) -> np.ndarray:
+    """A remote block's bytes from its payload; ``reference()`` gives its reference's bytes
+    (a delta only). ``ValueError`` if it does not decode."""
+    layout = dtypes.layout_of_code(b.dtype_code)
+    if b.encoding == codec.RAW:
+        return np.frombuffer(payload, dtype=np.uint8)
+    if b.encoding == codec.PACKED:
+        return codec.decode(payload, b.nbytes, layout)
+    ref = reference()
+    if len(ref) != b.nbytes:
+        raise ValueError(f"its reference holds {len(ref)} bytes, not {b.nbytes}")
+    return codec.decode(payload, b.nbytes, layout, ref=ref)
 
 
 def _read_head(objects: Objects) -> Head | None:
@@ -173,12 +187,14 @@ class _LocalBlocks:
             b = self.cache[block_id] = self.reader.block(block_id)
         return b
 
-    def model(self, record: cat.ModelRecord) -> RemoteModel:
+    def model(self, record: cat.ModelRecord, files: dict[str, bytes]) -> RemoteModel:
+        """The model as a remote knows it; ``files`` are those kept with it."""
         tensors = tuple(
             RemoteTensor(t.name, t.dtype, tuple(t.shape), t.nbytes, t.step, tuple(self(int(i)).digest for i in t.block_ids))
             for t in record.tensors
         )
-        return RemoteModel(record.name, record.domain, record.created, record.metadata, tensors)
+        kept = tuple(RemoteFile(path, sha256(files[path]), len(files[path])) for path in sorted(files))
+        return RemoteModel(record.name, record.domain, record.created, record.metadata, tensors, kept)
 
 
 class _PackWriter:
@@ -238,7 +254,8 @@ def push(store, url: str, models=None, *, pack_bytes: int = PACK_BYTES, max_atte
         wanted = names if names is not None else [m.name for m in store.records(txn)]
         records = [store.record(txn, n) for n in wanted]
         records.sort(key=lambda r: (r.created, r.model_id))  # parents first: their blocks come first in packs
-        ours = {r.name: local.model(r) for r in records}
+        files = {r.name: store.files_in(txn, r.model_id) for r in records}
+        ours = {r.name: local.model(r, files[r.name]) for r in records}
         unchanged = [n for n, m in ours.items() if n in base.models and base.models[n].same_as(m)]
         changed = {n: m for n, m in ours.items() if n not in unchanged}
         writer = _PackWriter(objects, pack_bytes)
@@ -263,6 +280,7 @@ def push(store, url: str, models=None, *, pack_bytes: int = PACK_BYTES, max_atte
                         seen.add(i)
                         send(i)
         writer.flush()
+    sent_files = _send_files(objects, base, [files[n] for n in changed])
     if not changed:
         return PushReport(objects.shown, head.generation if head else 0, [], unchanged, 0, 0, 0, 0, 0, objects.transfer.to_dict())
     # Every block the pushed models need, with its references, as the remote will hold it.
@@ -299,20 +317,34 @@ def push(store, url: str, models=None, *, pack_bytes: int = PACK_BYTES, max_atte
             time.sleep(random.uniform(0, min(1.0, 0.02 * attempts)))
             now = _read_head(objects)
             theirs, _ = _read_snapshot(objects, now)
-            _check_packs_alive(objects, snap, theirs, writer.sizes)
+            _check_packs_alive(objects, snap, theirs, writer.sizes, sent_files)
     return PushReport(objects.shown, generation, sorted(changed), unchanged, len(writer.done), writer.payload_bytes,
                       writer.packs, snapshot_bytes, attempts, objects.transfer.to_dict())
 
 
-def _check_packs_alive(objects: Objects, ours: Snapshot, theirs: Snapshot, written: dict[str, int]) -> None:
-    """After another push moved the head: the packs this push relies on that the new head
-    does not also hold came from the snapshot this push started from, which ``gc`` may
-    remove once it has been superseded for its grace period. Check they are still there."""
-    theirs_packs = theirs.packs()
-    for pack in ours.packs() - theirs_packs - set(written):
-        if not objects.exists(pack_key(pack)):
+def _send_files(objects: Objects, base: Snapshot, models: list[dict[str, bytes]]) -> set[str]:
+    """Upload the files of the pushed models that the remote lacks; their hashes."""
+    have, sent = base.files(), set()
+    for files in models:
+        for data in files.values():
+            name = sha256(data)
+            if name not in have and name not in sent:
+                objects.put(file_key(name), data)
+                sent.add(name)
+    return sent
+
+
+def _check_packs_alive(objects: Objects, ours: Snapshot, theirs: Snapshot, written: dict[str, int],
+                       files_written: set[str]) -> None:
+    """After another push moved the head: the packs and files this push relies on that the
+    new head does not also hold came from the snapshot this push started from, which ``gc``
+    may remove once it has been superseded for its grace period. Check they are still there."""
+    needed = [(pack_key(p), f"pack {p}") for p in ours.packs() - theirs.packs() - set(written)]
+    needed += [(file_key(f), f"file {f}") for f in ours.files() - theirs.files() - files_written]
+    for key, what in needed:
+        if not objects.exists(key):
             raise RemoteError(
-                f"pack {pack} of the remote {objects.shown} was removed by gc while this push ran "
+                f"{what} of the remote {objects.shown} was removed by gc while this push ran "
                 "(longer than gc's grace period); run the push again"
             )
 
@@ -379,7 +411,8 @@ def _pull_into(objects: Objects, head: Head, snap: Snapshot, snapshot_bytes: int
             if tensors is None:
                 unchanged.append(name)
             else:
-                store.add_model(name, tensors, m.metadata, replace=True, domain=m.domain)
+                files = _fetch_files(objects, m)
+                store.add_model(name, tensors, m.metadata, replace=True, domain=m.domain, files=files)
                 pulled.append(name)
                 fetched += stats[0]
                 local_hits += stats[1]
@@ -387,6 +420,20 @@ def _pull_into(objects: Objects, head: Head, snap: Snapshot, snapshot_bytes: int
             bar.update(m.logical_bytes)
     return PullReport(objects.shown, head.generation, pulled, unchanged, fetched, local_hits, fetched_bytes, snapshot_bytes,
                       objects.transfer.to_dict())
+
+
+def _fetch_files(objects: Objects, m: RemoteModel) -> dict[str, bytes]:
+    """The files kept with model ``m``, each checked against its hash."""
+    out = {}
+    for f in m.files:
+        try:
+            data = objects.get(file_key(f.sha256))
+        except RemoteNotFoundError:
+            raise CorruptionError(f"the remote {objects.shown}: file {f.path!r} of model {m.name!r} is missing") from None
+        if len(data) != f.size or sha256(data) != f.sha256:
+            raise CorruptionError(f"the remote {objects.shown}: file {f.path!r} of model {m.name!r} does not match its hash (damaged)")
+        out[f.path] = data
+    return out
 
 
 def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store):
@@ -401,7 +448,8 @@ def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store):
         reader = ReadPath(store, txn, verify=True)
         local = _LocalBlocks(reader)
         value = txn.get(_name_key(m.name), db=store.env.dbs["models"])
-        if value is not None and local.model(cat.decode_model(m.name, value)).same_as(m):
+        record = None if value is None else cat.decode_model(m.name, value)
+        if record is not None and local.model(record, store.files_in(txn, record.model_id)).same_as(m):
             return None, (0, 0, 0)
         domain_id = store.state(txn).domains.get(m.domain)
         hashes = store.env.dbs["hashes"]
@@ -438,16 +486,7 @@ def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store):
         b = snap.blocks[d]
         payload = payloads[d]
         try:
-            layout = dtypes.layout_of_code(b.dtype_code)
-            if b.encoding == codec.RAW:
-                out = np.frombuffer(payload, dtype=np.uint8)
-            elif b.encoding == codec.PACKED:
-                out = codec.decode(payload, b.nbytes, layout)
-            else:
-                ref = value_of(b.ref, depth + 1)
-                if len(ref) != b.nbytes:
-                    raise ValueError(f"its reference holds {len(ref)} bytes, not {b.nbytes}")
-                out = codec.decode(payload, b.nbytes, layout, ref=ref)
+            out = _decoded(b, payload, lambda: value_of(b.ref, depth + 1))
         except ValueError as exc:
             raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} in pack {b.pack} does not decode ({exc})") from None
         if len(out) != b.nbytes or block_digest(out, b.dtype_code) != d:
@@ -580,22 +619,27 @@ def gc(url: str, *, grace_minutes: float = DEFAULT_GRACE_MINUTES, now: float | N
     snapshots = objects.list(SNAPSHOT_PREFIX)
     young_snapshots = {name_of(str(o["path"])) for o in snapshots if o["last_modified"].timestamp() >= horizon}
     live_packs: set[str] = set()
+    live_files: set[str] = set()
     for s in live_snapshots:
         snap, _ = _read_snapshot(objects, Head(0, s, 0.0))
         live_packs |= snap.packs()
+        live_files |= snap.files()
     keep_snapshots = live_snapshots | young_snapshots
     dead_snapshots = [str(o["path"]) for o in snapshots if name_of(str(o["path"])) not in keep_snapshots]
     packs = objects.list(PACK_PREFIX)
     dead_packs = [o for o in packs if name_of(str(o["path"])) not in live_packs and o["last_modified"].timestamp() < horizon]
+    dead_files = [str(o["path"]) for o in objects.list(FILE_PREFIX)
+                  if name_of(str(o["path"])) not in live_files and o["last_modified"].timestamp() < horizon]
     # Heads first: once a head is gone nothing can start from its snapshot.
     objects.delete(dead_heads)
     objects.delete(dead_snapshots)
     objects.delete([str(o["path"]) for o in dead_packs])
+    objects.delete(dead_files)
     dead = {str(o["path"]) for o in dead_packs}
     kept = [o for o in packs if str(o["path"]) not in dead]
     return GcReport(objects.shown, heads[-1][0], len(dead_heads), len(dead_snapshots), len(dead_packs),
                     sum(int(o["size"]) for o in dead_packs), len(kept), sum(int(o["size"]) for o in kept),
-                    objects.transfer.to_dict())
+                    objects.transfer.to_dict(), len(dead_files))
 
 
 def _names(models) -> list[str] | None:
@@ -608,8 +652,9 @@ def _names(models) -> list[str] | None:
 
 
 def verify_remote(url: str) -> list[str]:
-    """Check a whole remote: the head, its snapshot, every pack against its hash and every
-    block against its digest (decoded). Returns the problems found (empty: it verifies)."""
+    """Check a whole remote: the head, its snapshot, every pack against its hash, every
+    block against its digest (decoded) and every model's files against their hashes.
+    Returns the problems found (empty: it verifies)."""
     objects, head, snap, _ = _open_remote(url)
     if head is None:
         return []
@@ -637,13 +682,7 @@ def verify_remote(url: str) -> list[str]:
         if depth > _MAX_DECODE_DEPTH:
             raise ValueError("references form a cycle")
         payload = memoryview(packs[b.pack])[b.offset : b.offset + b.stored]
-        layout = dtypes.layout_of_code(b.dtype_code)
-        if b.encoding == codec.RAW:
-            out = np.frombuffer(payload, dtype=np.uint8)
-        elif b.encoding == codec.PACKED:
-            out = codec.decode(payload, b.nbytes, layout)
-        else:
-            out = codec.decode(payload, b.nbytes, layout, ref=value_of(b.ref, depth + 1))
+        out = _decoded(b, payload, lambda: value_of(b.ref, depth + 1))
         if block_digest(out, b.dtype_code) != d:
             raise ValueError("it does not match its digest")
         values[d] = out
@@ -655,4 +694,9 @@ def verify_remote(url: str) -> list[str]:
                 value_of(d)
             except (ValueError, KeyError) as exc:
                 problems.append(f"block {d.hex()} in pack {b.pack} does not decode: {exc}")
+    for m in snap.models.values():
+        try:
+            _fetch_files(objects, m)
+        except CorruptionError as exc:
+            problems.append(str(exc).split(": ", 1)[-1])
     return problems

@@ -1,12 +1,13 @@
 """What a remote holds, and how each object is written and checked.
 
-A remote is a prefix in object storage with three kinds of object::
+A remote is a prefix in object storage with four kinds of object::
 
     packs/<sha256>.pack          block payloads exactly as stored (encoded), end to end
-    snapshots/<sha256>.snap      a catalog: every model, and where each of its blocks lies
+    files/<sha256>.file          a small file kept with a model (config.json, tokenizer files)
+    snapshots/<sha256>.snap      a catalog: every model, its files, where each block lies
     heads/<generation>.head      which snapshot is current; the highest generation wins
 
-Packs and snapshots are named by the SHA-256 of their bytes and never change, so a reader
+Packs, files and snapshots are named by the SHA-256 of their bytes and never change, so a reader
 checks what it fetched against its name. Heads are written create-only (``If-None-Match:
 *`` on S3, an atomic link on a local disk): of two writers that read generation *n*, one
 creates *n + 1* and the other finds it taken, re-reads, merges and tries *n + 2*. Create-only
@@ -38,6 +39,7 @@ VERSION = 1
 HEAD_PREFIX = "heads/"
 PACK_PREFIX = "packs/"
 SNAPSHOT_PREFIX = "snapshots/"
+FILE_PREFIX = "files/"
 _HEAD = re.compile(r"^heads/(\d{20})\.head$")
 _SNAPSHOT_LIMIT = 1 << 32  # a snapshot decompressing past 4 GiB is refused, not allocated
 
@@ -48,6 +50,10 @@ def sha256(data) -> str:
 
 def pack_key(name: str) -> str:
     return f"{PACK_PREFIX}{name}.pack"
+
+
+def file_key(name: str) -> str:
+    return f"{FILE_PREFIX}{name}.file"
 
 
 def snapshot_key(name: str) -> str:
@@ -64,7 +70,7 @@ def head_generation(key: str) -> int | None:
 
 
 def name_of(key: str) -> str:
-    """The hash in a pack's or snapshot's key."""
+    """The hash in a pack's, file's or snapshot's key."""
     return key.rsplit("/", 1)[-1].split(".", 1)[0]
 
 
@@ -136,12 +142,22 @@ class RemoteTensor:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteFile:
+    """A small file kept with a model: its path in the model's directory, and its object."""
+
+    path: str
+    sha256: str  # of its bytes: the object ``files/<sha256>.file``
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class RemoteModel:
     name: str
     domain: str
     created: float
     metadata: dict
     tensors: tuple[RemoteTensor, ...]
+    files: tuple[RemoteFile, ...] = ()  # sorted by path
 
     @property
     def logical_bytes(self) -> int:
@@ -151,7 +167,7 @@ class RemoteModel:
         return {d for t in self.tensors for d in t.digests}
 
     def same_as(self, other: "RemoteModel") -> bool:
-        return (self.domain, self.metadata, self.tensors) == (other.domain, other.metadata, other.tensors)
+        return (self.domain, self.metadata, self.tensors, self.files) == (other.domain, other.metadata, other.tensors, other.files)
 
 
 @dataclass(slots=True)
@@ -199,6 +215,10 @@ class Snapshot:
     def packs(self) -> set[str]:
         return {b.pack for b in self.blocks.values()}
 
+    def files(self) -> set[str]:
+        """The hashes of every model's files (their objects)."""
+        return {f.sha256 for m in self.models.values() for f in m.files}
+
     def encode(self) -> bytes:
         digests = list(self.blocks)
         index = {d: i for i, d in enumerate(digests)}
@@ -227,7 +247,8 @@ class Snapshot:
             "models": [
                 {"name": m.name, "domain": m.domain, "created": m.created, "metadata": m.metadata,
                  "tensors": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "nbytes": t.nbytes,
-                              "step": t.step, "blocks": [index[d] for d in t.digests]} for t in m.tensors]}
+                              "step": t.step, "blocks": [index[d] for d in t.digests]} for t in m.tensors],
+                 "files": [[f.path, f.sha256, f.size] for f in m.files]}
                 for m in self.models.values()
             ],
         }
@@ -290,7 +311,11 @@ class Snapshot:
                 if len(ds) != -(-nbytes // step):
                     raise ValueError(f"tensor {t['name']!r} of model {m['name']!r} has {len(ds)} blocks for {nbytes} bytes")
                 tensors.append(RemoteTensor(str(t["name"]), dtype, shape, nbytes, step, ds))
-            model = RemoteModel(str(m["name"]), str(m["domain"]), float(m["created"]), dict(m["metadata"] or {}), tuple(tensors))
+            files = tuple(RemoteFile(str(path), str(sha), int(size)) for path, sha, size in m.get("files") or ())
+            if any(not re.fullmatch(r"[0-9a-f]{64}", f.sha256) or f.size < 0 or not f.path for f in files):
+                raise ValueError(f"the file list of model {m['name']!r} is malformed")
+            model = RemoteModel(str(m["name"]), str(m["domain"]), float(m["created"]), dict(m["metadata"] or {}), tuple(tensors),
+                                tuple(sorted(files, key=lambda f: f.path)))
             models[model.name] = model
         parent = doc.get("parent")
         return cls(models, blocks, None if parent is None else str(parent), float(doc["created"]), dict(zip(packs, sizes)),

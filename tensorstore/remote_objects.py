@@ -235,7 +235,7 @@ class Objects:
             )
         if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
             return RemoteNotFoundError(f"{where}: the bucket does not exist; create it first")
-        if isinstance(exc, ox.NotFoundError):
+        if isinstance(exc, (ox.NotFoundError, FileNotFoundError)):  # the local file system's is the builtin
             return RemoteNotFoundError(f"{where} has no object {doing.split()[-1]}")
         return RemoteError(f"{where} failed while {doing}: {_first_line(exc)}")
 

@@ -609,19 +609,23 @@ class Store:
     def load_files(self, name: str) -> dict[str, bytes]:
         """The small files kept with a model (``add_model(..., files=)``), by relative path."""
         with self.env.read() as txn:
-            prefix = id_key(self.record(txn, name).model_id)
-            db = self.env.dbs.get("files")
-            if db is None:  # a store made before files could be kept, opened read-only
-                return {}
-            out = {}
-            with txn.cursor(db=db) as cur:
-                if cur.set_range(prefix):
-                    for k, v in cur:
-                        k = bytes(k)
-                        if not k.startswith(prefix):
-                            break
-                        out[k[len(prefix):].decode()] = bytes(v)
-            return out
+            return self.files_in(txn, self.record(txn, name).model_id)
+
+    def files_in(self, txn: lmdb.Transaction, model_id: int) -> dict[str, bytes]:
+        """The files kept with the model of ``model_id`` in ``txn``'s snapshot."""
+        prefix = id_key(model_id)
+        db = self.env.dbs.get("files")
+        if db is None:  # a store made before files could be kept, opened read-only
+            return {}
+        out = {}
+        with txn.cursor(db=db) as cur:
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    k = bytes(k)
+                    if not k.startswith(prefix):
+                        break
+                    out[k[len(prefix):].decode()] = bytes(v)
+        return out
 
     def _note_request(self, txn: lmdb.Transaction, name: str) -> None:
         """Tell the pool a model was requested, and which models need which blocks."""
@@ -685,6 +689,7 @@ class Store:
         dry_run: bool = False,
         progress_bar: bool | None = False,
         keep_bases: bool = True,
+        executor=None,
     ):
         """Let near-duplicate blocks share one representative, as far as accuracy allows.
 
@@ -707,6 +712,10 @@ class Store:
             A block is replaced only by one of a model that ranks as more of a base (shares
             blocks with more models; of equals, the one added first), so a base stays exact
             and its fine-tunes move toward it. ``False``: any direction.
+        executor : concurrent.futures.Executor, optional
+            Where the evaluations run (``tensorstore.ray_executor.RayExecutor`` for a Ray
+            cluster): those of different models at once, with the serial pass's result
+            (:mod:`tensorstore.executor`; ``evaluate`` must be deterministic and picklable).
 
         Returns
         -------
@@ -716,7 +725,8 @@ class Store:
             replacements are also recorded in ``catalog()["replacements"]``.
         """
         names = [models] if isinstance(models, str) else models
-        return run_dedup(self, names, evaluate, max_accuracy_drop, tolerance, dry_run, progress_bar, keep_bases)
+        return run_dedup(self, names, evaluate, max_accuracy_drop, tolerance, dry_run, progress_bar, keep_bases,
+                         executor)
 
     def repack(self, algorithm: str = "two-stage", *, read_weight: float | None = None, time_limit: float = 10.0):
         """Rewrite every page to the layout ``packing`` chooses; return a ``PackReport``.

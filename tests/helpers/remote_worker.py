@@ -1,7 +1,7 @@
 """A process that pushes or pulls, for the concurrency and SIGKILL tests.
 
     python remote_worker.py rounds STORE URL PREFIX N      add PREFIX-0..N-1, pushing after each
-    python remote_worker.py push STORE URL KILL_AT          push; SIGKILL itself at object request KILL_AT
+    python remote_worker.py push STORE URL KILL_AT [PACK_BYTES]   push; SIGKILL itself at object request KILL_AT
     python remote_worker.py pull URL STORE KILL_AT          pull; likewise
 
 KILL_AT ``k`` counts requests that write or read data (PUTs and GETs); an odd ``k`` dies just
@@ -56,9 +56,10 @@ def main() -> None:
                 s.push(url)
     elif cmd == "push":
         store, url, kill_at = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        pack_bytes = int(sys.argv[5]) if len(sys.argv) > 5 else 4 << 10
         arm(kill_at)
         with ts.open(store, "r") as s:
-            remote.push(s, url, pack_bytes=4 << 10)
+            remote.push(s, url, pack_bytes=pack_bytes)
     elif cmd == "pull":
         url, store, kill_at = sys.argv[2], sys.argv[3], int(sys.argv[4])
         arm(kill_at)

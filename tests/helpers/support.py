@@ -19,6 +19,19 @@ def random_model(seed: int = 0, scale: int = 1) -> dict[str, np.ndarray]:
     }
 
 
+def chain_family() -> dict[str, dict[str, np.ndarray]]:
+    """A base and three fine-tunes, each near the others in some blocks (64 blocks a tensor):
+    t1's near-duplicate replacements take blocks of t2 as representatives."""
+    rng = np.random.default_rng(5)
+    base = {"w": rng.standard_normal((1024, 64)).astype(np.float32), "b": rng.standard_normal(64).astype(np.float32)}
+    t1 = {k: v.copy() for k, v in base.items()}
+    t1["w"][:512] += 1e-3 * rng.standard_normal((512, 64)).astype(np.float32)
+    t2 = {k: v.copy() for k, v in t1.items()}
+    t2["w"][256:768] += 1e-4 * rng.standard_normal((512, 64)).astype(np.float32)
+    t3 = {k: v + 3e-3 * rng.standard_normal(v.shape).astype(np.float32) for k, v in base.items()}
+    return {"t1": t1, "t2": t2, "t3": t3, "base": base}
+
+
 def snapshot(store: ts.Store) -> tuple:
     """Everything observable about a store: used to show a failed call changed nothing."""
     tables = store.catalog()

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from support import snapshot
+from support import chain_family, snapshot
 
 import tensorstore as ts
 
@@ -171,16 +171,7 @@ def test_digits_family_within_budget(tmp_path):
         assert s.verify().ok
 
 
-def _chain_family():
-    """A base and three fine-tunes, each near the others in some blocks (64 blocks a tensor)."""
-    rng = np.random.default_rng(5)
-    base = {"w": rng.standard_normal((1024, 64)).astype(np.float32), "b": rng.standard_normal(64).astype(np.float32)}
-    t1 = {k: v.copy() for k, v in base.items()}
-    t1["w"][:512] += 1e-3 * rng.standard_normal((512, 64)).astype(np.float32)
-    t2 = {k: v.copy() for k, v in t1.items()}
-    t2["w"][256:768] += 1e-4 * rng.standard_normal((512, 64)).astype(np.float32)
-    t3 = {k: v + 3e-3 * rng.standard_normal(v.shape).astype(np.float32) for k, v in base.items()}
-    return {"t1": t1, "t2": t2, "t3": t3, "base": base}
+_chain_family = chain_family
 
 
 def _chain_store(path, family):
