@@ -91,6 +91,9 @@ def _require_generator_inputs() -> None:
         pytest.skip("the MiniLM tokenizer is not cached")
 
 
+# Training three models with torch takes 25-40 s: a slow test (`make bench`); the default
+# suite checks the same consistency on the cached family (the test below).
+@pytest.mark.slow
 def test_quick_build_writes_a_consistent_family_and_then_keeps_it(tmp_path):
     _require_generator_inputs()
     out = minilm_family.build_family(tmp_path / "quick", quick=True, log=lambda line: None)
