@@ -15,7 +15,7 @@ def build_wheel(tmp: Path) -> Path:
     """Build the wheel under ``tmp`` with this interpreter's setuptools (no build isolation,
     so nothing is downloaded); return its path."""
     src = tmp / "src"
-    src.mkdir()
+    src.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     for folder in PACKAGES:
