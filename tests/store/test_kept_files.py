@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from reliability_common import raw_env
 
 import tensorstore as ts
+from tensorstore.cli import main
 
 CONFIG = b'{"architectures": ["BertModel"], "hidden_size": 32, "vocab_size": 500}'
 FILES = {"config.json": CONFIG, "tokenizer.json": b'{"model": {"vocab": {"a": 0}}}', "sub/vocab.txt": b"[PAD]\n[CLS]\n"}
@@ -62,7 +63,7 @@ def test_an_intact_store_verifies_and_lists_its_files(tmp_path):
 
 
 @pytest.mark.parametrize("offset", [0, len(CONFIG) // 2, len(CONFIG) - 1])
-def test_a_flipped_bit_in_a_kept_file_is_named_with_its_model(tmp_path, offset):
+def test_a_flipped_bit_in_a_kept_file_is_named_with_its_model(tmp_path, capsys, offset):
     ids = _store(tmp_path / "s")
 
     def flip(txn, db):
@@ -72,6 +73,9 @@ def test_a_flipped_bit_in_a_kept_file_is_named_with_its_model(tmp_path, offset):
 
     _raw(tmp_path / "s", flip)
     assert _problems(tmp_path / "s") == ["model 'bert' file 'config.json' does not match its recorded digest"]
+    assert main(["verify", str(tmp_path / "s")]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "1 problem(s) found:", "  model 'bert' file 'config.json' does not match its recorded digest"]
     # The other model's file of the same name is not blamed, and the damage is reported,
     # not repaired: loading still returns the bytes as they now are.
     with ts.open(tmp_path / "s", "r") as s:
