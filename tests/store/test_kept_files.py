@@ -156,3 +156,18 @@ def test_any_flipped_bit_of_any_kept_file_is_found(tmp_path_factory, files, data
 
     _raw(path, flip)
     assert _problems(path) == [f"model 'm' file {name!r} does not match its recorded digest"]
+
+
+def test_a_store_made_before_files_could_be_kept_verifies_and_lists_none(tmp_path):
+    with ts.open(tmp_path / "s", "w") as s:
+        s.add_model("plain", {"w": np.arange(10, dtype=np.float32)})
+    env = raw_env(tmp_path / "s")
+    try:
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(b"files", txn=txn, create=False), delete=True)
+    finally:
+        env.close()
+    with ts.open(tmp_path / "s", "r") as s:  # read-only: the files database stays absent
+        assert "files" not in s.env.dbs
+        assert s.verify().ok and s.load_files("plain") == {}
+        assert s.catalog()["files"].num_rows == 0
