@@ -11,6 +11,7 @@ from .errors import (
     CorruptionError,
     EvaluatorError,
     FileFormatError,
+    HashCollisionError,
     InvalidArgumentError,
     InvalidTensorError,
     ModelExistsError,
@@ -36,7 +37,7 @@ __all__ = [
     "open", "Store", "pull", "RemoteError", "RemoteNotFoundError", "RemoteAccessError", "RemoteFormatError", "StoreStats", "VerifyReport",
     "StoreError", "StoreNotFoundError", "StoreExistsError", "NotAStoreError", "ReadOnlyError",
     "ModelNotFoundError", "ModelExistsError", "TensorNotFoundError", "InvalidTensorError",
-    "InvalidArgumentError", "FileFormatError", "CorruptionError", "StoreFullError", "StoreClosedError",
+    "InvalidArgumentError", "FileFormatError", "CorruptionError", "HashCollisionError", "StoreFullError", "StoreClosedError",
     "EvaluatorError", "ConflictError", "ViewsAliveError", "SharedCacheError", "Reader", "DedupReport", "PackReport", "CompactReport",
 ]
 __version__ = "0.1.0"

@@ -18,9 +18,9 @@ from dataclasses import replace
 
 import lmdb
 
-from tensorstore_index.exact import block_digest
+from tensorstore_index.exact import block_digest, same_bytes, strong_digest
 
-from . import codec
+from . import codec, dtypes
 
 from .catalog import (
     BlockRecord,
@@ -33,7 +33,7 @@ from .catalog import (
     hash_key,
     id_key,
 )
-from .errors import CorruptionError
+from .errors import CorruptionError, HashCollisionError
 from .pagefile import PageFile
 
 ALIGN = 8  # block offsets are multiples of the largest itemsize, so views are aligned
@@ -121,6 +121,7 @@ class BlockWriter:
                 block_id = int.from_bytes(found, "big")
         if block_id is not None:
             self.reference_id(block_id)
+            self._confirm(block_id, copy)  # after: it reads the record reference_id cached
             return block_id
         if spot is not None:
             return self._place_at(spot[0], spot[1], at, n, dtype_code, digest, key)
@@ -145,8 +146,11 @@ class BlockWriter:
             block_id = self._lookup(key)
             if block_id is not None:
                 self.reference_id(block_id)
+                self._confirm(block_id, data)
                 ids[i] = block_id
             elif key in first:
+                if not same_bytes(blocks[first[key]], data):
+                    raise HashCollisionError(_collision(f"block {first[key]} of this run"))
                 ids[i] = -1 - first[key]  # a copy of a block placed below
             else:
                 first[key] = i
@@ -157,7 +161,8 @@ class BlockWriter:
             data = blocks[i]
             stored = data if encoding == codec.RAW else payload
             ref = refs[which] if encoding == codec.DELTA else 0
-            ids[i] = self._place(stored, dtype_code, digests[i], key, len(data), encoding, ref)
+            strong = b"" if encoding == codec.RAW else strong_digest(data)
+            ids[i] = self._place(stored, dtype_code, digests[i], key, len(data), encoding, ref, strong)
         for i, block_id in enumerate(ids):
             if block_id < 0:
                 ids[i] = ids[-1 - block_id]
@@ -185,12 +190,44 @@ class BlockWriter:
                 out.append(b.block_id)
         return out
 
-    def stored_bytes(self, b: BlockRecord) -> bytes:
-        """A copy of the bytes ``b`` keeps in its page, as this transaction sees them."""
+    def _confirm(self, block_id: int, data) -> None:
+        """Raise ``HashCollisionError`` unless stored block ``block_id`` holds exactly
+        ``data``. A MurmurHash3 match is not proof: colliding blocks can be constructed,
+        and sharing one would hand another model's bytes to this one's users. A raw
+        block's bytes are compared (memcmp against the mapped page); an encoded block's
+        BLAKE3 digest is (a decode would cost more than the rest of the ingest), or, for
+        a record that has none (format 2), its decoded bytes."""
+        b = self.block(block_id)
+        if b.encoding == codec.RAW:
+            same = same_bytes(self._stored_view(b), data)
+        elif b.strong:
+            same = strong_digest(data) == b.strong
+        else:
+            same = same_bytes(self._decoded(b), data)
+        if not same:
+            raise HashCollisionError(_collision(f"stored block {block_id}"))
+
+    def _decoded(self, b: BlockRecord):
+        ref = ref_payload = None
+        if b.ref:
+            r = self.block(b.ref)
+            if r.encoding == codec.RAW:
+                ref = self._stored_view(r)
+            else:
+                ref_payload = self._stored_view(r)
+        return codec.decode(self._stored_view(b), b.nbytes, dtypes.layout_of_code(b.dtype_code), ref=ref,
+                            ref_payload=ref_payload)
+
+    def _stored_view(self, b: BlockRecord) -> memoryview:
+        """The bytes ``b`` keeps in its page, as this transaction sees them (a view)."""
         page = self._dirty.get(b.page_id)
         if page is not None:
-            return bytes(page.buffer[b.offset : b.offset + b.stored])
-        return bytes(self.pages.read(self.txn, b.page_id)[b.offset : b.offset + b.stored])
+            return memoryview(page.buffer)[b.offset : b.offset + b.stored]
+        return self.pages.read(self.txn, b.page_id)[b.offset : b.offset + b.stored]
+
+    def stored_bytes(self, b: BlockRecord) -> bytes:
+        """A copy of the bytes ``b`` keeps in its page, as this transaction sees them."""
+        return bytes(self._stored_view(b))
 
     def reference_id(self, block_id: int) -> None:
         """One more reference to a block already stored."""
@@ -257,16 +294,16 @@ class BlockWriter:
     # -- placement ------------------------------------------------------------------
 
     def _place(self, data, dtype_code: int, digest: bytes, key: bytes, nbytes: int | None = None,
-               encoding: int = codec.RAW, ref: int = 0) -> int:
+               encoding: int = codec.RAW, ref: int = 0, strong: bytes = b"") -> int:
         n = len(data)
         page_id, page = self._page_with_room(n)
         offset = page.free_offset()
         page.buffer[offset : offset + n] = data
-        return self._place_at(page_id, page, offset, n, dtype_code, digest, key, nbytes, encoding, ref)
+        return self._place_at(page_id, page, offset, n, dtype_code, digest, key, nbytes, encoding, ref, strong)
 
     def _place_at(
         self, page_id: int, page: _DirtyPage, offset: int, n: int, dtype_code: int, digest: bytes, key: bytes,
-        nbytes: int | None = None, encoding: int = codec.RAW, ref: int = 0,
+        nbytes: int | None = None, encoding: int = codec.RAW, ref: int = 0, strong: bytes = b"",
     ) -> int:
         """Record a new block whose ``n`` stored bytes are already copied to ``page`` at
         ``offset``, its free offset; ``key`` is its ``hash_key``; ``nbytes`` its decoded
@@ -277,7 +314,7 @@ class BlockWriter:
         page.live += n
         page.block_ids.append(block_id)
         b = BlockRecord(block_id, page_id, offset, n if nbytes is None else nbytes, 1, dtype_code, self.domain, digest,
-                        encoding, n, ref)
+                        encoding, n, ref, strong)
         self._blocks[block_id] = b
         self._new_digests[key] = block_id
         self.state.blocks += 1
@@ -442,6 +479,11 @@ class BlockWriter:
             kept.append(block_id)
         page.used, page.block_ids = at, kept
         page.dead.clear()
+
+
+def _collision(what: str) -> str:
+    return (f"a block has the content digest of {what} but different bytes (a MurmurHash3 collision, which "
+            "ordinary data does not produce): refused, nothing was stored")
 
 
 def _with_refs(b: BlockRecord, refs: int) -> BlockRecord:

@@ -29,8 +29,12 @@ from .dtypes import DTYPES
 from .errors import CorruptionError
 
 FORMAT_NAME = "tensorstore"
-FORMAT_VERSION = 2  # 2: encoded blocks (block records gain encoding, stored length, reference)
-READABLE_VERSIONS = (1, 2)  # a format-1 store is a format-2 store whose blocks are all raw
+# 2: encoded blocks (block records gain encoding, stored length, reference); 3: encoded
+# blocks' records may carry a BLAKE3 digest (``BlockRecord.strong``).
+FORMAT_VERSION = 3
+# A format-1 store is a format-2 store whose blocks are all raw; a format-2 store is a
+# format-3 store none of whose records carries a BLAKE3 digest.
+READABLE_VERSIONS = (1, 2, 3)
 ID = struct.Struct(">Q")  # big-endian ids: LMDB key order is id order
 
 
@@ -157,6 +161,9 @@ class BlockRecord:
     encoding: int = 0  # codec.RAW, PACKED or DELTA
     stored: int = -1  # bytes in the page; -1: as many as nbytes (raw)
     ref: int = 0  # the reference block of a delta; 0 for none
+    # BLAKE3 of the decoded bytes, kept for encoded blocks (b"" for raw ones and those
+    # written by format 2): confirms an exact-dedup match without a decode.
+    strong: bytes = b""
 
     def __post_init__(self) -> None:
         if self.stored < 0:
@@ -170,6 +177,7 @@ class BlockRecord:
 
 _BLOCK_V1 = struct.Struct("<QIIIBI16s")  # format 1: every block raw
 _BLOCK = struct.Struct("<QIIIBI16sBIQ")
+_BLOCK_STRONG = struct.Struct("<QIIIBI16sBIQ32s")
 _DOMAIN = struct.Struct(">I")
 
 
@@ -180,7 +188,8 @@ def hash_key(domain: int, digest: bytes) -> bytes:
 
 
 def encode_block(b: BlockRecord) -> bytes:
-    return _seal(_BLOCK.pack(b.page_id, b.offset, b.nbytes, b.refs, b.dtype_code, b.domain, b.digest, b.encoding, b.stored, b.ref))
+    fields = (b.page_id, b.offset, b.nbytes, b.refs, b.dtype_code, b.domain, b.digest, b.encoding, b.stored, b.ref)
+    return _seal(_BLOCK_STRONG.pack(*fields, b.strong) if b.strong else _BLOCK.pack(*fields))
 
 
 def decode_block(block_id: int, value) -> BlockRecord:
@@ -188,9 +197,12 @@ def decode_block(block_id: int, value) -> BlockRecord:
     try:
         if len(value) == _BLOCK_V1.size:
             return BlockRecord(block_id, *_BLOCK_V1.unpack(value))
-        b = BlockRecord(block_id, *_BLOCK.unpack(value))
+        if len(value) == _BLOCK_STRONG.size:
+            b = BlockRecord(block_id, *_BLOCK_STRONG.unpack(value))
+        else:
+            b = BlockRecord(block_id, *_BLOCK.unpack(value))
         consistent = {
-            0: b.stored == b.nbytes and b.ref == 0,  # raw
+            0: b.stored == b.nbytes and b.ref == 0 and not b.strong,  # raw
             1: b.ref == 0,  # packed
             2: b.ref not in (0, block_id),  # delta
         }.get(b.encoding, False)

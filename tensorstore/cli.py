@@ -322,7 +322,7 @@ def _compact(args) -> int:
 
 def _shared_cache(args) -> int:
     with open_store(args.store, "r", shared_cache=args.cache or True) as store:
-        cache = store._shared
+        cache = store.shared_cache
         removed = cache.reclaim(keep_alive=0) if args.clear else 0
         usage = cache.usage() | {"removed": removed}
     if args.json:

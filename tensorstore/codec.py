@@ -152,6 +152,23 @@ def _pack(planes: list[np.ndarray], tail: bytes) -> bytes:
     return b"".join([*heads, *bodies, tail])
 
 
+def _split(data, layout: Layout) -> tuple[list[np.ndarray], np.ndarray]:
+    """The planes of ``data`` (bytes-like) and its tail (bytes past the last element)."""
+    n = len(data)
+    whole = n - n % layout.width
+    return _planes(_words(data, layout.width, whole), layout), np.frombuffer(data, dtype=np.uint8, offset=whole)
+
+
+def _xor(planes: list, tail: np.ndarray, ref_planes: list, ref_tail: np.ndarray) -> tuple[list, np.ndarray]:
+    """Planes XOR-ed with a reference's (None: a plane of zeros)."""
+    out = [r if p is None else p if r is None else p ^ r for p, r in zip(planes, ref_planes)]
+    return out, tail ^ ref_tail
+
+
+def _pack_split(planes: list, tail: np.ndarray) -> bytes:
+    return _pack([np.zeros(0, np.uint8) if p is None else p for p in planes], tail.tobytes())
+
+
 def encode(data, layout: Layout, ref=None) -> bytes:
     """The ``packed`` encoding of ``data`` (bytes-like), or ``delta`` against ``ref``
     (bytes-like of the same length) when it is given.
@@ -159,17 +176,12 @@ def encode(data, layout: Layout, ref=None) -> bytes:
     A length that is not a multiple of the element width (never from the store) keeps
     its last bytes as a raw tail.
     """
-    n = len(data)
-    whole = n - n % layout.width
-    words = _words(data, layout.width, whole)
+    planes, tail = _split(data, layout)
     if ref is not None:
-        if len(ref) != n:
-            raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {n} bytes)")
-        words = words ^ _words(ref, layout.width, whole)
-        tail = bytes(a ^ b for a, b in zip(bytes(data[whole:]), bytes(ref[whole:])))
-    else:
-        tail = bytes(data[whole:])
-    return _pack(_planes(words, layout), tail)
+        if len(ref) != len(data):
+            raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {len(data)} bytes)")
+        planes, tail = _xor(planes, tail, *_split(ref, layout))
+    return _pack_split(planes, tail)
 
 
 def _unpack(payload, n: int, layout: Layout) -> tuple[list[np.ndarray | None], np.ndarray]:
@@ -251,20 +263,31 @@ def decode(payload, n: int, layout: Layout, ref=None, out: np.ndarray | None = N
 def choose(data, layout: Layout, refs=()) -> tuple[int, bytes | None, int]:
     """The smallest encoding of ``data``: ``(encoding, payload, index of the reference)``.
 
-    Tries ``packed`` and ``delta`` against each of ``refs``; returns ``(RAW, None, -1)``
-    unless one saves at least ``MIN_SAVING`` of the block's bytes.
+    Tries ``packed`` and ``delta`` against each of ``refs`` (bytes-like, raw); returns
+    ``(RAW, None, -1)`` unless one saves at least ``MIN_SAVING`` of the block's bytes.
     """
+    return _choose(data, layout, [(ref, RAW) for ref in refs])
+
+
+def _choose(data, layout: Layout, refs: list[tuple[object, int]]) -> tuple[int, bytes | None, int]:
+    """``choose`` against references as stored (``RAW`` or ``PACKED`` bytes). The block
+    is split into planes once; a packed reference is only unpacked (its planes XOR the
+    block's), never put back together."""
     n = len(data)
+    planes, tail = _split(data, layout)
     best, payload, which = RAW, None, -1
     limit = n * (1 - MIN_SAVING)
-    for i, ref in enumerate(refs):
-        z = encode(data, layout, ref)
+    for i, (ref, encoding) in enumerate(refs):
+        if len(ref) != n and encoding == RAW:
+            raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {n} bytes)")
+        theirs = _split(ref, layout) if encoding == RAW else _unpack(ref, n, layout)
+        z = _pack_split(*_xor(planes, tail, *theirs))
         if len(z) <= limit:
             best, payload, which, limit = DELTA, z, i, len(z)
     # Packing keeps 0.8-0.9 of trained float32 weights: a delta under three quarters of the
     # block will beat it, so skip the attempt (it would cost as much time again).
     if best != DELTA or limit > 0.75 * n:
-        z = encode(data, layout)
+        z = _pack_split(planes, tail)
         if len(z) <= limit:
             best, payload, which = PACKED, z, -1
     return best, payload, which
@@ -300,9 +323,7 @@ def choose_many(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None
     """``choose`` for each job, on a pool of threads (zstd releases the GIL)."""
 
     def one(job: Job) -> tuple[int, bytes | None, int]:
-        n = len(job.data)
-        refs = [stored if enc == RAW else decode(stored, n, layout).data for stored, enc in job.refs]
-        return choose(job.data, layout, refs)
+        return _choose(job.data, layout, job.refs)
 
     if len(jobs) < 4:  # each job is a whole encode: threads pay off sooner than for decodes
         return [one(j) for j in jobs]

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import lmdb
+from tensorstore_index.exact import strong_digest
 
 from . import codec, dtypes
 from .catalog import BlockRecord, ModelRecord
@@ -25,13 +26,13 @@ from .repack import all_blocks, repack
 
 
 def compact(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, time_limit: float) -> CompactReport:
-    from .store import _Reader
+    from .readpath import ReadPath
 
     blocks = all_blocks(store, txn)
     original = dict(blocks)  # where and how each block lies now: what reads must use
     before_bytes = sum(b.stored for b in blocks.values())
     before = [sum(b.encoding == e for b in blocks.values()) for e in range(len(codec.NAMES))]
-    reader = _Reader(store, txn, verify=True)
+    reader = ReadPath(store, txn, verify=True)
     records = sorted(store.records(txn), key=lambda m: m.model_id)
     is_ref = {b.ref for b in blocks.values() if b.ref}
     seen: set[int] = set()
@@ -58,11 +59,12 @@ def compact(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, ti
             jobs = [codec.Job(reader.block_bytes(b).tobytes(),
                               [] if r is None else [(bytes(reader.stored(original[r])), original[r].encoding)])
                     for b, r in todo]
-            for (b, ref), (encoding, payload, _) in zip(todo, codec.choose_many(jobs, dtypes.layout(t.dtype))):
+            for (b, ref), job, (encoding, payload, _) in zip(todo, jobs, codec.choose_many(jobs, dtypes.layout(t.dtype))):
                 if encoding == codec.RAW or len(payload) > b.stored * (1 - codec.MIN_SAVING):
                     continue  # no better than it is
                 new_ref = ref if encoding == codec.DELTA else 0
-                blocks[b.block_id] = replace(b, encoding=encoding, stored=len(payload), ref=new_ref)
+                strong = b.strong or strong_digest(job.data)
+                blocks[b.block_id] = replace(b, encoding=encoding, stored=len(payload), ref=new_ref, strong=strong)
                 payloads[b.block_id] = payload
                 if new_ref:
                     is_ref.add(new_ref)

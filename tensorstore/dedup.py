@@ -266,7 +266,7 @@ class BlockSearch:
             The store ``txn`` belongs to.
         txn : lmdb.Transaction
             The snapshot to follow.
-        reader : tensorstore.store._Reader
+        reader : tensorstore.readpath.ReadPath
             Reads (and verifies) the pages of ``txn``; share it to read each page once.
 
         Returns
@@ -392,10 +392,10 @@ def _block_class(b: cat.BlockRecord) -> tuple[int, int, int]:
 def gather(store, txn, name: str, search: BlockSearch):
     """What dedup needs of one model in one snapshot: its record, its tensors, the store's
     float blocks (``search`` synced to the snapshot) and which of them are private to it."""
-    from .store import _Reader
+    from .readpath import ReadPath
 
     record = store.record(txn, name)
-    reader = _Reader(store, txn, verify=True)
+    reader = ReadPath(store, txn, verify=True)
     original = {t.name: reader.tensor(t) for t in record.tensors}
     blocks = search.sync(store, txn, reader)
     return record, original, blocks, private_blocks(record, blocks)
@@ -433,11 +433,11 @@ def private_blocks(record: ModelRecord, blocks: dict[int, cat.BlockRecord]) -> s
 
 def _representative_bytes(store, ids: set[int]) -> dict[int, np.ndarray]:
     """The stored bytes of the chosen representatives (blocks never change content)."""
-    from .store import _Reader
+    from .readpath import ReadPath
 
     out = {}
     with store.env.read() as txn:
-        reader = _Reader(store, txn, verify=True)
+        reader = ReadPath(store, txn, verify=True)
         for i in ids:
             value = txn.get(id_key(i), db=store.env.dbs["blocks"])
             if value is None:
@@ -460,7 +460,7 @@ def _checked(evaluate, name: str, tensors: dict[str, np.ndarray]) -> float:
 
 
 def _apply(store, txn: lmdb.Transaction, planned: _Planned, tolerance: float) -> None:
-    from .store import _Reader
+    from .readpath import ReadPath
 
     name = planned.record.name
     env = store.env
@@ -495,7 +495,7 @@ def _apply(store, txn: lmdb.Transaction, planned: _Planned, tolerance: float) ->
         }
         txn.put(_AUDIT_KEY.pack(current.model_id, rep.block_id), json.dumps(row).encode(), db=env.dbs["replacements"])
     # What is stored must be exactly what the evaluator judged.
-    reader = _Reader(store, txn, verify=True)
+    reader = ReadPath(store, txn, verify=True)
     for t in record.tensors:
         if _digest(reader.tensor(t)) != planned.digests[t.name]:
             raise CorruptionError(f"dedup of model {name!r}: tensor {t.name!r} as stored differs from the evaluated one")

@@ -84,3 +84,9 @@ class ViewsAliveError(StoreError, RuntimeError):
 
 class SharedCacheError(StoreError, OSError):
     """The shared tensor cache cannot be used as asked (permissions, platform, path)."""
+
+
+class HashCollisionError(StoreError, ValueError):
+    """A new block has the content digest of a stored block but different bytes: two
+    blocks the exact-dedup index cannot tell apart. Ordinary data does not do this
+    (2^-128); a crafted input can. The write is refused and the store left as it was."""

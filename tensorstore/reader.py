@@ -32,18 +32,17 @@ import xxhash
 
 from .dtypes import dtype_from_name
 from .errors import StoreClosedError
+from .readpath import ALWAYS, ReadPath
 
 
 class Reader:
     """One read snapshot of a store, handing out zero-copy views where the layout allows."""
 
-    def __init__(self, store) -> None:
-        from .store import _Reader
-
+    def __init__(self, store, verify: bool | str = True) -> None:
         self._store = store
         self._env = store.env
         self._txn = self._env.begin_snapshot()  # no remap while it lives
-        self._reader = _Reader(store, self._txn, verify=True)
+        self._reader = ReadPath(store, self._txn, verify)
         self._lock = threading.Lock()
         self._views = 0
         self._closed = False
@@ -53,7 +52,7 @@ class Reader:
         has one; else views of the memory map where a tensor is one run, and copies."""
         self._check_open()
         raw, record = self._store.record_value(self._txn, name)
-        if self._store._shared is None:
+        if self._store.shared_cache is None:
             return {t.name: self._tensor(t) for t in record.tensors}
         keys = self._content_keys(raw, record)
         return {t.name: self._shared_tensor(t, key) for t, key in zip(record.tensors, keys)}
@@ -66,7 +65,7 @@ class Reader:
         t = record.tensor(tensor_name)
         if t is None:
             raise TensorNotFoundError(f"model {name!r} has no tensor {tensor_name!r}")
-        if self._store._shared is None:
+        if self._store.shared_cache is None:
             return self._tensor(t)
         return self._shared_tensor(t, content_key(record.domain, t, self._reader.blocks(t)))
 
@@ -95,8 +94,8 @@ class Reader:
         # The keys of a model's tensors depend only on its catalog record (block ids name
         # the same bytes for the life of a store), so they are kept in the cache too: a
         # process that finds them there reads no block record at all.
-        shared = self._store._shared
-        manifest = manifest_key(self._store._identity(), raw)
+        shared = self._store.shared_cache
+        manifest = manifest_key(self._store.identity(), raw)
         keys = shared.read_manifest(manifest, len(record.tensors))
         if keys is None:
             keys = [content_key(record.domain, t, self._reader.blocks(t)) for t in record.tensors]
@@ -110,16 +109,18 @@ class Reader:
         def fill(buffer: memoryview) -> None:
             runs = self._reader.runs(t)
             self._reader.assemble(t, runs, np.frombuffer(buffer, dtype=np.uint8))
-            if self._store._pool is None:
+            if self._store.pool is None:
                 for page_id in {r[0] for r in runs}:
                     _drop_resident(self._reader.page(page_id))
 
-        mapping = self._store._shared.acquire(key, t.nbytes, fill)
+        mapping = self._store.shared_cache.acquire(key, t.nbytes, fill, recheck=self._reader.policy == ALWAYS)
         if mapping is None:  # no room in the shared cache: a private, read-only copy
             out = self._reader.tensor(t)
             out.flags.writeable = False
             return out
-        return np.frombuffer(mapping, dtype=dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
+        dtype = dtype_from_name(t.dtype).newbyteorder("=")
+        # The mapping ends with the file's checksum: the tensor is its first nbytes.
+        return np.frombuffer(mapping, dtype=dtype, count=t.nbytes // dtype.itemsize).reshape(t.shape)
 
     @staticmethod
     def is_view(arr: np.ndarray) -> bool:

@@ -228,12 +228,12 @@ def push(store, url: str, models=None, *, pack_bytes: int = PACK_BYTES, max_atte
     interrupted push leaves the remote as it was (plus unreferenced packs ``gc`` removes).
     A model of the same name on the remote is replaced unless identical.
     """
-    from .store import _Reader
+    from .readpath import ReadPath
 
     names = _names(models)
     objects, head, base, _ = _open_remote(url, create=True)
     with store.env.read() as txn:
-        reader = _Reader(store, txn, verify=True)
+        reader = ReadPath(store, txn, verify=True)
         local = _LocalBlocks(reader)
         wanted = names if names is not None else [m.name for m in store.records(txn)]
         records = [store.record(txn, n) for n in wanted]
@@ -392,12 +392,13 @@ def _pull_into(objects: Objects, head: Head, snap: Snapshot, snapshot_bytes: int
 def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store):
     """The model's tensors, from local blocks where the store has them and from the remote
     otherwise; ``(None, ...)`` when the store already holds the model exactly."""
-    from .store import _Reader, _name_key
+    from .readpath import ReadPath
+    from .store import _name_key
 
     have: dict[bytes, np.ndarray] = {}
     to_fetch: set[bytes] = set()
     with store.env.read() as txn:
-        reader = _Reader(store, txn, verify=True)
+        reader = ReadPath(store, txn, verify=True)
         local = _LocalBlocks(reader)
         value = txn.get(_name_key(m.name), db=store.env.dbs["models"])
         if value is not None and local.model(cat.decode_model(m.name, value)).same_as(m):

@@ -8,7 +8,10 @@ assembling its own copy. The cache directory holds:
 ``<key>.t``
     One tensor's bytes, named by its content key: a hash of the dedup domain, the dtype,
     the shape and the content digests of its blocks as stored. Equal tensors of different
-    models are one file; a tensor of one dedup domain never serves another domain.
+    models are one file; a tensor of one dedup domain never serves another domain. The
+    bytes are followed by their XXH3-64 checksum (8 bytes), checked when a process first
+    maps the file (and on every load when the reader's ``verify`` is ``"always"``); a file
+    that fails it is assembled again from the store's pages and replaces it.
 ``<key>.m``
     A model's manifest: the content keys of its tensors, so that a process finding a model
     here reads nothing of the store but the model's catalog record.
@@ -62,6 +65,7 @@ _SUFFIX = ".t"
 _MANIFEST = ".m"
 _MANIFEST_MAGIC = b"TSM1"
 _REFS = "refs"
+_CHECK_BYTES = 8  # a tensor file ends with the XXH3-64 of its bytes
 _TOUCH_EVERY = 1.0  # seconds: recency finer than this is not worth a syscall per load
 _STALE_TMP = 60.0  # seconds after which a dead process's half-written tensor is removed
 
@@ -87,6 +91,8 @@ class SharedCacheStats:
         Bytes this process wrote into the cache.
     reclaimed
         Unused tensors this process deleted (expired, or to make room).
+    damaged
+        Cached files that failed their checksum here, and were assembled again.
     cache_bytes, max_bytes
         Bytes of all tensors in the cache at this process's last scan, and the budget.
     """
@@ -98,6 +104,7 @@ class SharedCacheStats:
     mapped_bytes: int
     published_bytes: int
     reclaimed: int
+    damaged: int
     cache_bytes: int
     max_bytes: int
 
@@ -142,7 +149,8 @@ class SharedCache:
         self._lock = threading.RLock()
         self._held: dict[bytes, tuple[weakref.ref, int, int]] = {}  # key -> (mapping, bytes, token)
         self._token = 0
-        self._counts = dict(hits=0, misses=0, fallbacks=0, published_bytes=0, reclaimed=0)
+        self._counts = dict(hits=0, misses=0, fallbacks=0, published_bytes=0, reclaimed=0, damaged=0)
+        self._checked: set[tuple[bytes, int]] = set()  # (key, inode) of files whose checksum passed here
         self._estimate: int | None = None  # bytes cached, as of the last scan; None: not scanned yet
         self._last_sweep = time.time()  # opening stays cheap: the first sweep is due later
         self._closed = False
@@ -169,30 +177,39 @@ class SharedCache:
 
     # -- the two verbs a reader uses -----------------------------------------------------
 
-    def acquire(self, key: bytes, nbytes: int, fill: Callable[[memoryview], None]) -> mmap.mmap | None:
+    def acquire(self, key: bytes, nbytes: int, fill: Callable[[memoryview], None], *,
+                recheck: bool = False) -> mmap.mmap | None:
         """Map tensor ``key`` read-only, publishing it with ``fill(buffer)`` on a miss.
 
-        The process holds its reference for as long as the returned mapping lives, that
-        is, until the last array that reads it is gone. Returns None when the tensor
-        cannot be cached (no room, nowhere to write); the caller then makes a private copy.
+        The tensor is the mapping's first ``nbytes`` (its checksum follows). The process
+        holds its reference for as long as the returned mapping lives, that is, until the
+        last array that reads it is gone. Returns None when the tensor cannot be cached
+        (no room, nowhere to write); the caller then makes a private copy. A file's
+        checksum is checked when this process first maps it, and with ``recheck`` on
+        every call.
         """
         with self._lock:
             if self._closed:
                 raise SharedCacheError(f"the shared cache handle on {self.directory} is closed")
             ref = self._held.get(key)
             buffer = ref[0]() if ref is not None else None
-            if buffer is not None:
+            if buffer is not None and (not recheck or _intact(buffer, nbytes)):
                 self._counts["hits"] += 1
                 return buffer
+            damaged = buffer is not None
+            if damaged:  # changed since it was mapped: map or publish it anew
+                del self._held[key]
+                self._set_lock(self._refs, key, fcntl.F_UNLCK)
             if time.time() - self._last_sweep > self.keep_alive / 2:
                 self._reclaim_locked(0)
             self._set_lock(self._refs, key, fcntl.F_RDLCK, wait=True)
             try:
-                buffer, outcome = self._obtain(key, nbytes, fill)
+                buffer, outcome, seen = self._obtain(key, nbytes, fill, recheck)
             except BaseException:
                 self._set_lock(self._refs, key, fcntl.F_UNLCK)
                 raise
             self._counts[outcome] += 1
+            self._counts["damaged"] += damaged or seen
             if buffer is None:
                 self._set_lock(self._refs, key, fcntl.F_UNLCK)
                 return None
@@ -201,21 +218,24 @@ class SharedCache:
             weakref.finalize(buffer, self._released, key, self._token)
             return buffer
 
-    def _obtain(self, key: bytes, nbytes: int, fill: Callable[[memoryview], None]) -> tuple[mmap.mmap | None, str]:
+    def _obtain(self, key: bytes, nbytes: int, fill: Callable[[memoryview], None],
+                recheck: bool) -> tuple[mmap.mmap | None, str, bool]:
+        """The mapping, how it was had (hits, misses, fallbacks), and whether a damaged
+        file was found on the way."""
         # Called holding the tensor's reference lock, so no process can delete it meanwhile.
-        buffer = self._map_existing(key, nbytes)
+        buffer, damaged = self._map_existing(key, nbytes, recheck)
         if buffer is not None:
-            return buffer, "hits"
+            return buffer, "hits", False
         if not self.writable:
-            return None, "fallbacks"
+            return None, "fallbacks", damaged
         # One process assembles a tensor; the others wait for it, then map what it wrote.
         self._set_lock(self._probe, key, fcntl.F_WRLCK, wait=True, space=_PUBLISHING)
         try:
-            buffer = self._map_existing(key, nbytes)
+            buffer, again = self._map_existing(key, nbytes, recheck)
             if buffer is not None:
-                return buffer, "hits"
+                return buffer, "hits", damaged
             buffer = self._publish(key, nbytes, fill)
-            return buffer, ("misses" if buffer is not None else "fallbacks")
+            return buffer, ("misses" if buffer is not None else "fallbacks"), damaged or again
         finally:
             self._set_lock(self._probe, key, fcntl.F_UNLCK, space=_PUBLISHING)
 
@@ -334,24 +354,32 @@ class SharedCache:
     def _path(self, key: bytes, suffix: str) -> str:
         return f"{self._root}/{key.hex()}{suffix}"  # a str: this is on every load's path
 
-    def _map_existing(self, key: bytes, nbytes: int) -> mmap.mmap | None:
+    def _map_existing(self, key: bytes, nbytes: int, recheck: bool = False) -> tuple[mmap.mmap | None, bool]:
+        """The tensor's file mapped (None if absent or not intact), and whether it was
+        there but failed its checksum."""
         try:
             fd = os.open(self._path(key, _SUFFIX), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return None
+            return None, False
         try:
             st = os.fstat(fd)
-            if st.st_size != nbytes:
-                return None  # not this tensor (damaged or foreign): publish over it
-            buffer = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            if st.st_size != nbytes + _CHECK_BYTES:
+                return None, False  # not this tensor (foreign, or an older layout): publish over it
+            buffer = mmap.mmap(fd, nbytes + _CHECK_BYTES, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            seen = (key, st.st_ino)
+            if recheck or seen not in self._checked:
+                if not _intact(buffer, nbytes):
+                    buffer.close()
+                    return None, True  # assembled again and published over it
+                self._checked.add(seen)
             if time.time() - st.st_mtime > _TOUCH_EVERY:
                 self._touch(key, fd=fd)
         finally:
             os.close(fd)
-        return buffer
+        return buffer, False
 
     def _publish(self, key: bytes, nbytes: int, fill: Callable[[memoryview], None]) -> mmap.mmap | None:
-        if not self.writable or not self._make_room(nbytes):
+        if not self.writable or not self._make_room(nbytes + _CHECK_BYTES):
             return None
         tmp = self.directory / f"tmp-{os.getpid()}-{threading.get_ident()}-{key.hex()[:16]}"
         try:
@@ -364,17 +392,18 @@ class SharedCache:
             try:
                 # Reserve the memory now: writing into a sparse tmpfs file that cannot
                 # grow would kill the process with SIGBUS instead of raising.
-                os.posix_fallocate(fd, 0, nbytes)
+                os.posix_fallocate(fd, 0, nbytes + _CHECK_BYTES)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                     tmp.unlink(missing_ok=True)
                     return None
                 raise
-            with mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED) as out:
+            with mmap.mmap(fd, nbytes + _CHECK_BYTES, flags=mmap.MAP_SHARED) as out:
                 with memoryview(out) as view:
-                    fill(view)
+                    fill(view[:nbytes])
+                    view[nbytes:] = xxhash.xxh3_64_digest(view[:nbytes])
             # link, not rename: never replace a file other processes may have mapped, or
-            # they would keep a second copy alive. (Only a size mismatch gets here with
+            # they would keep a second copy alive. (Only a size or checksum mismatch gets here with
             # the name taken; then ours replaces it.)
             final = self._path(key, _SUFFIX)
             try:
@@ -382,13 +411,14 @@ class SharedCache:
             except FileExistsError:
                 os.replace(tmp, final)
             tmp.unlink(missing_ok=True)
-            buffer = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            buffer = mmap.mmap(fd, nbytes + _CHECK_BYTES, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            self._checked.add((key, os.fstat(fd).st_ino))
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         finally:
             os.close(fd)
-        self._estimate += nbytes
+        self._estimate += nbytes + _CHECK_BYTES
         self._counts["published_bytes"] += nbytes
         return buffer
 
@@ -505,3 +535,9 @@ def default_budget(directory: Path) -> int:
     probe = directory if directory.exists() else directory.parent
     st = os.statvfs(probe)
     return int(st.f_blocks * st.f_frsize * DEFAULT_SHARE)
+
+
+def _intact(buffer: mmap.mmap, nbytes: int) -> bool:
+    """Whether a mapped tensor file's bytes match the checksum that follows them."""
+    with memoryview(buffer) as view:
+        return xxhash.xxh3_64_digest(view[:nbytes]) == view[nbytes : nbytes + _CHECK_BYTES]

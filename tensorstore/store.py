@@ -8,6 +8,7 @@ in exactly one LMDB write transaction, so a failed or interrupted call changes n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -31,6 +32,7 @@ from .dtypes import DTYPE_CODES, dtype_from_name, dtype_name
 from .environment import DATA_FILE, Environment, acquire, is_open, opening, other_users
 from .errors import (
     CorruptionError,
+    HashCollisionError,
     InvalidArgumentError,
     InvalidTensorError,
     ModelExistsError,
@@ -44,6 +46,8 @@ from .errors import (
     ViewsAliveError,
 )
 from .pagefile import PageFile
+from . import readpath
+from .readpath import FIRST, ReadPath, verify_policy
 from .progress import progress
 from .reports import CacheStats, StoreStats
 from .units import parse_size
@@ -76,6 +80,7 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     shared_cache_keep_alive: float | None = None,
     codec: str = "auto",
     remote: str | None = None,
+    verify: bool | str = True,
 ) -> "Store":
     """Open (or create) the store at ``path``.
 
@@ -91,10 +96,11 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         Fixed when the store is created (``"1MiB"``, ``65536``). Given for an existing
         store they must match what it was created with.
     cache_bytes : int or str, optional
-        Give this handle a buffer pool of that many bytes (at least one page): loads read
-        pages through it, and its queueing-model eviction keeps the pages that the most
-        requested models share. Without it, loads read LMDB's memory map directly and the
-        OS page cache is the cache.
+        Give this handle a buffer pool of that many bytes (at least one block): it holds
+        blocks decoded, so a model it holds loads with no decode and no page read, and its
+        queueing-model eviction keeps the blocks that the most requested models share.
+        Without it, loads read LMDB's memory map directly (the OS page cache is the cache)
+        and decode encoded blocks on every load.
     shared_cache : bool, str or Path, optional
         Share assembled tensors with every process on this machine that opens the store
         (:mod:`tensorstore.sharedcache`): ``True`` for a directory in ``/dev/shm`` named
@@ -115,11 +121,17 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         A remote's URL (:mod:`tensorstore.remote`): a model not in the store is pulled
         from it on its first ``load_model`` or ``load_tensor`` (read-through), then served
         locally. With mode ``"r"`` the pull runs in a child process.
+    verify : bool or str
+        This handle's checksum rule for reads (each load may pass its own):
+        ``True``/``"first"`` (the default) checks each page the first time this process
+        reads it, ``"always"`` on every read, ``False`` never
+        (:mod:`tensorstore.readpath` says exactly what is checked when).
     """
     if mode not in MODES:
         raise InvalidArgumentError(f"mode {mode!r} is not one of {', '.join(map(repr, MODES))}")
     if codec not in CODECS:
         raise InvalidArgumentError(f"codec {codec!r} is not one of {', '.join(map(repr, CODECS))}")
+    policy = verify_policy(verify)
     path = Path(path)
     page = parse_size(page_size, "page_size") if page_size is not None else None
     block = parse_size(block_bytes, "block_bytes") if block_bytes is not None else None
@@ -165,6 +177,7 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     else:
         store = Store._create(path, page_size=page or DEFAULT_PAGE_SIZE, block_bytes=block or DEFAULT_BLOCK_BYTES)
     store.codec = codec
+    store.verify_policy = policy
     if remote is not None and not (isinstance(remote, str) and remote):
         store.close()
         raise InvalidArgumentError(f"remote must be a URL string, not {remote!r}")
@@ -198,11 +211,11 @@ class Store:
         # a warm load of an unchanged store skips the catalog entirely.
         self._plans: dict[tuple[str, int], list[tuple[TensorRecord, list[tuple[int, int, int, int]]]]] = {}
         self._plans_lock = threading.Lock()
-        self._pool = None  # a BufferPool when opened with cache_bytes
-        self._pool_txn = threading.local()  # the read transaction the pool loads pages from
+        self.pool = None  # a BufferPool when opened with cache_bytes
+        self.verify_policy = FIRST  # the checksum rule of this handle's reads (``open``'s ``verify``)
         self._sharing_snapshot = -1  # txn id the pool's sharing map was computed at
-        self._model_pages: dict[str, tuple[bytes, frozenset[int]]] = {}  # name -> (record, its pages)
-        self._shared = None  # a SharedCache when opened with shared_cache
+        self._model_blocks: dict[str, tuple[bytes, frozenset[int]]] = {}  # name -> (record, its blocks)
+        self.shared_cache = None  # a SharedCache when opened with shared_cache
         self._ident: bytes | None = None
         self.codec = "auto"  # how this handle writes new blocks (``open``'s ``codec``)
         self.remote: str | None = None  # pulled from on a load of a missing model (``open``'s ``remote``)
@@ -210,9 +223,10 @@ class Store:
     def _attach_cache(self, cache_bytes: int) -> None:
         from tensorstore_bufferpool import BufferPool
 
-        if cache_bytes < self.page_size:
-            raise InvalidArgumentError(f"cache_bytes ({cache_bytes}) must hold at least one page ({self.page_size} bytes)")
-        self._pool = BufferPool(cache_bytes, self.page_size, None, policy="queueing", load_into=self._load_into_frame)
+        if cache_bytes < self.block_bytes:
+            raise InvalidArgumentError(f"cache_bytes ({cache_bytes}) must hold at least one block ({self.block_bytes} bytes)")
+        # The pool holds blocks, decoded: a model it holds loads with no decode and no page read.
+        self.pool = BufferPool(cache_bytes, self.block_bytes, None, policy="queueing", load_into=readpath.load_frame)
 
     def _attach_shared(self, where: bool | str | Path, budget: int | None, keep_alive: float | None) -> None:
         if where is True:
@@ -223,7 +237,7 @@ class Store:
             directory = Path(where)
         else:
             raise InvalidArgumentError(f"shared_cache must be True, a name or a directory path, not {where!r}")
-        self._shared = sharedcache.SharedCache(
+        self.shared_cache = sharedcache.SharedCache(
             directory,
             budget if budget is not None else sharedcache.default_budget(directory),
             sharedcache.DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive,
@@ -231,21 +245,15 @@ class Store:
             file_mode=stat.S_IMODE((self.path / DATA_FILE).stat().st_mode) & 0o666,
         )
 
-    def _load_into_frame(self, page_id: int, frame: memoryview) -> int:
-        # Called by the pool, in the loading thread, inside that thread's read transaction.
-        payload = self.page_file.read(self._pool_txn.txn, page_id, recheck=True)
-        frame[: len(payload)] = payload
-        return len(payload)
-
     def cache_stats(self) -> CacheStats:
         """This process's caches: the buffer pool's counters, the shared tensor cache's,
         and the bytes each holds (private to this process, or mapped from shared memory)."""
-        pool = None if self._pool is None else self._pool.stats()
-        shared = None if self._shared is None else self._shared.stats()
+        pool = None if self.pool is None else self.pool.stats()
+        shared = None if self.shared_cache is None else self.shared_cache.stats()
         return CacheStats(
             pool=pool,
             shared=shared,
-            private_bytes=0 if self._pool is None else self._pool.capacity_bytes,
+            private_bytes=0 if self.pool is None else self.pool.capacity_bytes,
             shared_bytes=0 if shared is None else shared.mapped_bytes,
         )
 
@@ -325,17 +333,17 @@ class Store:
                     f"{self._env.live_views} zero-copy view(s) of the store at {self.path} are still referenced; "
                     "delete them (or keep np.array(view) copies) before closing the store"
                 )
-            if self._shared is not None:
-                self._shared.close()  # tensors still mapped stay valid and held
+            if self.shared_cache is not None:
+                self.shared_cache.close()  # tensors still mapped stay valid and held
             self._env.close()
             self._env = None
 
-    def reader(self):
+    def reader(self, *, verify: bool | str | None = None):
         """A read snapshot that returns zero-copy read-only views where it can
-        (see :mod:`tensorstore.reader`)."""
+        (see :mod:`tensorstore.reader`); ``verify`` as for :meth:`load_model`."""
         from .reader import Reader
 
-        return Reader(self)
+        return Reader(self, self.verify_policy if verify is None else verify)
 
     def __enter__(self) -> "Store":
         return self
@@ -461,7 +469,8 @@ class Store:
         step = block_step(arr.shape, arr.dtype.itemsize, self.block_bytes)
         data = as_bytes(arr)
         code = DTYPE_CODES[dname]
-        ids = [writer.reference(data[s:e], code) for s, e in block_spans(arr.nbytes, step)]
+        with _naming_tensor(tname):
+            ids = [writer.reference(data[s:e], code) for s, e in block_spans(arr.nbytes, step)]
         return TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids, dtype=np.uint64))
 
     def _encode_into(self, txn: lmdb.Transaction, writer: BlockWriter, arrays: list[tuple[str, np.ndarray]],
@@ -485,7 +494,8 @@ class Store:
             ids: list[int] = []
             for k in range(0, len(blocks), _ENCODE_BATCH):
                 batch = slice(k, k + _ENCODE_BATCH)
-                ids += writer.reference_encoded(blocks[batch], digests[batch], code, layout, candidates[batch])
+                with _naming_tensor(tname):
+                    ids += writer.reference_encoded(blocks[batch], digests[batch], code, layout, candidates[batch])
                 bar.update(sum(len(b) for b in blocks[batch]))
             records.append(TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids, dtype=np.uint64)))
         return records
@@ -548,29 +558,30 @@ class Store:
 
     # -- models out -----------------------------------------------------------------
 
-    def load_model(self, name: str, *, verify: bool = True) -> dict[str, np.ndarray]:
+    def load_model(self, name: str, *, verify: bool | str | None = None) -> dict[str, np.ndarray]:
         """Return every tensor of the model as a new, writable numpy array, bit-exact.
 
-        ``verify`` checks each page's checksum as it is read (``CorruptionError`` on a
-        mismatch).
+        ``verify``: the checksum rule, ``True``/``"first"``, ``"always"`` or ``False``
+        (default: the handle's, from :func:`open`; :mod:`tensorstore.readpath`). A page
+        that fails its checksum raises ``CorruptionError`` naming the models it holds.
         """
         self._read_through(name)
         with self.env.read() as txn:
-            reader = _Reader(self, txn, verify)
-            if self._pool is not None:
+            reader = ReadPath(self, txn, self.verify_policy if verify is None else verify)
+            if self.pool is not None:
                 self._note_request(txn, name)
             key = (name, txn.id())
             with self._plans_lock:
                 plan = self._plans.get(key)
             if plan is None:
-                plan = [(t, reader.runs(t)) for t in self.record(txn, name).tensors]
+                plan = [(t, reader.runs(t)) for t in self.record(txn, name).tensors]  # per block with a pool
                 with self._plans_lock:  # handles are shared across threads
                     while len(self._plans) >= _MAX_PLANS:
                         self._plans.pop(next(iter(self._plans)))
                     self._plans[key] = plan
             return {t.name: reader.assemble(t, runs) for t, runs in plan}
 
-    def load_tensor(self, name: str, tensor_name: str, *, verify: bool = True) -> np.ndarray:
+    def load_tensor(self, name: str, tensor_name: str, *, verify: bool | str | None = None) -> np.ndarray:
         """Return one tensor of a model (reads only the pages that tensor needs)."""
         self._read_through(name)
         with self.env.read() as txn:
@@ -578,7 +589,7 @@ class Store:
             t = record.tensor(tensor_name)
             if t is None:
                 raise TensorNotFoundError(f"model {name!r} has no tensor {tensor_name!r}")
-            return _Reader(self, txn, verify).tensor(t)
+            return ReadPath(self, txn, self.verify_policy if verify is None else verify).tensor(t)
 
     def _read_through(self, name: str) -> None:
         if self.remote is not None and isinstance(name, str) and name and name not in self:
@@ -603,56 +614,29 @@ class Store:
             return modelfiles.read_files(txn, db, model_id)
 
     def _note_request(self, txn: lmdb.Transaction, name: str) -> None:
-        """Tell the pool a model was requested, and which models need which pages."""
+        """Tell the pool a model was requested, and which models need which blocks."""
         if self._sharing_snapshot != txn.id():
-            self._pool.set_sharing(self._sharing(txn))
+            self.pool.set_sharing(self._sharing(txn))
             self._sharing_snapshot = txn.id()
-        self._pool.note_request(name)
+        self.pool.note_request(name)
 
     def _sharing(self, txn: lmdb.Transaction) -> dict[int, list[str]]:
-        """Which models need each page, in ``txn``'s snapshot.
-
-        A model's page set is kept between snapshots and reused while its catalog record is
-        unchanged and every page in the set still exists: a page that changes gets a new id,
-        so a block cannot have left a page that is still there. A commit thus costs a check
-        of each model's pages, not a scan of every block of the store.
-        """
-        pagemeta = self.env.dbs["pagemeta"]
+        """Which models need each block, in ``txn``'s snapshot (a model's block set is kept
+        between snapshots while its catalog record is unchanged)."""
         kept: dict[str, tuple[bytes, frozenset[int]]] = {}
-        stale: dict[str, tuple[bytes, set[int]]] = {}
         with txn.cursor(db=self.env.dbs["models"]) as cur:
             for k, v in cur:
                 name, raw = bytes(k).decode(errors="replace"), bytes(v)
-                hit = self._model_pages.get(name)
-                if hit is not None and hit[0] == raw and all(txn.get(id_key(p), db=pagemeta) is not None for p in hit[1]):
-                    kept[name] = hit
-                else:
-                    stale[name] = (raw, {int(i) for t in cat.decode_model(name, raw).tensors for i in t.block_ids})
-        if stale:
-            page_of = self._pages_of_blocks(txn, set().union(*(ids for _, ids in stale.values())))
-            for name, (raw, ids) in stale.items():
-                kept[name] = (raw, frozenset(page_of[i] for i in ids if i in page_of))
-        self._model_pages = kept
+                hit = self._model_blocks.get(name)
+                if hit is None or hit[0] != raw:
+                    hit = (raw, frozenset(int(i) for t in cat.decode_model(name, raw).tensors for i in t.block_ids))
+                kept[name] = hit
+        self._model_blocks = kept
         sharing: dict[int, list[str]] = {}
-        for name, (_, pages) in kept.items():
-            for p in pages:
-                sharing.setdefault(p, []).append(name)
+        for name, (_, blocks) in kept.items():
+            for b in blocks:
+                sharing.setdefault(b, []).append(name)
         return sharing
-
-    def _pages_of_blocks(self, txn: lmdb.Transaction, ids: set[int]) -> dict[int, int]:
-        """The page of each block in ``ids``: looked up one by one, or, when they are most
-        of the store, read in one scan of the block table (cheaper than as many lookups)."""
-        db = self.env.dbs["blocks"]
-        if len(ids) < self.state(txn).unique_blocks // 2:
-            values = ((i, txn.get(id_key(i), db=db)) for i in ids)
-            return {i: cat.decode_block(i, v).page_id for i, v in values if v is not None}
-        out = {}
-        with txn.cursor(db=db) as cur:
-            for k, v in cur:
-                block_id = cat.ID.unpack(bytes(k))[0]
-                if block_id in ids:
-                    out[block_id] = cat.decode_block(block_id, v).page_id
-        return out
 
     def model_info(self, name: str) -> ModelRecord:
         """The catalog record of a model: metadata and each tensor's dtype, shape, blocks."""
@@ -822,7 +806,7 @@ class Store:
             raise ModelNotFoundError(f"no model {name!r} in the store at {self.path}")
         return value, cat.decode_model(name, value)
 
-    def _identity(self) -> bytes:
+    def identity(self) -> bytes:
         """What tells this store from any other, for names kept outside it (the shared
         cache): its data file's device and inode, and its creation time. A copied or
         re-created store differs, even where its block ids are the same numbers."""
@@ -842,7 +826,7 @@ class Store:
     def put_state(self, txn: lmdb.Transaction, state: StoreState) -> None:
         txn.put(_STATE_KEY, state.encode(), db=self.env.dbs["meta"])
 
-    def _models_in_page(self, txn: lmdb.Transaction, page_id: int) -> str:
+    def models_in_page(self, txn: lmdb.Transaction, page_id: int) -> str:
         """Which models a damaged page affects, for the error that reports it (a slow scan)."""
         try:
             value = txn.get(id_key(page_id), db=self.env.dbs["pagemeta"])
@@ -858,134 +842,15 @@ class Store:
                 yield cat.decode_model(bytes(k).decode(errors="replace"), v)
 
 
-class _Reader:
-    """Assembles tensors from blocks within one read transaction, each page read once."""
-
-    def __init__(self, store: Store, txn: lmdb.Transaction, verify: bool) -> None:
-        self.store = store
-        self.txn = txn
-        self.verify = verify
-        self.blocks_db = store.env.dbs["blocks"]
-        self.pages: dict[int, memoryview] = {}
-
-    def page(self, page_id: int) -> memoryview:
-        view = self.pages.get(page_id)
-        if view is None:
-            try:
-                view = self.pages[page_id] = self.store.page_file.read(self.txn, page_id, verify=self.verify)
-            except CorruptionError as exc:
-                raise CorruptionError(f"{exc}; it holds blocks of {self.store._models_in_page(self.txn, page_id)}") from None
-        return view
-
-    def tensor(self, t: TensorRecord) -> np.ndarray:
-        return self.assemble(t, self.runs(t))
-
-    def blocks(self, t: TensorRecord) -> list[cat.BlockRecord]:
-        """The catalog records of the tensor's blocks, in order."""
-        return [self.block(block_id, t.name) for block_id in t.block_ids.tolist()]
-
-    def block(self, block_id: int, tensor: str | None = None) -> cat.BlockRecord:
-        value = self.txn.get(id_key(block_id), db=self.blocks_db)
-        if value is None:
-            whose = f"tensor {tensor!r}" if tensor is not None else "a delta block"
-            raise CorruptionError(f"{whose} references block {block_id}, which is missing")
-        return cat.decode_block(block_id, value)
-
-    def runs(self, t: TensorRecord, blocks: list[cat.BlockRecord] | None = None) -> list[tuple]:
-        """Where the tensor's bytes lie: ``(page, offset in page, offset in tensor, length,
-        encoded)``, where ``encoded`` is None for raw bytes, else ``(block, reference
-        block or None)`` to decode.
-
-        Raw blocks of a tensor mostly lie back to back in a page; each such run is one entry.
-        """
-        runs: list[tuple] = []
-        at = 0
-        for b in self.blocks(t) if blocks is None else blocks:
-            block_id = b.block_id
-            want = min(t.step, t.nbytes - at)
-            if b.nbytes != want:
-                raise CorruptionError(f"block {block_id} holds {b.nbytes} bytes where tensor {t.name!r} needs {want}")
-            if b.encoding != codec.RAW:
-                runs.append((b.page_id, b.offset, at, b.nbytes, (b, self.block(b.ref) if b.ref else None)))
-            elif runs and runs[-1][4] is None and runs[-1][0] == b.page_id and runs[-1][1] + runs[-1][3] == b.offset:
-                page, offset, start, n, _ = runs[-1]
-                runs[-1] = (page, offset, start, n + b.nbytes, None)
-            else:
-                runs.append((b.page_id, b.offset, at, b.nbytes, None))
-            at += b.nbytes
-        return runs
-
-    def assemble(self, t: TensorRecord, runs: list[tuple], out: np.ndarray | None = None) -> np.ndarray:
-        """The tensor's bytes copied from its runs, encoded blocks decoded (on threads),
-        into ``out`` (uint8) if given."""
-        out = np.empty(t.nbytes, dtype=np.uint8) if out is None else out
-        jobs = []
-        for page_id, offset, start, n, encoded in runs:
-            if encoded is None:
-                self.copy(page_id, offset, n, out[start : start + n])
-            else:
-                b, ref = encoded
-                jobs.append(codec.DecodeJob(self.stored(b), None if ref is None else (self.stored(ref), ref.encoding), start, n))
-        if jobs:
-            try:
-                codec.decode_many(jobs, dtypes.layout(t.dtype), out)
-            except ValueError as exc:
-                raise CorruptionError(f"an encoded block of tensor {t.name!r} does not decode ({exc})") from None
-        return out.view(dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
-
-    def copy(self, page_id: int, offset: int, n: int, out: np.ndarray) -> None:
-        """Copy ``n`` bytes at ``offset`` of a page into ``out``, through the pool if any."""
-        pool = self.store._pool
-        if pool is None:
-            out[:] = self.page(page_id)[offset : offset + n]
-            return
-        from tensorstore_bufferpool import PoolExhaustedError
-
-        self.store._pool_txn.txn = self.txn
-        try:
-            with pool.pin(page_id) as frame:
-                out[:] = frame[offset : offset + n]
-        except PoolExhaustedError:
-            # More threads than frames are pinning at once: read around the pool
-            # rather than fail or wait on another thread's copy.
-            out[:] = self.page(page_id)[offset : offset + n]
-
-    def stored(self, b: cat.BlockRecord):
-        """The bytes ``b`` keeps in its page: a view of the page (without a pool, valid
-        while the transaction lives), or a copy out of the pool's frame."""
-        if self.store._pool is None:
-            return self.page(b.page_id)[b.offset : b.offset + b.stored]
-        out = np.empty(b.stored, dtype=np.uint8)
-        self.copy(b.page_id, b.offset, b.stored, out)
-        return out.data
-
-    def block_bytes(self, b: cat.BlockRecord) -> np.ndarray:
-        """The decoded bytes of one block (uint8): a view of the page for a raw block."""
-        if b.encoding == codec.RAW:
-            return np.frombuffer(self.stored(b), dtype=np.uint8)
-        return self.blocks_bytes([b])[0]
-
-    def blocks_bytes(self, blocks: list[cat.BlockRecord]) -> np.ndarray:
-        """The decoded bytes of blocks of one dtype and length, one row each (decoded on
-        the codec's threads)."""
-        n = blocks[0].nbytes
-        out = np.empty((len(blocks), n), dtype=np.uint8)
-        jobs = []
-        for k, b in enumerate(blocks):
-            if b.encoding == codec.RAW:
-                out[k] = np.frombuffer(self.stored(b), dtype=np.uint8)
-            else:
-                ref = self.block(b.ref) if b.ref else None
-                jobs.append(codec.DecodeJob(self.stored(b), None if ref is None else (self.stored(ref), ref.encoding), k * n, n))
-        if jobs:
-            try:
-                codec.decode_many(jobs, dtypes.layout_of_code(blocks[0].dtype_code), out.reshape(-1))
-            except ValueError as exc:
-                raise CorruptionError(f"a block of {len(blocks)} being read does not decode ({exc})") from None
-        return out
-
-
 # -- input checks -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _naming_tensor(tname: str) -> Iterator[None]:
+    try:
+        yield
+    except HashCollisionError as exc:
+        raise HashCollisionError(f"tensor {tname!r}: {exc}") from None
 
 
 def _check_name(name: object, what: str, max_bytes: int) -> None:

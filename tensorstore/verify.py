@@ -14,7 +14,7 @@ from collections import Counter
 
 import lmdb
 
-from tensorstore_index.exact import block_digest
+from tensorstore_index.exact import block_digest, strong_digest
 
 from . import catalog as cat
 from . import codec, dtypes, modelfiles
@@ -248,6 +248,8 @@ def _content_problem(b: cat.BlockRecord, blocks: dict[int, cat.BlockRecord], pay
         return f"does not decode ({exc})"
     if block_digest(data, b.dtype_code) != b.digest:
         return "does not match its content digest"
+    if b.strong and strong_digest(data) != b.strong:
+        return "does not match its BLAKE3 digest"
     return None
 
 

@@ -38,7 +38,7 @@ def measure(store_path: Path, tolerance: float) -> dict:
         ``query_bytes``, matches found each way, ``recall``, ``lsh_MBps`` and
         ``exhaustive_MBps``, and the LSH's ``index_build_s`` (first sync) and ``lsh_s``.
     """
-    from ..store import _Reader
+    from ..readpath import ReadPath
 
     found_lsh = found_exact = both = 0
     query_bytes = 0
@@ -50,7 +50,7 @@ def measure(store_path: Path, tolerance: float) -> dict:
             with s.env.read() as txn:
                 record = s.record(txn, name)
                 t0 = time.perf_counter()
-                blocks = search.sync(s, txn, _Reader(s, txn, verify=True))
+                blocks = search.sync(s, txn, ReadPath(s, txn, verify=True))
                 t1 = time.perf_counter()
                 build_seconds = build_seconds or t1 - t0
                 private = private_blocks(record, blocks)

@@ -22,9 +22,9 @@ from tensorstore import remote
 def needed_bytes(store, name: str) -> int:
     """Bytes (as stored) of a model's distinct blocks and the references their deltas need."""
     with store.env.read() as txn:
-        from tensorstore.store import _Reader
+        from tensorstore.readpath import ReadPath
 
-        reader = _Reader(store, txn, verify=False)
+        reader = ReadPath(store, txn, verify=False)
         todo = {int(i) for t in store.record(txn, name).tensors for i in t.block_ids}
         seen, total = set(), 0
         while todo:

@@ -105,6 +105,6 @@ def test_a_live_writers_temporary_file_is_not_reaped_however_long_it_takes(tmp_p
     finally:
         go_on.set()
         writer.join(60)
-    assert result and result[0] is not None and bytes(result[0]) == want
+    assert result and result[0] is not None and bytes(result[0])[: len(want)] == want  # then its checksum
     del result
     cache.close()

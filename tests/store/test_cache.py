@@ -28,8 +28,8 @@ def test_loads_through_a_small_pool_are_exact_and_hit(family_store):
             assert all(out[k].tobytes() == v.tobytes() for k, v in models[name].items())
         stats = s.cache_stats().pool
         assert stats.requests == 30 and stats.hits > 0 and stats.misses > 0
-        assert stats.bytes_loaded <= stats.misses * s.page_size
-        assert s._pool.n_frames * s.page_size <= 64 * 1024
+        assert stats.bytes_loaded <= stats.misses * s.block_bytes  # the pool holds blocks
+        assert s.pool.n_frames * s.block_bytes <= 64 * 1024
 
 
 def test_without_cache_there_are_no_cache_stats(family_store):
@@ -38,9 +38,9 @@ def test_without_cache_there_are_no_cache_stats(family_store):
         assert s.cache_stats().pool is None and s.cache_stats().private_bytes == 0
 
 
-def test_cache_smaller_than_a_page_is_refused(family_store):
+def test_cache_smaller_than_a_block_is_refused(family_store):
     path, _ = family_store
-    with pytest.raises(ts.InvalidArgumentError, match="at least one page"):
+    with pytest.raises(ts.InvalidArgumentError, match="at least one block"):
         ts.open(path, "r", cache_bytes="1KiB")
     with ts.open(path, "r+") as s:  # the failed open left nothing behind
         s.delete_model("m5")
@@ -90,7 +90,7 @@ def test_the_sharing_map_follows_every_kind_of_change(family_store):
         blocks = s.catalog()["blocks"].to_pylist()
         expected = {}
         for row in blocks:
-            expected.setdefault(row["page_id"], set()).add(row["model"])
+            expected.setdefault(row["block_id"], set()).add(row["model"])
         return expected
 
     with ts.open(path, "a", cache_bytes="64KiB") as s:
@@ -105,3 +105,31 @@ def test_the_sharing_map_follows_every_kind_of_change(family_store):
             with s.env.read() as txn:
                 got = {p: set(names) for p, names in s._sharing(txn).items()}
             assert got == from_scratch(s)
+
+
+def test_a_warm_pool_serves_encoded_blocks_without_decoding(store_path, monkeypatch):
+    from tensorstore import codec
+
+    rng = np.random.default_rng(0)
+    base = {"w": rng.standard_normal((64, 256)).astype(np.float32)}
+    tuned = {"w": base["w"] + np.float32(1e-3) * rng.standard_normal((64, 256)).astype(np.float32)}
+    with ts.open(store_path, "w", page_size="16KiB", block_bytes="4KiB") as s:
+        s.add_model("base", base)
+        s.add_model("tuned", tuned)
+        assert s.stats().encodings["delta"] == 16 and s.stats().encodings["packed"] == 16
+    decodes = []
+    real = codec.decode
+    monkeypatch.setattr(codec, "decode", lambda *a, **k: decodes.append(1) or real(*a, **k))
+    with ts.open(store_path, "r", cache_bytes="256KiB") as s:
+        assert s.load_model("tuned")["w"].tobytes() == tuned["w"].tobytes()
+        cold = len(decodes)
+        assert cold == 16  # every delta decoded once, against its packed reference
+        for _ in range(3):
+            assert s.load_model("tuned")["w"].tobytes() == tuned["w"].tobytes()
+        assert len(decodes) == cold  # warm: copied from the pool's frames, nothing decoded
+        stats = s.cache_stats().pool
+        assert stats.hits == 3 * 16 and stats.misses == 16
+    with ts.open(store_path, "r") as s:  # without a pool every load decodes
+        s.load_model("tuned")
+        s.load_model("tuned")
+    assert len(decodes) == cold + 32

@@ -377,12 +377,12 @@ def test_a_format_1_store_is_read_and_upgraded_when_written(store_path):
         s = store.stats()
         assert s.encoded_bytes == s.unique_bytes and s.encodings["raw"] == s.unique_blocks
         assert bits(store.load_model("base")["embed"]) == bits(base["embed"]) and store.verify().ok
-    with ts.open(store_path, "a") as store:  # written to: format 2 from now on
+    with ts.open(store_path, "a") as store:  # written to: the current format from now on
         store.add_model("tuned", tuned)
         assert store.stats().encodings["delta"] > 0 and store.verify().ok
     with ts.open(store_path, "r") as store:
         with store.env.read() as txn:
-            assert json.loads(bytes(txn.get(b"format", db=store.env.dbs["meta"])))["version"] == 2
+            assert json.loads(bytes(txn.get(b"format", db=store.env.dbs["meta"])))["version"] == cat.FORMAT_VERSION
         assert bits(store.load_model("tuned")["embed"]) == bits(tuned["embed"])
 
 

@@ -6,7 +6,7 @@ from support import random_model
 
 import tensorstore as ts
 import tensorstore.environment as environment
-from tensorstore.store import _Reader
+from tensorstore.readpath import ReadPath
 
 
 def _flip_byte_in_page(path, page_id, offset):
@@ -72,7 +72,7 @@ def test_a_reader_keeps_its_snapshot_while_a_writer_changes_the_store(store_path
                 w.delete_model("a")
                 w.add_model("a", random_model(1))
                 # the snapshot did not move: the old model, whole, from the old pages
-                snap = {t.name: _Reader(r, txn, True).tensor(t) for t in r.record(txn, "a").tensors}
+                snap = {t.name: ReadPath(r, txn, True).tensor(t) for t in r.record(txn, "a").tensors}
                 assert all(np.array_equal(snap[k], v) for k, v in before.items())
             assert np.array_equal(r.load_model("a")["embed.weight"], random_model(1)["embed.weight"])
         finally:
@@ -140,3 +140,70 @@ def test_warm_loads_follow_every_change(store):
     with ts.open(store.path, "r+") as other:
         other.add_model("m", {"x": np.full(5000, 9, np.float32)}, replace=True)
     assert (store.load_model("m")["x"] == 9).all()
+
+
+def _flip_from_another_process(path, page_id, offset):
+    """Damage a page while this process has the store open (LMDB allows one environment
+    per file per process: another process writes)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import lmdb
+env = lmdb.open({str(path)!r}, max_dbs=8)
+db = env.open_db(b"pages")
+with env.begin(write=True) as txn:
+    key = ({page_id}).to_bytes(8, "big")
+    value = bytearray(txn.get(key, db=db))
+    value[{offset}] ^= 0x01
+    txn.put(key, bytes(value), db=db)
+env.close()
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _a_page_of(s, model):
+    import pyarrow.compute as pc
+
+    blocks = s.catalog()["blocks"]
+    return blocks.filter(pc.equal(blocks["model"], model)).column("page_id")[0].as_py()
+
+
+def test_verify_first_checks_a_page_once_per_process_and_always_on_every_read(store_path):
+    model = random_model(0)
+    with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB", codec="raw") as s:
+        s.add_model("a", model)
+        page = _a_page_of(s, "a")
+    with ts.open(store_path, "r") as s:
+        assert all(np.array_equal(v, model[k]) for k, v in s.load_model("a").items())  # checked: first read
+        _flip_from_another_process(store_path, page, 100)
+        served = s.load_model("a")  # "first": a page id that passed once is not hashed again
+        assert sum(not np.array_equal(v, model[k]) for k, v in served.items()) == 1
+        with pytest.raises(ts.CorruptionError, match=f"page {page} failed its checksum"):
+            s.load_model("a", verify="always")
+        with pytest.raises(ts.CorruptionError, match=f"page {page} failed its checksum"):
+            with s.reader(verify="always") as r:
+                r.load_model("a")
+
+
+@pytest.mark.parametrize("cache_bytes", [None, "64KiB"])
+@pytest.mark.parametrize("verify", [True, "first", "always"])
+def test_a_new_handle_checks_what_it_reads_first_through_the_pool_too(store_path, cache_bytes, verify):
+    with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB", codec="raw") as s:
+        s.add_model("a", random_model(0))
+        page = _a_page_of(s, "a")
+    _flip_byte_in_page(store_path, page, 100)
+    with ts.open(store_path, "r", cache_bytes=cache_bytes, verify=verify) as s:
+        with pytest.raises(ts.CorruptionError, match=f"page {page} failed its checksum"):
+            s.load_model("a")
+        assert len(s.load_model("a", verify=False)) == len(random_model(0))  # False: nothing checked
+
+
+def test_verify_takes_only_the_stated_rules(store_path):
+    with ts.open(store_path, "w") as s:
+        s.add_model("a", {"x": np.zeros(4, np.float32)})
+        for bad in ("sometimes", 2, 1.5):
+            with pytest.raises(ts.InvalidArgumentError, match="verify must be True, False, 'first', 'always' or 'never'"):
+                s.load_model("a", verify=bad)
+    with pytest.raises(ts.InvalidArgumentError, match="verify must be"):
+        ts.open(store_path, "r", verify="sometimes")

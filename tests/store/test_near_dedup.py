@@ -301,12 +301,12 @@ def test_non_f32_blocks_are_compared_in_float32(store, dtype):
 
 def test_the_search_keeps_no_vectors_and_reads_the_live_snapshot(pair):
     from tensorstore.dedup import BlockSearch, private_blocks
-    from tensorstore.store import _Reader
+    from tensorstore.readpath import ReadPath
 
     store, base, tuned = pair
     search = BlockSearch()
     with store.env.read() as txn:
-        blocks = search.sync(store, txn, _Reader(store, txn, verify=True))
+        blocks = search.sync(store, txn, ReadPath(store, txn, verify=True))
         record = store.record(txn, "tuned")
         private = private_blocks(record, blocks)
         found = search.find(blocks, private, sorted(private), 0.01)

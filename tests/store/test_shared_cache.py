@@ -101,11 +101,11 @@ def test_a_killed_process_references_are_reclaimed(paths):
     holder = _worker(store, cache, "base", hold=True)
     assert _report(holder)["stats"]["misses"] == 4
     with ts.open(store, "r", shared_cache=cache, shared_cache_keep_alive=0) as s:
-        assert s._shared.reclaim(keep_alive=0) == 0  # held by a live process: kept
+        assert s.shared_cache.reclaim(keep_alive=0) == 0  # held by a live process: kept
         assert len(_cached_files(cache)) == 4
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-        assert s._shared.reclaim(keep_alive=0) == 4  # the kernel dropped the dead process's locks
+        assert s.shared_cache.reclaim(keep_alive=0) == 4  # the kernel dropped the dead process's locks
     assert _cached_files(cache) == []
 
 
@@ -116,13 +116,13 @@ def test_unused_tensors_stay_for_the_keep_alive_window(paths):
             r.load_model("base")  # published, then dropped at once
         gc.collect()
         assert s.cache_stats().shared.mapped_tensors == 0
-        assert s._shared.reclaim() == 0 and len(_cached_files(cache)) == 4
-        assert s._shared.reclaim(keep_alive=0) == 4
+        assert s.shared_cache.reclaim() == 0 and len(_cached_files(cache)) == 4
+        assert s.shared_cache.reclaim(keep_alive=0) == 4
 
 
 def test_the_budget_evicts_least_recently_used_unheld_tensors(paths):
     store, cache = paths
-    one = TENSOR * 4
+    one = TENSOR * 4 + 8  # a tensor file: its bytes and their 8-byte checksum
     with ts.open(store, "r", shared_cache=cache, shared_cache_bytes=3 * one) as s, s.reader() as r:
         keys = []
         for name in ("w0", "w1", "w2"):
@@ -139,7 +139,7 @@ def test_the_budget_evicts_least_recently_used_unheld_tensors(paths):
 
 def test_tensors_in_use_are_never_evicted_and_overflow_is_served_privately(paths):
     store, cache = paths
-    one = TENSOR * 4
+    one = TENSOR * 4 + 8  # a tensor file: its bytes and their 8-byte checksum
     with ts.open(store, "r", shared_cache=cache, shared_cache_bytes=2 * one) as s, s.reader() as r:
         t = r.load_model("base")  # four tensors, room for two: two are private copies
         stats = s.cache_stats().shared
@@ -176,7 +176,7 @@ def test_a_dead_writer_half_written_file_is_removed(paths):
     with ts.open(store, "r", shared_cache=cache) as s:
         leftover = cache / f"tmp-{int(dead.stdout)}-1-abc"
         leftover.write_bytes(b"partial")
-        s._shared.reclaim()
+        s.shared_cache.reclaim()
         assert not leftover.exists()
 
 
@@ -241,7 +241,7 @@ def test_processes_mapping_a_tensor_count_it_once_between_them(tmp_path, shm_cac
             p.communicate("")
     cached = sum(f.stat().st_size for f in cache.glob("*.t"))
     # Started together: each tensor is assembled by one of them; the other waits and maps it.
-    assert cached == 16 << 20 and sum(r["stats"]["misses"] for r in reports) == 4
+    assert cached == (16 << 20) + 4 * 8 and sum(r["stats"]["misses"] for r in reports) == 4  # 4 tensors + checksums
     assert sum(r["stats"]["hits"] for r in reports) == 4
     assert abs(sum(shmem) - cached) < 0.05 * cached  # one copy between them, not two
     assert all(abs(x - cached / 2) < 0.05 * cached for x in shmem)  # and each pays half
@@ -257,7 +257,7 @@ def test_a_model_manifest_is_kept_and_a_damaged_one_is_rebuilt(paths):
         with s.reader() as r:
             t = r.load_model("base")
         assert all(np.array_equal(t[k], v) for k, v in _model(0).items())
-        assert s._shared.read_manifest(bytes.fromhex(manifest.stem), 4) is not None  # rewritten
+        assert s.shared_cache.read_manifest(bytes.fromhex(manifest.stem), 4) is not None  # rewritten
         del t
 
 
@@ -290,8 +290,9 @@ def test_a_process_killed_while_publishing_leaves_nothing_half_written(tmp_path)
 
     store, cache = tmp_path / "store", tmp_path / "cache"
     rng = np.random.default_rng(5)
-    # Two 64 MiB tensors: writing one takes tens of milliseconds, time enough to land a kill.
-    model = {f"w{i}": rng.standard_normal(1 << 24).astype(np.float32) for i in range(2)}
+    # Two tensors just under 64 MiB (with its checksum, a file stays within a 64 MiB default
+    # budget): writing one takes tens of milliseconds, time enough to land a kill.
+    model = {f"w{i}": rng.standard_normal((1 << 24) - 16).astype(np.float32) for i in range(2)}
     with ts.open(store, "w", page_size="1MiB", block_bytes="64KiB") as s:
         s.add_model("m", model)
     caught = 0
@@ -309,9 +310,49 @@ def test_a_process_killed_while_publishing_leaves_nothing_half_written(tmp_path)
             assert all(bits(out[k]) == bits(v) for k, v in model.items())  # nothing partial was mapped
             del out
             gc.collect()
-            s._shared.reclaim(keep_alive=0)  # the dead writer's file goes, and the rest: start empty
+            s.shared_cache.reclaim(keep_alive=0)  # the dead writer's file goes, and the rest: start empty
         assert not [p for p in cache.iterdir() if p.name.startswith("tmp-")]
         assert not list(cache.glob("*.t"))
         if caught >= 2:
             break
     assert caught >= 2  # the kills landed mid-write
+
+
+def _flip_a_byte_of_a_cached_tensor(cache: Path) -> Path:
+    victim = sorted(_cached_files(cache))[0]
+    path = cache / victim
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    path.write_bytes(data)  # a new inode would be a new file: write into the same one
+    return path
+
+
+def test_a_damaged_cached_tensor_is_caught_when_first_mapped_and_replaced(paths):
+    store, cache = paths
+    first = _worker(store, cache, "base")
+    _report(first)
+    first.communicate("")
+    _flip_a_byte_of_a_cached_tensor(cache)
+    second = _worker(store, cache, "base")  # a new process: checks every file it maps
+    report = _report(second)
+    second.communicate("")
+    model = _model(0)
+    assert report["stats"]["damaged"] == 1 and report["stats"]["misses"] == 1 and report["stats"]["hits"] == 3
+    assert {k.split("/")[1]: v for k, v in report["digests"].items()} == {
+        k: xxhash.xxh3_64_hexdigest(v.tobytes()) for k, v in model.items()
+    }
+
+
+def test_verify_always_rechecks_a_cached_tensor_on_every_load(paths):
+    store, cache = paths
+    with ts.open(store, "r", shared_cache=cache) as s:
+        with s.reader() as r:
+            kept = r.load_model("base")  # held: the next loads are hits on this mapping
+        path = _flip_a_byte_of_a_cached_tensor(cache)
+        with s.reader() as r:  # checked when first mapped, not again
+            assert not all(np.array_equal(r.load_model("base")[k], v) for k, v in _model(0).items())
+        with s.reader(verify="always") as r:
+            again = r.load_model("base")
+        assert all(bits(again[k]) == bits(v) for k, v in _model(0).items())
+        assert s.cache_stats().shared.damaged == 1 and path.exists()
+        del kept
