@@ -72,6 +72,11 @@ class Environment:
         info, psize = self.env.info(), self.env.stat()["psize"]
         needed = (info["last_pgno"] + 1) * psize
         if size and size < needed:
+            # Another process may have committed between the first look and LMDB's reading
+            # of the meta page; a commit writes its pages before its meta page, so a second
+            # look sees them (seen on tmpfs, where commits take microseconds).
+            size = data.stat().st_size
+        if size and size < needed:
             self.env.close()
             raise CorruptionError(f"{data} is cut short: {size} bytes, but its pages run to {needed}; restore it from a copy")
         # Slots of reader processes that died inside a read transaction pin old pages and

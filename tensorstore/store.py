@@ -23,7 +23,7 @@ import numpy as np
 from tensorstore_index.exact import block_digest
 
 from . import catalog as cat
-from . import codec, dtypes, sharedcache
+from . import codec, dtypes, modelfiles, sharedcache
 from .blockwriter import BlockWriter
 from .catalog import ModelRecord, StoreState, TensorRecord, id_key
 from .chunking import as_bytes, block_spans, block_step, canonical
@@ -456,9 +456,7 @@ class Store:
             writer.flush()
             record = ModelRecord(name, model_id, time.time(), meta, tuple(records), domain)
             txn.put(key, cat.encode_model(record), db=env.dbs["models"])
-            _drop_files(txn, env, model_id)
-            for path, data in extra.items():
-                txn.put(id_key(model_id) + path.encode(), data, db=env.dbs["files"])
+            modelfiles.put_files(txn, env.dbs["files"], model_id, extra)
             state.models += 1
             state.tensors += len(records)
             state.logical_bytes += total
@@ -549,7 +547,7 @@ class Store:
                     writer.release(int(block_id))
             writer.flush()
             txn.delete(key, db=env.dbs["models"])
-            _drop_files(txn, env, record.model_id)
+            modelfiles.drop_files(txn, env.dbs["files"], record.model_id)
             drop_audit(txn, env.dbs["replacements"], record.model_id)
             state.models -= 1
             state.tensors -= len(record.tensors)
@@ -613,19 +611,10 @@ class Store:
 
     def files_in(self, txn: lmdb.Transaction, model_id: int) -> dict[str, bytes]:
         """The files kept with the model of ``model_id`` in ``txn``'s snapshot."""
-        prefix = id_key(model_id)
         db = self.env.dbs.get("files")
         if db is None:  # a store made before files could be kept, opened read-only
             return {}
-        out = {}
-        with txn.cursor(db=db) as cur:
-            if cur.set_range(prefix):
-                for k, v in cur:
-                    k = bytes(k)
-                    if not k.startswith(prefix):
-                        break
-                    out[k[len(prefix):].decode()] = bytes(v)
-        return out
+        return modelfiles.read_files(txn, db, model_id)
 
     def _note_request(self, txn: lmdb.Transaction, name: str) -> None:
         """Tell the pool a model was requested, and which models need which blocks."""
@@ -807,7 +796,7 @@ class Store:
             return verify_store(self, txn)
 
     def catalog(self):
-        """The catalog as pyarrow Tables: ``models``, ``tensors``, ``blocks``, ``pages``."""
+        """The catalog as pyarrow Tables (:func:`tensorstore.tables.catalog_tables`)."""
         from .tables import catalog_tables
 
         with self.env.read() as txn:
@@ -947,16 +936,6 @@ def _check_files(files: object) -> dict[str, bytes]:
             raise InvalidArgumentError(f"file {path!r} is {len(data)} bytes; files kept with a model may be at most {MAX_FILE_BYTES}")
         out[path] = data
     return out
-
-
-def _drop_files(txn: lmdb.Transaction, env: Environment, model_id: int) -> None:
-    """Delete every file kept with model ``model_id``."""
-    prefix = id_key(model_id)
-    with txn.cursor(db=env.dbs["files"]) as cur:
-        if cur.set_range(prefix):
-            while bytes(cur.key()).startswith(prefix):
-                if not cur.delete():
-                    break
 
 
 def _check_metadata(metadata: object) -> dict:

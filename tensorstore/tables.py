@@ -8,13 +8,15 @@ import lmdb
 import pyarrow as pa
 
 from . import catalog as cat
-from . import codec
+from . import codec, modelfiles
 from .pagefile import page_id_of
 
 
 def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
     """Return ``models``, ``tensors``, ``blocks`` (one row per block reference), ``pages``,
-    ``distinct_blocks`` and ``replacements`` (the near-duplicate audit trail)."""
+    ``distinct_blocks``, ``replacements`` (the near-duplicate audit trail) and ``files``
+    (the files kept with models: model, file, bytes, and the digest its manifest records,
+    null for files stored before manifests were kept)."""
     dbs = store.env.dbs
     block_rows: dict[int, cat.BlockRecord] = {}
     with txn.cursor(db=dbs["blocks"]) as cur:
@@ -91,6 +93,8 @@ def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
         "accuracy_after": [r["accuracy_after"] for r in audit],
         "time": [r["time"] for r in audit],
     }
+    kept = _files(txn, dbs.get("files"), {m: n for n, m in zip(models["model"], models["model_id"])})
+
     i64 = pa.int64()
     return {
         "models": pa.table(models, schema=pa.schema([("model", pa.string()), ("model_id", i64), ("domain", pa.string()), ("tensors", i64), ("logical_bytes", i64), ("created", pa.float64()), ("metadata", pa.string())])),
@@ -101,5 +105,23 @@ def catalog_tables(store, txn: lmdb.Transaction) -> dict[str, pa.Table]:
             ("model", pa.string()), ("tensor", pa.string()), ("index", i64), ("positions", i64), ("block_id", i64),
             ("representative", i64), ("nbytes", i64), ("error", pa.float64()), ("accuracy_before", pa.float64()),
             ("accuracy_after", pa.float64()), ("time", pa.float64())])),
+        "files": pa.table(kept, schema=pa.schema([("model", pa.string()), ("file", pa.string()), ("bytes", i64), ("digest", pa.string())])),
         "distinct_blocks": pa.table(distinct, schema=pa.schema([("block_id", i64), ("page_id", i64), ("offset", i64), ("nbytes", i64), ("encoding", pa.string()), ("stored_bytes", i64), ("ref_block", i64), ("refs", i64), ("domain", i64), ("digest", pa.string())])),
+    }
+
+
+def _files(txn: lmdb.Transaction, db, names: dict[int, str]) -> dict[str, list]:
+    """The rows of the ``files`` table (none for a store made before files could be kept)."""
+    found: list[tuple[int, str, int]] = []
+    manifests: dict[int, dict[str, tuple[int, str]]] = {}
+    for r in modelfiles.records(txn, db) if db is not None else ():
+        if r.path is None:
+            manifests[r.model_id] = modelfiles.decode_manifest(r.value)
+        else:
+            found.append((r.model_id, r.path, len(r.value)))
+    return {
+        "model": [names.get(i) for i, _, _ in found],
+        "file": [p for _, p, _ in found],
+        "bytes": [n for _, _, n in found],
+        "digest": [manifests.get(i, {}).get(p, (0, None))[1] for i, p, _ in found],
     }

@@ -3,7 +3,8 @@
 Reads one snapshot and recomputes from scratch what the store keeps as running state:
 page checksums, each block's content digest against its bytes, that every block lies
 inside its page without overlapping another, reference counts against the models that
-hold them, and the totals behind ``stats()``.
+hold them, the totals behind ``stats()``, and the files kept with models (each belongs to
+a model and matches the length and digest its model's manifest records).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import lmdb
 from tensorstore_index.exact import block_digest
 
 from . import catalog as cat
-from . import codec, dtypes
+from . import codec, dtypes, modelfiles
 from .digests import strong_digest
 from .catalog import id_key
 from .dtypes import DTYPES
@@ -105,9 +106,12 @@ def _verify(store, txn: lmdb.Transaction) -> VerifyReport:
     refs: Counter[int] = Counter(b.ref for b in blocks.values() if b.ref)  # deltas hold their references
     users: dict[int, set[str]] = {}
     models = tensors = logical = 0
+    names: dict[int, str] = {}  # model id -> name, for the files kept with models
+    all_models = True  # every model record was read: a file of no model in names is an orphan
     try:
         for m in store.records(txn):
             models += 1
+            names[m.model_id] = m.name
             tensors += len(m.tensors)
             logical += m.logical_bytes
             for t in m.tensors:
@@ -126,10 +130,13 @@ def _verify(store, txn: lmdb.Transaction) -> VerifyReport:
                         problem(f"model {m.name!r} tensor {t.name!r}: block {block_id} has {b.nbytes} bytes, needs {stop - start}")
     except CorruptionError as exc:
         problem(str(exc))
+        all_models = False
     for block_id, b in blocks.items():
         if b.refs != refs.get(block_id, 0):
             problem(f"block {block_id} counts {b.refs} references; models and deltas hold {refs.get(block_id, 0)}")
     _check_contents(blocks, payloads, users, problem)
+    if store.env.dbs.get("files") is not None:
+        _check_files(txn, store.env.dbs["files"], names, all_models, problem)
 
     # Running totals behind stats().
     try:
@@ -151,6 +158,51 @@ def _verify(store, txn: lmdb.Transaction) -> VerifyReport:
         problem(str(exc))
 
     return VerifyReport(ok=not problems, problems=problems, models=models, pages=len(page_ids), blocks=len(blocks))
+
+
+def _check_files(txn: lmdb.Transaction, db, names: dict[int, str], all_models: bool, problem) -> None:
+    """The files kept with models: each belongs to a model of the catalog, and matches the
+    length and digest its model's manifest records (models stored before manifests were
+    kept have none: their files are checked for what a bare record can say)."""
+    kept: dict[int, dict[str, bytes]] = {}
+    manifests: dict[int, bytes] = {}
+    with txn.cursor(db=db) as cur:
+        for k, v in cur:
+            try:
+                model_id, path = modelfiles.parse_key(bytes(k))
+            except CorruptionError as exc:
+                problem(str(exc))
+                continue
+            if path is None:
+                manifests[model_id] = bytes(v)
+            else:
+                kept.setdefault(model_id, {})[path] = bytes(v)
+    for model_id in sorted(set(kept) | set(manifests)):
+        files = kept.get(model_id, {})
+        if model_id in names:
+            name = repr(names[model_id])
+        elif all_models:
+            what = ", ".join(repr(p) for p in sorted(files)) or "a file manifest"
+            problem(f"the files database keeps {what} for model id {model_id}, which is not in the catalog")
+            continue
+        else:
+            name = f"id {model_id}"  # its record may be past the damage reported above
+        if model_id not in manifests:
+            continue  # stored before manifests were kept
+        try:
+            manifest = modelfiles.decode_manifest(manifests[model_id])
+        except CorruptionError as exc:
+            problem(f"model {name}: the manifest of its kept files {exc}")
+            continue
+        for path in sorted(set(files) | set(manifest)):
+            if path not in files:
+                problem(f"model {name} file {path!r} is missing (its manifest lists it)")
+            elif path not in manifest:
+                problem(f"model {name} file {path!r} is not in its manifest")
+            elif len(files[path]) != manifest[path][0]:
+                problem(f"model {name} file {path!r} is {len(files[path])} bytes; its manifest records {manifest[path][0]}")
+            elif modelfiles.digest(files[path]) != manifest[path][1]:
+                problem(f"model {name} file {path!r} does not match its recorded digest")
 
 
 def _check_contents(blocks: dict[int, cat.BlockRecord], payloads: dict, users: dict[int, set[str]], problem) -> None:

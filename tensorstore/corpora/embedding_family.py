@@ -29,7 +29,6 @@ neither the weights nor the corpus.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from . import family_cli
 
 RECIPE = 1  # bump whenever data preparation or training changes: older cached members are rebuilt
 SPLIT_SEED = 0  # the same held-out set and training pool as the MiniLM family
@@ -612,33 +613,17 @@ def summary(family_dir: Path | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tensorstore.corpora.embedding_family",
-                                     description="Build and evaluate the sparse-embedding model family.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="train the family into the cache (numpy; downloads the base and corpus once)")
-    build.add_argument("--out", type=Path, help="directory to write (default: the cache)")
-    ev = sub.add_parser("evaluate", help="held-out accuracy of one cached member")
-    ev.add_argument("name")
-    ev.add_argument("--family-dir", type=Path)
-    summ = sub.add_parser("summary", help="a markdown table of the cached family")
-    summ.add_argument("--family-dir", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "build":
-            build_family(args.out, log=lambda line: print(line, flush=True))
-        elif args.command == "evaluate":
-            from safetensors.numpy import load_file
-
-            directory = args.family_dir or default_family_dir()
-            manifest(args.name, directory)  # a clear error for an unknown name
-            tensors = load_file(str(directory / f"{args.name}.safetensors"))
-            print(f"{args.name}: held-out accuracy {evaluate(args.name, tensors, family_dir=directory):.4f}")
-        else:
-            print(summary(args.family_dir))
-    except (FileNotFoundError, KeyError, ImportError) as exc:
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 1
-    return 0
+    return family_cli.main(family_cli.Family(
+        prog="python -m tensorstore.corpora.embedding_family",
+        description="Build and evaluate the sparse-embedding model family.",
+        build_help="train the family into the cache (numpy; downloads the base and corpus once)",
+        evaluate_help="held-out accuracy of one cached member",
+        build=lambda out, quick, log: build_family(out, log=log),
+        check=lambda name, directory: manifest(name, directory),
+        evaluate=lambda name, tensors, directory: evaluate(name, tensors, family_dir=directory),
+        summary=summary,
+        default_dir=default_family_dir,
+    ), argv)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ gives the same bytes (another CPU or torch version may differ in the last bits).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -37,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import bert_numpy, spam
+from . import bert_numpy, family_cli, spam
 from .minilm import PACKAGE, VERSION, base_weights_path, cache_dir, load_base
 
 RECIPE = 2  # bump whenever data preparation or training changes: older cached models are rebuilt
@@ -616,35 +615,18 @@ def summary(family_dir: Path | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tensorstore.corpora.minilm_family",
-                                     description="Build and evaluate the MiniLM / SpamAssassin model family.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="generate the family into the cache (needs torch)")
-    build.add_argument("--quick", action="store_true", help="the tiny three-model test family")
-    build.add_argument("--out", type=Path, help="directory to write (default: the cache)")
-    ev = sub.add_parser("evaluate", help="held-out accuracy of one cached model, in numpy")
-    ev.add_argument("name")
-    ev.add_argument("--family-dir", type=Path)
-    summ = sub.add_parser("summary", help="a markdown table of the cached family")
-    summ.add_argument("--family-dir", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "build":
-            build_family(args.out, quick=args.quick, log=lambda line: print(line, flush=True))
-        elif args.command == "evaluate":
-            from safetensors.numpy import load_file
-
-            directory = args.family_dir or default_family_dir()
-            _manifest(directory, args.name)  # a clear error for an unknown name
-            t0 = time.perf_counter()
-            accuracy = evaluate(args.name, load_file(str(directory / f"{args.name}.safetensors")), family_dir=directory)
-            print(f"{args.name}: held-out accuracy {accuracy:.4f} ({time.perf_counter() - t0:.1f} s)")
-        else:
-            print(summary(args.family_dir))
-    except (FileNotFoundError, KeyError, ImportError) as exc:
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 1
-    return 0
+    return family_cli.main(family_cli.Family(
+        prog="python -m tensorstore.corpora.minilm_family",
+        description="Build and evaluate the MiniLM / SpamAssassin model family.",
+        build_help="generate the family into the cache (needs torch)",
+        evaluate_help="held-out accuracy of one cached model, in numpy",
+        build=lambda out, quick, log: build_family(out, quick=quick, log=log),
+        check=lambda name, directory: _manifest(directory, name),
+        evaluate=lambda name, tensors, directory: evaluate(name, tensors, family_dir=directory),
+        summary=summary,
+        default_dir=default_family_dir,
+        quick_help="the tiny three-model test family",
+    ), argv)
 
 
 if __name__ == "__main__":

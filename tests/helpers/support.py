@@ -54,11 +54,20 @@ def bits(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a).tobytes()
 
 
+_DRAWN_BYTES = 2048  # bytes of an array drawn by hypothesis itself (see _random_array)
+
+
 def _random_array(draw, dtype, shape):
     """Arbitrary bit patterns: NaN payloads, -0.0, infinities and subnormals included."""
     itemsize = np.dtype(dtype).itemsize
     n = int(np.prod(shape))
-    raw = draw(st.binary(min_size=n * itemsize, max_size=n * itemsize))
+    size = n * itemsize
+    raw = draw(st.binary(min_size=min(size, _DRAWN_BYTES), max_size=min(size, _DRAWN_BYTES)))
+    if size > _DRAWN_BYTES:
+        # Hypothesis draws a binary byte by byte (about 15 us each): a 500 KB array took
+        # seconds. Past the first bytes, which it steers and shrinks, random bits from a
+        # drawn seed: every bit pattern still occurs.
+        raw += np.random.default_rng(draw(st.integers(0, 2**64 - 1))).bytes(size - _DRAWN_BYTES)
     arr = np.frombuffer(raw, dtype=np.uint8).view(dtype) if n else np.zeros(0, dtype)
     if dtype is np.bool_:
         arr = arr.view(np.uint8) % 2 == 1  # a bool array holds only 0 and 1

@@ -4,16 +4,14 @@ no generic top-level name into site-packages."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import textwrap
 import zipfile
-from pathlib import Path
 
 import pytest
+from wheel_build import build_wheel
 
-REPO = Path(__file__).resolve().parents[2]
 LIBRARIES = ("index", "packing", "bufferpool")
 
 
@@ -48,19 +46,7 @@ def test_each_library_imports_alone_under_its_installed_name():
 
 def test_wheel_has_no_generic_top_level_names(tmp_path):
     pytest.importorskip("setuptools", minversion="68")
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    for folder in ("tensorstore", "tensorstore_dedup", *LIBRARIES):
-        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    out = tmp_path / "dist"
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    (wheel,) = out.glob("*.whl")
+    wheel = build_wheel(tmp_path)
     tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert not tops & set(LIBRARIES), sorted(tops)
     assert {"tensorstore", "tensorstore_index", "tensorstore_packing", "tensorstore_bufferpool", "tensorstore_dedup"} <= tops

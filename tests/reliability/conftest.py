@@ -2,7 +2,8 @@
 
 Every test that counts something (loads, kills, flips, fuzz examples) records it with the
 ``counts`` fixture; the counts are printed at the end of the run under
-"reliability counts", so the figures in docs/reliability.md come from a plain pytest run.
+"reliability counts", so the figures in docs/reliability.md come from a plain pytest run
+(with ``-q``, as ``make test`` runs, one line says how many there are).
 """
 
 from __future__ import annotations
@@ -28,10 +29,16 @@ def counts(request):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _COUNTS:
-        terminalreporter.section("reliability counts")
-        for test, key, value in _COUNTS:
-            terminalreporter.write_line(f"{test}: {key} = {value}")
+    if not _COUNTS:
+        return
+    if terminalreporter.verbosity < 0:  # -q, as `make test` runs: one line, not forty
+        tests = len({test for test, _, _ in _COUNTS})
+        terminalreporter.write_line(f"reliability counts: {len(_COUNTS)} figures from {tests} tests "
+                                    "(run without -q to print them)")
+        return
+    terminalreporter.section("reliability counts")
+    for test, key, value in _COUNTS:
+        terminalreporter.write_line(f"{test}: {key} = {value}")
 
 
 def _mount_refusal() -> str | None:

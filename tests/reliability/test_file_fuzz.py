@@ -7,7 +7,7 @@ of every model on it. Every run must end with a report or a one-line error and e
 (no traceback, no crash), and an export that exits 0 must hold the model's exact bytes.
 
 The runs happen in one worker process, so that a crash is seen as one (and named by the
-run it happened in). ``TS_FILE_FUZZ`` runs (default 300; the slow test 3000).
+run it happened in). ``TS_FILE_FUZZ`` runs (default 100; the slow test 3000).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _fuzz(tmp_path, runs: int, seed: int, counts) -> None:
 
 
 def test_random_damage_anywhere_in_data_mdb(tmp_path, counts):
-    _fuzz(tmp_path, env_int("TS_FILE_FUZZ", 300), 14, counts)
+    _fuzz(tmp_path, env_int("TS_FILE_FUZZ", 100), 14, counts)
 
 
 @pytest.mark.slow

@@ -53,11 +53,11 @@ def test_adding_hundreds_of_mb_through_the_handle_that_holds_views(tmp_path):
             r = s.reader()
             views = r.load_model("a")
             assert r.is_view(views["w"])
-            grow(s, "big", 200)  # past any map a small store starts with
+            grow(s, "big", 100)  # past the smallest map a store reserves (64 MiB)
             assert np.array_equal(views["w"], small["w"]), "a held view changed"
             with s.reader() as r2:
                 again = r2.load_model("big")["x"]
-                assert np.array_equal(again, grown("big", 200))
+                assert np.array_equal(again, grown("big", 100))
                 del again
             assert np.array_equal(s.load_model("a")["w"], small["w"])
             del views
@@ -84,7 +84,7 @@ def test_a_serving_process_holding_views_loads_again_after_another_grows_the_sto
                 sys.stdin.readline()  # the store has grown meanwhile
                 with s.reader() as r2:
                     big = r2.load_model("big")["x"]
-                    assert np.array_equal(big, grown("big", 200))
+                    assert np.array_equal(big, grown("big", 100))
                     del big
                 assert s.load_model("big")["x"][0] == 3
                 assert np.array_equal(views["w"], small["w"]), "a held view changed"
@@ -97,7 +97,7 @@ def test_a_serving_process_holding_views_loads_again_after_another_grows_the_sto
     )
     try:
         assert serving.stdout.readline().strip() == "ready", serving.stderr.read()
-        grower = _run('with ts.open(path, "a", codec="raw") as s:\n    grow(s, "big", 200)\nprint("ok")', str(path))
+        grower = _run('with ts.open(path, "a", codec="raw") as s:\n    grow(s, "big", 100)\nprint("ok")', str(path))
         assert grower.returncode == 0, _crashed(grower)
         out, err = serving.communicate("go\n", timeout=300)
     finally:

@@ -216,7 +216,8 @@ def test_files_are_replaced_and_deleted_with_their_model(tmp_path):
         with pytest.raises(ts.ModelNotFoundError):
             s.load_files("a")
         with s.env.read() as txn:
-            assert txn.stat(s.env.dbs["files"])["entries"] == 1  # b's only
+            assert txn.stat(s.env.dbs["files"])["entries"] == 2  # b's file and b's manifest only
+        assert s.catalog()["files"].select(["model", "file", "bytes"]).to_pylist() == [{"model": "b", "file": "config.json", "bytes": 1}]
         s.add_model("a", {"w": np.ones(3)})  # a new model of the old name finds no old files
         assert s.load_files("a") == {} and s.load_files("b") == {"config.json": b"b"}
 
