@@ -344,17 +344,20 @@ def choose_jobs(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None
 
 @dataclass(frozen=True, slots=True)
 class DecodeJob:
-    """One encoded block to decode into ``out[start : start + n]``: its payload and, for
-    a delta, its reference as stored (``(bytes, RAW or PACKED)``)."""
+    """One encoded block to decode into ``out`` (a uint8 view as long as the block): its
+    payload, its dtype's ``layout`` and, for a delta, its reference as stored
+    (``(bytes, RAW or PACKED)``). ``what`` names it in an error."""
 
     payload: object
     ref: tuple[object, int] | None
-    start: int
-    n: int
+    layout: Layout
+    out: np.ndarray
+    what: str = "a block"
 
 
-def decode_many(jobs: list[DecodeJob], layout: Layout, out: np.ndarray) -> None:
-    """Decode each job into its slice of ``out`` (uint8), on a pool of threads."""
+def decode_many(jobs: list[DecodeJob]) -> None:
+    """Decode each job into its ``out``, on a pool of threads (zstd and numpy release the
+    GIL). Raises ``ValueError`` naming the first job that does not decode."""
 
     def one(job: DecodeJob) -> None:
         ref = ref_payload = None
@@ -364,11 +367,14 @@ def decode_many(jobs: list[DecodeJob], layout: Layout, out: np.ndarray) -> None:
                 ref = stored
             else:
                 ref_payload = stored
-        decode(job.payload, job.n, layout, ref, out[job.start : job.start + job.n], ref_payload)
+        try:
+            decode(job.payload, len(job.out), job.layout, ref, job.out, ref_payload)
+        except ValueError as exc:
+            raise ValueError(f"{job.what}: {exc}") from None
 
     if len(jobs) < 16:  # handing a few blocks to threads costs more than it saves
         for j in jobs:
             one(j)
         return
-    for _ in _executor().map(one, jobs, chunksize=max(1, len(jobs) // 16)):
+    for _ in _executor().map(one, jobs, chunksize=max(1, len(jobs) // 32)):
         pass

@@ -147,40 +147,49 @@ class ReadPath:
         return runs
 
     def assemble(self, t: TensorRecord, runs: list[tuple], out: np.ndarray | None = None) -> np.ndarray:
-        """The tensor's bytes from its runs into ``out`` (uint8) if given: raw runs copied
-        from their pages, blocks taken from the buffer pool if the store has one, the rest
-        decoded on the codec's threads."""
-        out = np.empty(t.nbytes, dtype=np.uint8) if out is None else out
-        todo = []
-        for page_id, offset, start, n, block in runs:
-            if block is None:
-                out[start : start + n] = self.page(page_id)[offset : offset + n]
-            else:
-                todo.append((block, start, n))
+        """One tensor from its runs, into ``out`` (uint8) if given (``assemble_all``)."""
+        return self.assemble_all([(t, runs)], [out])[0]
+
+    def assemble_all(self, plan: list[tuple[TensorRecord, list[tuple]]],
+                     outs: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """Tensors from their runs (``plan``: ``[(tensor, runs)]``), each into its ``outs``
+        entry (uint8) where given: raw runs copied from their pages; blocks from the buffer
+        pool when the store has one; the rest decoded in one batch on the codec's threads
+        (a model's blocks together, so that small tensors decode in parallel too)."""
+        results, todo = [], []
+        for k, (t, runs) in enumerate(plan):
+            out = outs[k] if outs is not None and outs[k] is not None else np.empty(t.nbytes, dtype=np.uint8)
+            for page_id, offset, start, n, block in runs:
+                if block is None:
+                    out[start : start + n] = self.page(page_id)[offset : offset + n]
+                else:
+                    todo.append((block[0], block[1], out[start : start + n], t))
+            results.append(out.view(dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape))
         if todo and self.store.pool is not None:
-            todo = self._from_pool(todo, out)
-            if todo:
-                self._decode(todo, dtypes.layout(t.dtype), out, f"tensor {t.name!r}")
-                self._offer(todo, out)
+            todo = self._from_pool(todo)
+            self._decode(todo)
+            self._offer(todo)
         elif todo:
-            self._decode(todo, dtypes.layout(t.dtype), out, f"tensor {t.name!r}")
-        return out.view(dtype_from_name(t.dtype).newbyteorder("=")).reshape(t.shape)
+            self._decode(todo)
+        return results
 
-    def _decode(self, todo: list[tuple], layout: codec.Layout, out: np.ndarray, what: str) -> None:
-        """Decode ``((block, ref), start, n)`` items into ``out``, on the codec's threads."""
-        jobs = []
-        for (b, ref), start, n in todo:
+    def _decode(self, todo: list[tuple]) -> None:
+        """Decode ``(block, ref, out, tensor)`` items into their ``out``, on the codec's
+        threads (a raw block is copied)."""
+        jobs, layouts = [], {}
+        for b, ref, out, t in todo:
             if b.encoding == codec.RAW:
-                out[start : start + n] = self.stored(b)
-            else:
-                jobs.append(codec.DecodeJob(self.stored(b), None if ref is None else (self.stored(ref), ref.encoding), start, n))
+                out[:] = self.stored(b)
+                continue
+            layout = layouts.get(t.dtype) or layouts.setdefault(t.dtype, dtypes.layout(t.dtype))
+            jobs.append(self._job(b, ref, layout, out, f"tensor {t.name!r}"))
         try:
-            codec.decode_many(jobs, layout, out)
+            codec.decode_many(jobs)
         except ValueError as exc:
-            raise CorruptionError(f"an encoded block of {what} does not decode ({exc})") from None
+            raise CorruptionError(f"an encoded block does not decode: {exc}") from None
 
-    def _from_pool(self, todo: list[tuple], out: np.ndarray) -> list[tuple]:
-        """Copy the blocks the pool holds into ``out``; return the others.
+    def _from_pool(self, todo: list[tuple]) -> list[tuple]:
+        """Copy the blocks the pool holds into their ``out``; return the others.
 
         The pool holds blocks decoded, so a warm load decodes nothing. Blocks it lacks are
         decoded together on the codec's threads (``_decode``), then put in the pool
@@ -192,28 +201,28 @@ class ReadPath:
         _loading.path, _loading.ready = self, None
         missing = []
         for item in todo:
-            (b, _), start, n = item
+            b, _, out, _ = item
             if b.block_id not in pool:
                 missing.append(item)
                 continue
             try:
                 with pool.pin(b.block_id) as frame:
-                    out[start : start + n] = frame[:n]
+                    out[:] = frame[: len(out)]
             except PoolExhaustedError:
                 # More threads than frames are pinning at once: read around the pool
                 # rather than fail or wait on another thread's copy.
                 missing.append(item)
         return missing
 
-    def _offer(self, items: list[tuple], out: np.ndarray) -> None:
-        """Put blocks just decoded into ``out`` in the pool (its loader copies them)."""
+    def _offer(self, items: list[tuple]) -> None:
+        """Put blocks just decoded into their ``out`` in the pool (its loader copies them)."""
         from tensorstore_bufferpool import PoolExhaustedError
 
         pool = self.store.pool
         _loading.path = self
-        _loading.ready = {b.block_id: out[start : start + n] for (b, _), start, n in items}
+        _loading.ready = {b.block_id: out for b, _, out, _ in items}
         try:
-            for (b, _), _, _ in items:
+            for b, _, _, _ in items:
                 with pool.pin(b.block_id):
                     pass
         except PoolExhaustedError:
@@ -223,8 +232,19 @@ class ReadPath:
 
     def decoded_into(self, b: cat.BlockRecord, out: np.ndarray) -> None:
         """One block's decoded bytes into ``out`` (uint8, ``b.nbytes`` long)."""
+        if b.encoding == codec.RAW:
+            out[:] = self.stored(b)
+            return
         ref = self.block(b.ref) if b.ref else None
-        self._decode([((b, ref), 0, b.nbytes)], dtypes.layout_of_code(b.dtype_code), out, f"block {b.block_id}")
+        try:
+            codec.decode_many([self._job(b, ref, dtypes.layout_of_code(b.dtype_code), out, f"block {b.block_id}")])
+        except ValueError as exc:
+            raise CorruptionError(f"an encoded block does not decode: {exc}") from None
+
+    def _job(self, b: cat.BlockRecord, ref: cat.BlockRecord | None, layout: codec.Layout, out: np.ndarray,
+             what: str) -> codec.DecodeJob:
+        """Decoding ``b`` (with its reference record ``ref``) into ``out``."""
+        return codec.DecodeJob(self.stored(b), None if ref is None else (self.stored(ref), ref.encoding), layout, out, what)
 
     def stored(self, b: cat.BlockRecord) -> memoryview:
         """The bytes ``b`` keeps in its page: a view of the page, valid while the
@@ -242,17 +262,16 @@ class ReadPath:
         the codec's threads)."""
         n = blocks[0].nbytes
         out = np.empty((len(blocks), n), dtype=np.uint8)
+        layout = dtypes.layout_of_code(blocks[0].dtype_code)
         jobs = []
         for k, b in enumerate(blocks):
             if b.encoding == codec.RAW:
                 out[k] = np.frombuffer(self.stored(b), dtype=np.uint8)
             else:
                 ref = self.block(b.ref) if b.ref else None
-                jobs.append(codec.DecodeJob(self.stored(b), None if ref is None else (self.stored(ref), ref.encoding), k * n, n))
-        if jobs:
-            try:
-                codec.decode_many(jobs, dtypes.layout_of_code(blocks[0].dtype_code), out.reshape(-1))
-            except ValueError as exc:
-                raise CorruptionError(f"a block of {len(blocks)} being read does not decode ({exc})") from None
+                jobs.append(self._job(b, ref, layout, out[k], f"block {b.block_id}"))
+        try:
+            codec.decode_many(jobs)
+        except ValueError as exc:
+            raise CorruptionError(f"an encoded block does not decode: {exc}") from None
         return out
-

@@ -579,7 +579,7 @@ class Store:
                     while len(self._plans) >= _MAX_PLANS:
                         self._plans.pop(next(iter(self._plans)))
                     self._plans[key] = plan
-            return {t.name: reader.assemble(t, runs) for t, runs in plan}
+            return {t.name: arr for (t, _), arr in zip(plan, reader.assemble_all(plan))}
 
     def load_tensor(self, name: str, tensor_name: str, *, verify: bool | str | None = None) -> np.ndarray:
         """Return one tensor of a model (reads only the pages that tensor needs)."""
