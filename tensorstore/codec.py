@@ -218,19 +218,29 @@ def _unpack(payload, n: int, layout: Layout) -> tuple[list[np.ndarray | None], n
     return planes, tail
 
 
-def _interleave(planes: list[np.ndarray | None], tail: np.ndarray, layout: Layout, out: np.ndarray) -> np.ndarray:
-    """Put planes back together into elements (undoing the float rotation) in ``out``."""
+def _interleave(planes: list[np.ndarray | None], tail: np.ndarray, layout: Layout, out: np.ndarray,
+                ref_planes: list[np.ndarray | None] | None = None) -> np.ndarray:
+    """Put planes back together into elements (undoing the float rotation) in ``out``,
+    each XOR-ed on the way with the matching plane of ``ref_planes`` if given."""
     width = layout.width
     count = (len(out) - len(tail)) // width
     body = out[: count * width]
     grid = body.reshape(count, width)
     for j, plane in enumerate(planes):
-        # Planes are written into place as strided columns: 6x faster than a transpose.
-        grid[:, j] = 0 if plane is None else plane
+        # Planes are written into place as strided columns: 6x faster than a transpose;
+        # a reference's plane is XOR-ed in the same pass.
+        theirs = None if ref_planes is None else ref_planes[j]
+        if plane is not None and theirs is not None:
+            np.bitwise_xor(plane, theirs, out=grid[:, j])
+        else:
+            mine = plane if plane is not None else theirs
+            grid[:, j] = 0 if mine is None else mine
     out[count * width :] = tail
     if layout.is_float:
         words = body.view(_UINT[width])
-        words[:] = _rotr(words, width)
+        low = words >> 1
+        words <<= 8 * width - 1
+        words |= low
     return out
 
 
@@ -244,13 +254,13 @@ def decode(payload, n: int, layout: Layout, ref=None, out: np.ndarray | None = N
     """
     out = np.empty(n, dtype=np.uint8) if out is None else out
     planes, tail = _unpack(payload, n, layout)
+    ref_planes = None
     if ref_payload is not None:
-        # XOR commutes with the plane split and the rotation: combine planes, then
-        # interleave once.
+        # XOR commutes with the plane split and the rotation: planes are combined as
+        # they are interleaved, once.
         ref_planes, ref_tail = _unpack(ref_payload, n, layout)
-        planes = [r if p is None else p if r is None else p ^ r for p, r in zip(planes, ref_planes)]
         tail = tail ^ ref_tail
-    _interleave(planes, tail, layout, out)
+    _interleave(planes, tail, layout, out, ref_planes)
     if ref is not None:
         width = layout.width
         whole = n - n % width
