@@ -139,11 +139,15 @@ def _parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_verify)
 
     b = sub.add_parser("bench", help="compare the store with the alternatives on a model family (docs/benchmarks.md)")
-    b.add_argument("--suite", choices=["compare", "core", "chunking", "neardup", "packing", "serving"], default="compare",
+    b.add_argument("--suite", choices=["compare", "core", "chunking", "neardup", "packing", "serving", "tolerance",
+                                              "members"],
+                   default="compare",
                    help="compare: against safetensors, chunk dedup, zstd, tensor dedup (default); "
                         "core: ingest/load speed, sizes, scaling; chunking: row-aligned blocks against 2-D tiles; "
                         "neardup: LSH recall against brute force and search speed; packing: every packer on the store's layout; "
-                        "serving: memory (PSS) and cold start of many processes, shared cache against safetensors")
+                        "serving: memory (PSS) and cold start of many processes, shared cache against safetensors; "
+                        "tolerance: the near-dup pass's bytes, accuracy and evaluations at every tolerance level up to --tolerance; "
+                        "members: per member, what the store's per-block encoding adds against the per-tensor ZipLLM-style baseline")
     b.add_argument("--corpus", default="digits",
                    help="digits (default), minilm, embedding (the sparse-embedding family), embedding-quick (its "
                         "synthetic stand-in), or a folder of .safetensors files (docs/corpus.md)")
@@ -151,6 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--codec", choices=["raw", "auto"], default="raw", help="--suite core: how the stores encode new blocks (default raw)")
     b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
     b.add_argument("--tolerance", type=float, default=0.05, help="near-dup relative L2 error per block (compare suite)")
+    b.add_argument("--separate", action="store_true",
+                   help="tolerance suite: also run an applied pass per level on a copy and compare its bytes")
     b.add_argument("--lossless-only", action="store_true",
                    help="compare suite: the lossless rows only (no evaluator, no near-dup pass, no cache simulation)")
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the bytes per alternative (needs matplotlib)")
@@ -460,6 +466,18 @@ def _bench(args) -> int:
         return 0
     if args.suite == "serving":
         return _bench_serving(args)
+    if args.suite == "members":
+        from .bench import members
+
+        result = members.main(args.corpus, args.workdir)
+        print(json.dumps(result, indent=2) if args.json else members.table(result))
+        return 0
+    if args.suite == "tolerance":
+        from .bench import tolerance
+
+        result = tolerance.main(args.corpus, args.workdir, args.max_accuracy_drop, args.tolerance, args.separate)
+        print(json.dumps(result, indent=2) if args.json else tolerance.table(result))
+        return 0
     if args.suite == "neardup":
         from .bench import neardup
 

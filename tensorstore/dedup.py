@@ -289,7 +289,8 @@ def _plan_round(
     if k or state.digests is None:
         state.digests = {t: _digest(v) for t, v in apply(k).items()}
     state.rounds.append({"level": level, "candidates": len(candidates), "accepted": k,
-                         "accuracy": state.accuracy if state.replaced else state.baseline})
+                         "accuracy": state.accuracy if state.replaced else state.baseline,
+                         "evaluations": state.evaluations})
     return new
 
 

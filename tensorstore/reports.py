@@ -122,7 +122,8 @@ class ModelDedup(_AsDict):
     accuracy_before: float | None  # None when no evaluator was given
     accuracy_after: float | None
     # one entry per round the model took part in: {"level", "candidates", "accepted",
-    # "accuracy"} (accuracy measured with every replacement accepted so far; None unmeasured)
+    # "accuracy", "evaluations"}: accuracy measured with every replacement accepted so far
+    # (None unmeasured), evaluations made so far
     rounds: list[dict] = field(default_factory=list)
 
     @property
