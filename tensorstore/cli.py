@@ -461,7 +461,8 @@ def _bench(args) -> int:
             for r in rows:
                 print(f"{r['algorithm']:<10} pages {r['pages']} (bound {r['lower_bound_pages']}, x{r['pages_over_bound']:.4f}); "
                       f"per-tensor reads x{r['tensor_reads_over_bound']:.4f} of bound; per-model reads "
-                      f"{r['model_pages_read_mean']:.1f} (bound {r['model_pages_read_bound_mean']:.1f}); "
+                      f"{r['model_pages_read_mean']:.1f} (bound {r['model_pages_read_bound_mean']:.1f}, x{r['model_reads_over_bound_mean']:.3f} "
+                      f"mean, x{r['model_reads_over_bound_max']:.3f} worst); cost {r['cost']:.4f}; "
                       f"{r['solve_seconds']:.1f} s, {r['status']}")
         return 0
     if args.suite == "serving":
