@@ -158,6 +158,7 @@ class _ModelState:
         self.baseline: float | None = None
         self.accuracy: float | None = None
         self.digests: dict[str, bytes] | None = None  # of the model as planned, once evaluated or replaced
+        self.scores: dict[str, np.ndarray] | None = None  # magnitude score of each float tensor's blocks
         self.done = False
 
     def planned(self, name: str, evaluate) -> _Planned:
@@ -205,7 +206,7 @@ def _plan_round(
     # The search reads block vectors from the snapshot's pages (nothing of the store is
     # kept in memory): scoring and searching happen while the snapshot is live.
     with store.env.read() as txn:
-        record, original, blocks, private = gather(store, txn, name, search)
+        record, read_tensors, blocks, private = gather(store, txn, name, search)
         try:
             if state.record is not None and (record.model_id, record.created) != (state.record.model_id, state.record.created):
                 raise ConflictError(f"model {name!r} changed while dedup planned it; run dedup again")
@@ -218,19 +219,27 @@ def _plan_round(
                 rank, best = base_ranks(store, txn)
                 hidden = hidden | {i for i, r in best.items() if r >= rank[name]}
 
-            # Candidates with their magnitude score (a block's first position scores it).
+            # Candidates with their magnitude score (a block's first position scores it;
+            # blocks never change under an id, so the scores are computed once a pass).
+            if state.scores is None:
+                state.scores = {}
+                for t in record.tensors:
+                    ids = [int(i) for i in t.block_ids]
+                    if ids and DTYPE_CODES.get(t.dtype) in _FLOAT_CODES:
+                        state.scores[t.name] = index.magnitude_scores([search.vector(i) for i in ids])
             positions: dict[int, list[tuple[str, int]]] = {}
             score: dict[int, float] = {}
             for t in record.tensors:
-                ids = [int(i) for i in t.block_ids]
-                if not ids or DTYPE_CODES.get(t.dtype) not in _FLOAT_CODES:
+                if t.name not in state.scores:
                     continue
-                scores = index.magnitude_scores([search.vector(i) for i in ids])
-                for k, (i, s) in enumerate(zip(ids, scores)):
+                for k, (i, s) in enumerate(zip(t.block_ids.tolist(), state.scores[t.name])):
                     if i in private:
                         positions.setdefault(i, []).append((t.name, k))
                         score.setdefault(i, float(s))
             matches = search.find(blocks, hidden, list(positions), level)
+            # The model's tensors are read only when this round needs them.
+            needed = matches or state.digests is None or (evaluate is not None and state.baseline is None)
+            original = read_tensors() if needed else None
         finally:
             search.release()
     # Bytes saved per unit of risk, most first: a block frees what it takes as stored.
@@ -456,15 +465,19 @@ def _block_class(b: cat.BlockRecord) -> tuple[int, int, int]:
 
 
 def gather(store, txn, name: str, search: BlockSearch):
-    """What dedup needs of one model in one snapshot: its record, its tensors, the store's
-    float blocks (``search`` synced to the snapshot) and which of them are private to it."""
+    """What dedup needs of one model in one snapshot: its record, a function reading its
+    tensors (call it while ``txn`` lives), the store's float blocks (``search`` synced to
+    the snapshot) and which of them are private to it."""
     from .store import _Reader
 
     record = store.record(txn, name)
     reader = _Reader(store, txn, verify=True)
-    original = {t.name: reader.tensor(t) for t in record.tensors}
     blocks = search.sync(store, txn, reader)
-    return record, original, blocks, private_blocks(record, blocks)
+
+    def read_tensors() -> dict[str, np.ndarray]:
+        return {t.name: reader.tensor(t) for t in record.tensors}
+
+    return record, read_tensors, blocks, private_blocks(record, blocks)
 
 
 def base_ranks(store, txn: lmdb.Transaction) -> tuple[dict[str, tuple[int, int]], dict[int, tuple[int, int]]]:
