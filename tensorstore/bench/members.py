@@ -60,9 +60,9 @@ def table(res: dict) -> str:
         blocks = r.get("store_blocks")
         ratio = r["store_bytes"] / r["zipllm_bytes"] if r["zipllm_bytes"] else float("nan")
         lines.append(
-            f"| {r['model']} | {r['parent'] or '-'} | {r['logical_bytes'] / 1e6:.2f} | {r['store_bytes'] / 1e6:.2f} | "
+            f"| {r['model']} | {r['parent'] or '-'} | {r['logical_bytes'] / 1e6:.2f} | {r['store_bytes'] / 1e6:.3f} | "
             + (f"{blocks.get('raw', 0)} / {blocks.get('packed', 0)} / {blocks.get('delta', 0)}" if blocks else "")
-            + f" | {r['zipllm_bytes'] / 1e6:.2f} | "
+            + f" | {r['zipllm_bytes'] / 1e6:.3f} | "
             + (f"{r['zipllm_delta_tensors']} / {r['zipllm_packed_tensors']}" if "zipllm_delta_tensors" in r else "")
             + f" | {ratio:.3f} |"
         )
