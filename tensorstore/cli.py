@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     dd.add_argument("--model", action="append", dest="models", metavar="M", help="a model to deduplicate (repeatable; default: all)")
     dd.add_argument("--evaluator", metavar="MODULE:FUNC", help="evaluate(name, tensors) -> accuracy, higher is better")
     dd.add_argument("--max-accuracy-drop", type=float, default=0.01, help="absolute accuracy budget per model (default 0.01)")
-    dd.add_argument("--tolerance", type=float, default=None, help="largest relative L2 error per block (default 0.01)")
+    dd.add_argument("--tolerance", type=float, default=None, help="largest relative L2 error per block (default 0.1 with --evaluator, 0.01 without)")
     dd.add_argument("--dry-run", action="store_true", help="plan and report; change nothing")
     dd.add_argument("--unchecked", action="store_true",
                     help="without --evaluator, change weights bounded only by --tolerance, accuracy unmeasured")
@@ -412,7 +412,7 @@ def _dedup(args) -> int:
               f", {m.evaluations} evaluations{acc}")
     print(f"total: {verb} {format_size(report.bytes_saved)} with {report.evaluations} evaluations")
     if not report.accuracy_checked:
-        print(f"accuracy was NOT checked: no --evaluator was given; only the tolerance ({tolerance}) bounds each block's error")
+        print(f"accuracy was NOT checked: no --evaluator was given; only the tolerance ({report.tolerance}) bounds each block's error")
     return 0
 
 

@@ -71,7 +71,16 @@ from .reports import DedupReport, ModelDedup, Replaced
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _FLOAT_CODES = {DTYPE_CODES[n]: DTYPES[n] for n in FLOAT_DTYPES}
-DEFAULT_TOLERANCE = 0.01
+#: Tolerance of a pass with an evaluator. The gate bounds the accuracy and a larger
+#: tolerance never ends with more bytes, so it only buys bytes for evaluations: 0.1 took
+#: nearly all there was on the families measured (docs/benchmarks.md, Near-duplicate pass
+#: across tolerances).
+GATED_TOLERANCE = 0.1
+#: Without an evaluator the tolerance is the only bound on what a block may change: small.
+UNCHECKED_TOLERANCE = 0.01
+#: ``dedup(tolerance=None)``: :data:`GATED_TOLERANCE` with an evaluator, else
+#: :data:`UNCHECKED_TOLERANCE`.
+DEFAULT_TOLERANCE = None
 _AUDIT_KEY = struct.Struct(">QQ")  # model id, replaced block id
 # New blocks are hashed this many at a time at most (and this many bytes of float32).
 _HASH_CHUNK_BLOCKS = 4096
@@ -83,13 +92,15 @@ def run_dedup(
     models: Sequence[str] | None,
     evaluate: Callable[[str, dict[str, np.ndarray]], float] | None,
     max_accuracy_drop: float,
-    tolerance: float,
+    tolerance: float | None,
     dry_run: bool,
     progress_bar: bool | None,
     keep_bases: bool = True,
 ) -> DedupReport:
     if not (isinstance(max_accuracy_drop, (int, float)) and 0 <= max_accuracy_drop < 1):
         raise InvalidArgumentError(f"max_accuracy_drop must be a number in [0, 1), not {max_accuracy_drop!r}")
+    if tolerance is None:
+        tolerance = GATED_TOLERANCE if evaluate is not None else UNCHECKED_TOLERANCE
     if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
         raise InvalidArgumentError(f"tolerance (relative L2 error per block) must be in (0, 1), not {tolerance!r}")
     if evaluate is not None and not callable(evaluate):
