@@ -4,7 +4,9 @@ Exact duplicates: :func:`block_digest` (mmh3, in :mod:`index.exact`).
 Near duplicates: :class:`LSHIndex` (one per block class; :class:`LSHIndexes` keeps them),
 verified with a :class:`RelativeL2` or :class:`ElementShare` tolerance.
 Order: :func:`magnitude_scores` and :func:`magnitude_order` (low magnitude first).
-Accuracy gate: :func:`plan_replacements` over :class:`Replacement` candidates.
+Accuracy gate: :func:`plan_replacements` over :class:`Replacement` candidates, ranked by
+:func:`savings_order` (bytes saved per unit of risk), one round per level of
+:func:`tolerance_levels`.
 
 This package depends on numpy, mmh3 and faiss only; it never imports the store.
 """
@@ -17,7 +19,16 @@ from tensorstore_index.errors import (
 )
 from tensorstore_index.exact import DIGEST_BYTES, block_digest
 from tensorstore_index.magnitude import DEFAULT_STATISTIC, STATISTICS, magnitude_order, magnitude_scores
-from tensorstore_index.planner import Evaluation, Plan, Replacement, max_evaluations, plan_replacements
+from tensorstore_index.planner import (
+    TOLERANCE_LEVELS,
+    Evaluation,
+    Plan,
+    Replacement,
+    max_evaluations,
+    plan_replacements,
+    savings_order,
+    tolerance_levels,
+)
 from tensorstore_index.tolerance import ElementShare, RelativeL2, Tolerance
 
 # FAISS takes about 30 ms to import; every ingest needs block_digest and nothing of it, so
@@ -45,6 +56,7 @@ __all__ = [
     "DEFAULT_STATISTIC",
     "DIGEST_BYTES",
     "STATISTICS",
+    "TOLERANCE_LEVELS",
     "Candidates",
     "ElementShare",
     "Evaluation",
@@ -65,4 +77,6 @@ __all__ = [
     "magnitude_scores",
     "max_evaluations",
     "plan_replacements",
+    "savings_order",
+    "tolerance_levels",
 ]

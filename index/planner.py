@@ -32,6 +32,11 @@ from tensorstore_index.errors import EvaluationError, InvalidArgumentError, Inva
 
 T = TypeVar("T")
 
+#: Error levels (relative L2) at which a dedup pass admits candidates, one round per level
+#: up to its tolerance (a 1-2-5 series). Because a pass at a tolerance runs exactly the
+#: rounds of every smaller tolerance first, a larger tolerance can only add replacements.
+TOLERANCE_LEVELS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
 
 @dataclass(frozen=True, slots=True)
 class Replacement:
@@ -97,6 +102,52 @@ class Plan(Generic[T]):
     def floor(self) -> float:
         """Lowest accuracy allowed: ``baseline - max_accuracy_drop``."""
         return self.baseline - self.max_accuracy_drop
+
+
+def tolerance_levels(tolerance: float) -> tuple[float, ...]:
+    """The rounds of a pass at ``tolerance``: every level of :data:`TOLERANCE_LEVELS` up to it.
+
+    A tolerance between two levels acts as the level below it; one below the first level
+    is a single round at itself.
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``tolerance`` is not positive.
+    """
+    value = as_real(tolerance, "tolerance")
+    if not value > 0:
+        raise InvalidArgumentError(f"tolerance must be positive, got {value}")
+    levels = tuple(level for level in TOLERANCE_LEVELS if level <= value)
+    return levels or (value,)
+
+
+def savings_order(saved_bytes: Sequence[float] | np.ndarray, cost: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Order candidates by bytes saved per unit of cost (accuracy risk), most first.
+
+    Parameters
+    ----------
+    saved_bytes : array-like
+        Bytes each replacement frees (for an encoded block: its size as stored, so a good
+        delta, already small, saves little).
+    cost : array-like
+        What each replacement risks, e.g. its relative error times the block's magnitude
+        score (the change on its tensor's scale); 0 ranks first.
+
+    Returns
+    -------
+    numpy.ndarray
+        Candidate indices; ties go to the lower cost, then to the earlier candidate.
+    """
+    saved = np.asarray(saved_bytes, dtype=np.float64)
+    risk = np.asarray(cost, dtype=np.float64)
+    if saved.ndim != 1 or risk.shape != saved.shape:
+        raise InvalidArgumentError("saved_bytes and cost must be 1-D and of one length")
+    if np.any(~np.isfinite(saved) | (saved < 0)) or np.any(np.isnan(risk) | (risk < 0)):
+        raise InvalidArgumentError("saved_bytes must be finite and >= 0, cost >= 0 (not NaN)")
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio = np.where(risk > 0, saved / risk, np.inf)
+    return np.lexsort((np.arange(saved.size), risk, -ratio))
 
 
 def max_evaluations(candidates: int) -> int:

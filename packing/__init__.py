@@ -8,6 +8,9 @@ Build a :class:`PackingProblem` from tensors (lists of block ids) and block size
     result = pack(problem, "two-stage")
     result.page_of(3), result.offset_of(3), result.pages, result.lower_bound_pages
 
+:func:`score` measures a placement made elsewhere (a store's current layout) the same way,
+so a new layout can be compared with the one it would replace.
+
 Depends on numpy and OR-Tools only.
 """
 
@@ -22,10 +25,10 @@ from tensorstore_packing.errors import (
     UnknownBlockError,
     UnknownTensorError,
 )
-from tensorstore_packing.instances import GeneratedInstance, generate
+from tensorstore_packing.instances import EncodedSizes, GeneratedInstance, generate
 from tensorstore_packing.objective import DEFAULT_READ_WEIGHT
 from tensorstore_packing.problem import DEFAULT_ALIGNMENT, PackingProblem
-from tensorstore_packing.result import ModelReads, PackResult, SolverReport
+from tensorstore_packing.result import ModelReads, PackResult, SolverReport, score
 from tensorstore_packing.two_stage import TwoStageOptions
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "DEFAULT_ALIGNMENT",
     "DEFAULT_READ_WEIGHT",
     "BlockTooLargeError",
+    "EncodedSizes",
     "GeneratedInstance",
     "InvalidProblemError",
     "ModelReads",
@@ -48,4 +52,5 @@ __all__ = [
     "generate",
     "pack",
     "pages_lower_bound",
+    "score",
 ]

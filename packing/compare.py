@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from tensorstore_packing.algorithms import ALGORITHMS, pack
-from tensorstore_packing.instances import generate
+from tensorstore_packing.instances import EncodedSizes, generate
 from tensorstore_packing.objective import DEFAULT_READ_WEIGHT
 
 _COLUMNS = (
@@ -23,6 +23,7 @@ _COLUMNS = (
     ("mean_read_ratio", "reads/LB (tensor)", "{:.4f}"),
     ("mean_pages_read_per_model", "pages/model", "{:.1f}"),
     ("mean_model_read_ratio", "reads/LB (model)", "{:.4f}"),
+    ("max_model_read_ratio", "worst model", "{:.4f}"),
     ("seconds", "seconds", "{:.2f}"),
     ("status", "status", "{}"),
 )
@@ -36,15 +37,24 @@ def compare(
     read_weight: float = DEFAULT_READ_WEIGHT,
     time_limit: float = 10.0,
     algorithms: Sequence[str] = tuple(ALGORITHMS),
+    n_models: int = 12,
+    n_groups: int = 3,
+    block_bytes: int = 64 * 1024,
+    page_bytes: int = 1 << 20,
+    encoded: bool = False,
 ) -> dict[str, object]:
-    """Run every algorithm on one generated instance.
+    """Run every algorithm on one generated instance (``encoded``: blocks of
+    :meth:`EncodedSizes.typical` sizes, each delta read with its reference).
 
     Returns
     -------
     dict
         ``{"instance": {...}, "results": [summary per algorithm]}`` (JSON-ready).
     """
-    instance = generate(n_blocks, seed=seed, changed_fraction=changed_fraction)
+    instance = generate(
+        n_blocks, seed=seed, changed_fraction=changed_fraction, n_models=n_models, n_groups=n_groups,
+        block_bytes=block_bytes, page_bytes=page_bytes, encoded=EncodedSizes.typical() if encoded else None,
+    )
     problem = instance.problem
     results = [
         pack(problem, name, read_weight=read_weight, time_limit=time_limit).summary()
@@ -59,6 +69,9 @@ def compare(
             "page_bytes": problem.page_bytes,
             "seed": seed,
             "changed_fraction": changed_fraction,
+            "encoded": encoded,
+            "model_bound_mean": float(pack(problem, "baseline").model_reads().lower_bound.mean())
+            if problem.n_models else 0.0,
             "read_weight": read_weight,
         },
         "results": results,
@@ -76,6 +89,7 @@ def format_table(report: dict[str, object]) -> str:
     head = (
         f"{inst['blocks']} blocks, {inst['tensors']} tensors, {inst['models']} models, "  # type: ignore[index]
         f"page {inst['page_bytes']} B, read_weight {inst['read_weight']}"  # type: ignore[index]
+        + (f", encoded, model bound {inst['model_bound_mean']:.2f} pages" if inst.get("encoded") else "")  # type: ignore[union-attr]
     )
     return "\n".join([head, *lines])
 
@@ -91,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=10.0, help="CP-SAT seconds (two-stage)")
     parser.add_argument("--algorithm", action="append", choices=list(ALGORITHMS),
                         help="run only these (repeatable)")
+    parser.add_argument("--models", type=int, default=12, help="models in the family (default 12)")
+    parser.add_argument("--groups", type=int, default=3, help="groups sharing middle layers (default 3)")
+    parser.add_argument("--block-kib", type=int, default=64, help="block size in KiB (default 64)")
+    parser.add_argument("--page-kib", type=int, default=1024, help="page size in KiB (default 1024)")
+    parser.add_argument("--encoded", action="store_true",
+                        help="encoded blocks: sizes drawn from the codec's measured output, deltas read with their references")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.blocks <= 0:
@@ -102,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         read_weight=args.read_weight,
         time_limit=args.time_limit,
         algorithms=args.algorithm or tuple(ALGORITHMS),
+        n_models=args.models,
+        n_groups=args.groups,
+        block_bytes=args.block_kib * 1024,
+        page_bytes=args.page_kib * 1024,
+        encoded=args.encoded,
     )
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0

@@ -227,6 +227,10 @@ class PackResult:
             reads = self.model_reads(models)
             out["mean_pages_read_per_model"] = round(reads.mean_pages_read, 2)
             out["mean_model_read_ratio"] = round(reads.mean_ratio, 4)
+            has = reads.lower_bound > 0
+            out["max_model_read_ratio"] = (
+                round(float((reads.pages_read[has] / reads.lower_bound[has]).max()), 4) if has.any() else 1.0
+            )
         if self.solver is not None:
             out["solver"] = self.solver.reason
         return out
@@ -302,6 +306,53 @@ def build_result(
         solver=solver,
         read_weight=float(read_weight),
     )
+
+
+def score(
+    problem: PackingProblem,
+    block_page: np.ndarray,
+    rank: np.ndarray | None = None,
+    *,
+    read_weight: float = 1.0,
+) -> PackResult:
+    """Measure a placement made elsewhere (e.g. the layout a store has now) the way
+    every packer is measured, so that it can be compared with a new one.
+
+    Parameters
+    ----------
+    problem : PackingProblem
+    block_page : numpy.ndarray
+        ``(n_blocks,)`` any integer page label per dense block.
+    rank : numpy.ndarray, optional
+        In-page order (e.g. the current offsets); default the block order.
+    read_weight : float, default 1.0
+        The objective's knob.
+
+    Returns
+    -------
+    PackResult
+        With ``algorithm="given"`` and ``status="given"``; offsets are recomputed
+        (blocks of a page laid end to end by `rank`).
+
+    Raises
+    ------
+    InvalidProblemError
+        Not one label per block, or a page holding more than ``page_bytes``.
+    """
+    from tensorstore_packing.errors import InvalidProblemError
+    from tensorstore_packing.objective import check_read_weight
+
+    check_read_weight(read_weight)
+    page = np.asarray(block_page)
+    if page.shape != (problem.n_blocks,) or (page.size and page.dtype.kind not in "iu"):
+        raise InvalidProblemError(f"block_page must hold one integer page label per block ({problem.n_blocks})")
+    order = np.arange(problem.n_blocks) if rank is None else np.asarray(rank)
+    if order.shape != page.shape:
+        raise InvalidProblemError("rank must have one entry per block")
+    _, dense = np.unique(page, return_inverse=True)
+    if np.any(np.bincount(dense.reshape(-1), weights=problem.slot_bytes) > problem.page_bytes):
+        raise InvalidProblemError(f"a page of the given placement holds more than {problem.page_bytes} bytes")
+    return build_result(problem, "given", page, order, seconds=0.0, read_weight=read_weight, status="given")
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     dd.add_argument("--model", action="append", dest="models", metavar="M", help="a model to deduplicate (repeatable; default: all)")
     dd.add_argument("--evaluator", metavar="MODULE:FUNC", help="evaluate(name, tensors) -> accuracy, higher is better")
     dd.add_argument("--max-accuracy-drop", type=float, default=0.01, help="absolute accuracy budget per model (default 0.01)")
-    dd.add_argument("--tolerance", type=float, default=None, help="largest relative L2 error per block (default 0.01)")
+    dd.add_argument("--tolerance", type=float, default=None, help="largest relative L2 error per block (default 0.1 with --evaluator, 0.01 without)")
     dd.add_argument("--dry-run", action="store_true", help="plan and report; change nothing")
     dd.add_argument("--unchecked", action="store_true",
                     help="without --evaluator, change weights bounded only by --tolerance, accuracy unmeasured")
@@ -141,11 +141,15 @@ def _parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_verify)
 
     b = sub.add_parser("bench", help="compare the store with the alternatives on a model family (docs/benchmarks.md)")
-    b.add_argument("--suite", choices=["compare", "core", "chunking", "neardup", "packing", "serving"], default="compare",
+    b.add_argument("--suite", choices=["compare", "core", "chunking", "neardup", "packing", "serving", "tolerance",
+                                              "members"],
+                   default="compare",
                    help="compare: against safetensors, chunk dedup, zstd, tensor dedup (default); "
                         "core: ingest/load speed, sizes, scaling; chunking: row-aligned blocks against 2-D tiles; "
                         "neardup: LSH recall against brute force and search speed; packing: every packer on the store's layout; "
-                        "serving: memory (PSS) and cold start of many processes, shared cache against safetensors")
+                        "serving: memory (PSS) and cold start of many processes, shared cache against safetensors; "
+                        "tolerance: the near-dup pass's bytes, accuracy and evaluations at every tolerance level up to --tolerance; "
+                        "members: per member, what the store's per-block encoding adds against the per-tensor ZipLLM-style baseline")
     b.add_argument("--corpus", default="digits",
                    help="digits (default), minilm, embedding (the sparse-embedding family), embedding-quick (its "
                         "synthetic stand-in), or a folder of .safetensors files (docs/corpus.md)")
@@ -153,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--codec", choices=["raw", "auto"], default="raw", help="--suite core: how the stores encode new blocks (default raw)")
     b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
     b.add_argument("--tolerance", type=float, default=0.05, help="near-dup relative L2 error per block (compare suite)")
+    b.add_argument("--separate", action="store_true",
+                   help="tolerance suite: also run an applied pass per level on a copy and compare its bytes")
     b.add_argument("--lossless-only", action="store_true",
                    help="compare suite: the lossless rows only (no evaluator, no near-dup pass, no cache simulation)")
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the bytes per alternative (needs matplotlib)")
@@ -432,7 +438,7 @@ def _dedup(args) -> int:
               f", {m.evaluations} evaluations{acc}")
     print(f"total: {verb} {format_size(report.bytes_saved)} with {report.evaluations} evaluations")
     if not report.accuracy_checked:
-        print(f"accuracy was NOT checked: no --evaluator was given; only the tolerance ({tolerance}) bounds each block's error")
+        print(f"accuracy was NOT checked: no --evaluator was given; only the tolerance ({report.tolerance}) bounds each block's error")
     return 0
 
 
@@ -481,11 +487,24 @@ def _bench(args) -> int:
             for r in rows:
                 print(f"{r['algorithm']:<10} pages {r['pages']} (bound {r['lower_bound_pages']}, x{r['pages_over_bound']:.4f}); "
                       f"per-tensor reads x{r['tensor_reads_over_bound']:.4f} of bound; per-model reads "
-                      f"{r['model_pages_read_mean']:.1f} (bound {r['model_pages_read_bound_mean']:.1f}); "
+                      f"{r['model_pages_read_mean']:.1f} (bound {r['model_pages_read_bound_mean']:.1f}, x{r['model_reads_over_bound_mean']:.3f} "
+                      f"mean, x{r['model_reads_over_bound_max']:.3f} worst); cost {r['cost']:.4f}; "
                       f"{r['solve_seconds']:.1f} s, {r['status']}")
         return 0
     if args.suite == "serving":
         return _bench_serving(args)
+    if args.suite == "members":
+        from .bench import members
+
+        result = members.main(args.corpus, args.workdir)
+        print(json.dumps(result, indent=2) if args.json else members.table(result))
+        return 0
+    if args.suite == "tolerance":
+        from .bench import tolerance
+
+        result = tolerance.main(args.corpus, args.workdir, args.max_accuracy_drop, args.tolerance, args.separate)
+        print(json.dumps(result, indent=2) if args.json else tolerance.table(result))
+        return 0
     if args.suite == "neardup":
         from .bench import neardup
 

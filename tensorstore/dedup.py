@@ -12,10 +12,21 @@ For each model, in turn:
    lowest exact relative L2 error within ``tolerance`` (``index`` verifies every hit).
    The model's private blocks are hidden from the search (``exclude``), not re-indexed.
    Representatives are never candidates in the same pass, so no replacement chains.
-3. **Order**: low-magnitude blocks first (``index.magnitude_scores``): they matter least.
-4. **Gate**: ``index.plan_replacements`` finds the longest prefix of that order whose
-   accuracy, measured by the user's ``evaluate(name, tensors)``, stays within
-   ``max_accuracy_drop`` of the original, in O(log candidates) evaluations.
+3. **Rounds and order**: the pass runs in rounds, one per error level of
+   ``index.tolerance_levels(tolerance)`` (0.001, 0.002, 0.005, ... up to the tolerance), each
+   round over every model in turn. A round offers the model's candidates within its level
+   not yet replaced, ranked by bytes saved per unit of risk (``index.savings_order``): the
+   bytes the block takes *as stored* (a good delta is already small, so replacing it
+   saves little) over its relative error times its magnitude score (the change on its
+   tensor's scale; ``index.magnitude_scores``: low-magnitude blocks matter least). Since a
+   pass at a larger tolerance runs every round of a smaller one first, unchanged, and then
+   more, it never ends with more bytes than the smaller one (given a deterministic
+   evaluator). A model whose round accepts nothing of what it was offered takes no further
+   rounds: its budget is spent.
+4. **Gate**: ``index.plan_replacements`` finds the longest prefix of a round's order whose
+   accuracy, measured by the user's ``evaluate(name, tensors)`` with the earlier rounds'
+   replacements applied, stays within ``max_accuracy_drop`` of the original, in
+   O(log candidates) evaluations.
 5. **Apply**: once every model is planned, one write transaction for the whole pass swaps
    the references, frees the replaced blocks, records every replacement in the
    ``replacements`` table, and checks that each model as stored is byte for byte the one
@@ -60,7 +71,16 @@ from .reports import DedupReport, ModelDedup, Replaced
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _FLOAT_CODES = {DTYPE_CODES[n]: DTYPES[n] for n in FLOAT_DTYPES}
-DEFAULT_TOLERANCE = 0.01
+#: Tolerance of a pass with an evaluator. The gate bounds the accuracy and a larger
+#: tolerance never ends with more bytes, so it only buys bytes for evaluations: 0.1 took
+#: nearly all there was on the families measured (docs/benchmarks.md, Near-duplicate pass
+#: across tolerances).
+GATED_TOLERANCE = 0.1
+#: Without an evaluator the tolerance is the only bound on what a block may change: small.
+UNCHECKED_TOLERANCE = 0.01
+#: ``dedup(tolerance=None)``: :data:`GATED_TOLERANCE` with an evaluator, else
+#: :data:`UNCHECKED_TOLERANCE`.
+DEFAULT_TOLERANCE = None
 _AUDIT_KEY = struct.Struct(">QQ")  # model id, replaced block id
 # New blocks are hashed this many at a time at most (and this many bytes of float32).
 _HASH_CHUNK_BLOCKS = 4096
@@ -72,7 +92,7 @@ def run_dedup(
     models: Sequence[str] | None,
     evaluate: Callable[[str, dict[str, np.ndarray]], float] | None,
     max_accuracy_drop: float,
-    tolerance: float,
+    tolerance: float | None,
     dry_run: bool,
     progress_bar: bool | None,
     keep_bases: bool = True,
@@ -80,6 +100,8 @@ def run_dedup(
 ) -> DedupReport:
     if not (isinstance(max_accuracy_drop, (int, float)) and 0 <= max_accuracy_drop < 1):
         raise InvalidArgumentError(f"max_accuracy_drop must be a number in [0, 1), not {max_accuracy_drop!r}")
+    if tolerance is None:
+        tolerance = GATED_TOLERANCE if evaluate is not None else UNCHECKED_TOLERANCE
     if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
         raise InvalidArgumentError(f"tolerance (relative L2 error per block) must be in (0, 1), not {tolerance!r}")
     if evaluate is not None and not callable(evaluate):
@@ -90,23 +112,25 @@ def run_dedup(
         raise ModelNotFoundError(f"no model {missing[0]!r} in the store at {store.path}")
     if not dry_run:
         store._writable()
-    results = []
-    planned_all = []
     search = BlockSearch()
     # The whole pass is planned first and applied in one write transaction, so a pass that
     # fails (an evaluator that raises, a conflict, a full disk) changes nothing. Later
-    # models are planned as the applied pass will find the store: against the blocks
-    # earlier replacements free and share (the same for a dry run).
+    # models and rounds are planned as the applied pass will find the store: against the
+    # blocks earlier replacements free and share (the same for a dry run).
     effects = _Effects()
+    levels = index.tolerance_levels(tolerance)
     if executor is not None and evaluate is not None:
-        evaluate = _evaluate_ahead(store, names, evaluate, executor, max_accuracy_drop, tolerance, search, keep_bases)
-    with progress(len(names), "dedup", progress_bar) as bar:
-        for name in names:
-            planned = _plan(store, name, evaluate, max_accuracy_drop, tolerance, search, effects, keep_bases)
-            effects.add(planned)
-            planned_all.append(planned)
-            results.append(planned.result)
-            bar.update(1)
+        evaluate = _evaluate_ahead(store, names, evaluate, executor, max_accuracy_drop, levels, search, keep_bases)
+    states = {name: _ModelState() for name in names}
+    with progress(len(names) * len(levels), "dedup", progress_bar) as bar:
+        for level in levels:
+            for name in names:
+                state = states[name]
+                if not state.done:
+                    new = _plan_round(store, name, evaluate, max_accuracy_drop, level, search, effects, keep_bases, state)
+                    effects.add(state.record, new)
+                bar.update(1)
+    planned_all = [states[name].planned(name, evaluate) for name in names]
     work = [p for p in planned_all if p.result.replaced]
     if not dry_run and work:
 
@@ -115,21 +139,30 @@ def run_dedup(
                 _apply(store, txn, planned, tolerance)
 
         store.env.write(apply_all)
-    return DedupReport(results, float(tolerance), float(max_accuracy_drop), evaluate is not None, dry_run)
+    return DedupReport([p.result for p in planned_all], float(tolerance), float(max_accuracy_drop), evaluate is not None, dry_run)
 
 
-def _evaluate_ahead(store, names, evaluate, executor, budget, tolerance, search, keep_bases):
+def _evaluate_ahead(store, names, evaluate, executor, budget, levels, search, keep_bases):
     """The models' evaluations run on ``executor``, several models at once; the pass then
-    finds each of its evaluations done (``tensorstore.executor.evaluate_ahead``)."""
+    finds each of its evaluations done (``tensorstore.executor.evaluate_ahead``). Each
+    model is planned ahead through all its rounds against the earlier models planned so
+    far; where the pass, which takes the rounds level by level, asks for something else,
+    it evaluates that itself."""
     from .executor import evaluate_ahead
 
-    done: dict[int, _Planned] = {}
+    done: dict[int, _ModelState] = {}
 
     def plan(i: int, evaluator) -> None:
         effects = _Effects()  # of the earlier models planned so far: usually all of them
         for j in sorted(k for k in done if k < i):
-            effects.add(done[j])
-        done[i] = _plan(store, names[i], evaluator, budget, tolerance, search, effects, keep_bases)
+            effects.add(done[j].record, done[j].mapping)
+        state = _ModelState()
+        for level in levels:
+            if state.done:
+                break
+            new = _plan_round(store, names[i], evaluator, budget, level, search, effects, keep_bases, state)
+            effects.add(state.record, new)
+        done[i] = state
 
     return evaluate_ahead(names, evaluate, executor, plan)
 
@@ -137,17 +170,45 @@ def _evaluate_ahead(store, names, evaluate, executor, budget, tolerance, search,
 class _Planned:
     __slots__ = ("record", "result", "digests", "mapping")
 
-    def __init__(self, record: ModelRecord, result: ModelDedup, tensors: dict[str, np.ndarray], mapping: dict[int, int]):
+    def __init__(self, record: ModelRecord, result: ModelDedup, digests: dict[str, bytes], mapping: dict[int, int]):
         self.record = record
         self.result = result
         # The model as it will be stored (what the evaluator saw), kept as digests: a pass
         # holds every model's plan until its one commit, not every model's tensors.
-        self.digests = {k: _digest(v) for k, v in tensors.items()}
+        self.digests = digests
         self.mapping = mapping  # replaced block id -> representative id
 
 
 def _digest(arr: np.ndarray) -> bytes:
     return xxhash.xxh3_128_digest(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
+
+
+class _ModelState:
+    """One model's plan as the rounds build it."""
+
+    def __init__(self) -> None:
+        self.record: ModelRecord | None = None
+        self.replaced: list[Replaced] = []
+        self.positions: dict[int, list[tuple[str, int]]] = {}  # replaced block -> where it is used
+        self.mapping: dict[int, int] = {}  # replaced block id -> representative id
+        self.candidates: set[int] = set()  # every block offered in some round
+        self.rounds: list[dict] = []
+        self.evaluations = 0
+        self.baseline: float | None = None
+        self.accuracy: float | None = None
+        self.digests: dict[str, bytes] | None = None  # of the model as planned, once evaluated or replaced
+        self.scores: dict[str, np.ndarray] | None = None  # magnitude score of each float tensor's blocks
+        self.done = False
+
+    def planned(self, name: str, evaluate) -> _Planned:
+        """The model's plan after the last round."""
+        if self.record is None:
+            raise RuntimeError(f"model {name!r} was never planned")
+        result = ModelDedup(
+            name, len(self.candidates), list(self.replaced), sum(r.nbytes for r in self.replaced),
+            self.evaluations, self.baseline, self.accuracy if self.replaced else self.baseline, list(self.rounds),
+        )
+        return _Planned(self.record, result, dict(self.digests or {}), dict(self.mapping))
 
 
 class _Effects:
@@ -158,9 +219,11 @@ class _Effects:
         self.freed: set[int] = set()
         self.extra_refs: Counter[int] = Counter()
 
-    def add(self, planned: _Planned) -> None:
-        own = Counter(int(i) for t in planned.record.tensors for i in t.block_ids)
-        for replaced, representative in planned.mapping.items():
+    def add(self, record: ModelRecord, mapping: dict[int, int]) -> None:
+        if not mapping:
+            return
+        own = Counter(int(i) for t in record.tensors for i in t.block_ids)
+        for replaced, representative in mapping.items():
             self.freed.add(replaced)
             self.extra_refs[representative] += own[replaced]
 
@@ -174,77 +237,109 @@ class _Effects:
         return seen, private_blocks(record, seen)
 
 
-def _plan(
-    store, name: str, evaluate, budget: float, tolerance: float, search: BlockSearch, effects: _Effects | None = None,
-    keep_bases: bool = True,
-) -> _Planned:
+def _plan_round(
+    store, name: str, evaluate, budget: float, level: float, search: BlockSearch, effects: _Effects,
+    keep_bases: bool, state: _ModelState,
+) -> dict[int, int]:
+    """Plan one round for one model (updating ``state``); return the replacements it adds."""
     # The search reads block vectors from the snapshot's pages (nothing of the store is
     # kept in memory): scoring and searching happen while the snapshot is live.
     with store.env.read() as txn:
-        record, original, blocks, private = gather(store, txn, name, search)
+        record, read_tensors, blocks, private = gather(store, txn, name, search)
         try:
-            hidden = private
-            if effects is not None:
-                blocks, private = effects.view(record, blocks)
-                hidden = private | effects.freed
+            if state.record is not None and (record.model_id, record.created) != (state.record.model_id, state.record.created):
+                raise ConflictError(f"model {name!r} changed while dedup planned it; run dedup again")
+            state.record = record
+            blocks, private = effects.view(record, blocks)
+            hidden = private | effects.freed
             if keep_bases:
                 # Only blocks of models that rank as more of a base may represent this
                 # model's: a base stays exact, its fine-tunes move toward it.
                 rank, best = base_ranks(store, txn)
                 hidden = hidden | {i for i, r in best.items() if r >= rank[name]}
 
-            # Candidates, ordered low magnitude first (a block's first position scores it).
+            # Candidates with their magnitude score (a block's first position scores it;
+            # blocks never change under an id, so the scores are computed once a pass).
+            if state.scores is None:
+                state.scores = {}
+                for t in record.tensors:
+                    ids = [int(i) for i in t.block_ids]
+                    if ids and DTYPE_CODES.get(t.dtype) in _FLOAT_CODES:
+                        state.scores[t.name] = index.magnitude_scores([search.vector(i) for i in ids])
             positions: dict[int, list[tuple[str, int]]] = {}
             score: dict[int, float] = {}
             for t in record.tensors:
-                ids = [int(i) for i in t.block_ids]
-                if not ids or DTYPE_CODES.get(t.dtype) not in _FLOAT_CODES:
+                if t.name not in state.scores:
                     continue
-                scores = index.magnitude_scores([search.vector(i) for i in ids])
-                for k, (i, s) in enumerate(zip(ids, scores)):
+                for k, (i, s) in enumerate(zip(t.block_ids.tolist(), state.scores[t.name])):
                     if i in private:
                         positions.setdefault(i, []).append((t.name, k))
                         score.setdefault(i, float(s))
-            matches = search.find(blocks, hidden, list(positions), tolerance)
+            matches = search.find(blocks, hidden, list(positions), level)
+            # The model's tensors are read only when this round needs them.
+            needed = matches or state.digests is None or (evaluate is not None and state.baseline is None)
+            original = read_tensors() if needed else None
         finally:
             search.release()
-    order = sorted(matches, key=lambda i: (score[i], i))
-    candidates = [index.Replacement(i, matches[i][0], matches[i][1]) for i in order]
+    # Bytes saved per unit of risk, most first: a block frees what it takes as stored.
+    ids = sorted(matches)
+    order = index.savings_order([blocks[i].stored for i in ids], [matches[i][1] * score[i] for i in ids])
+    candidates = [index.Replacement(ids[j], matches[ids[j]][0], matches[ids[j]][1]) for j in order.tolist()]
+    state.candidates.update(ids)
 
-    rep_bytes = _representative_bytes(store, {c.representative for c in candidates})
+    rep_bytes = _representative_bytes(store, set(state.mapping.values()) | {c.representative for c in candidates})
 
     def apply(k: int) -> dict[str, np.ndarray]:
         out = dict(original)
-        for c in candidates[:k]:
-            rep = blocks[c.representative]
-            for tname, at in positions[c.position]:
+        accepted = [(b, r) for b, r in state.mapping.items()] + [(c.position, c.representative) for c in candidates[:k]]
+        where = state.positions | positions
+        for block, representative in accepted:
+            data = rep_bytes[representative]
+            for tname, at in where[block]:
                 t = record.tensor(tname)
                 if out[tname] is original[tname]:
                     out[tname] = original[tname].copy()
                 flat = out[tname].reshape(-1).view(np.uint8)
                 start = at * t.step
-                flat[start : start + rep.nbytes] = rep_bytes[c.representative]
+                flat[start : start + data.size] = data
         return out
 
-    if evaluate is None or not candidates:
-        k, before, after, evaluations = len(candidates), None, None, 0
-        if evaluate is not None:  # nothing to replace: one evaluation says where it stands
-            before = after = _checked(evaluate, name, original)
-            evaluations = 1
+    accuracy = None
+    if not candidates:
+        k = 0
+        if evaluate is not None and state.baseline is None:  # one evaluation says where it stands
+            state.baseline = _checked(evaluate, name, original)
+            state.evaluations += 1
+    elif evaluate is None:
+        k = len(candidates)
     else:
         try:
-            plan = index.plan_replacements(candidates, lambda k: evaluate(name, apply(k)), max_accuracy_drop=budget)
+            plan = index.plan_replacements(
+                candidates, lambda k: evaluate(name, apply(k)), max_accuracy_drop=budget, baseline=state.baseline
+            )
         except index.EvaluationError as exc:
             raise EvaluatorError(f"the evaluator raised on model {name!r}: {exc.__cause__!r}; the store was not changed") from exc.__cause__
         except (index.InvalidArgumentError, index.InvalidTypeError) as exc:
             raise EvaluatorError(f"the evaluator's answer for model {name!r} is unusable: {exc}; the store was not changed") from None
-        k, before, after, evaluations = plan.k, plan.baseline, plan.accuracy, plan.evaluations
-    accepted = candidates[:k]
-    replaced = [
-        Replaced(positions[c.position], c.position, c.representative, blocks[c.position].nbytes, c.error) for c in accepted
-    ]
-    result = ModelDedup(name, len(candidates), replaced, sum(r.nbytes for r in replaced), evaluations, before, after)
-    return _Planned(record, result, apply(k), {c.position: c.representative for c in accepted})
+        k = plan.k
+        state.evaluations += plan.evaluations
+        state.baseline = plan.baseline
+        accuracy = plan.accuracy if k else state.accuracy
+        state.done = k == 0  # the best it was offered did not fit: its budget is spent
+    new = {c.position: c.representative for c in candidates[:k]}
+    for c in candidates[:k]:
+        b = blocks[c.position]
+        state.replaced.append(Replaced(positions[c.position], c.position, c.representative, b.nbytes, c.error, b.stored, level))
+        state.positions[c.position] = positions[c.position]
+    state.mapping.update(new)
+    if k:
+        state.accuracy = accuracy
+    if k or state.digests is None:
+        state.digests = {t: _digest(v) for t, v in apply(k).items()}
+    state.rounds.append({"level": level, "candidates": len(candidates), "accepted": k,
+                         "accuracy": state.accuracy if state.replaced else state.baseline,
+                         "evaluations": state.evaluations})
+    return new
 
 
 class BlockSearch:
@@ -409,15 +504,19 @@ def _block_class(b: cat.BlockRecord) -> tuple[int, int, int]:
 
 
 def gather(store, txn, name: str, search: BlockSearch):
-    """What dedup needs of one model in one snapshot: its record, its tensors, the store's
-    float blocks (``search`` synced to the snapshot) and which of them are private to it."""
+    """What dedup needs of one model in one snapshot: its record, a function reading its
+    tensors (call it while ``txn`` lives), the store's float blocks (``search`` synced to
+    the snapshot) and which of them are private to it."""
     from .readpath import ReadPath
 
     record = store.record(txn, name)
     reader = ReadPath(store, txn, verify=True)
-    original = {t.name: reader.tensor(t) for t in record.tensors}
     blocks = search.sync(store, txn, reader)
-    return record, original, blocks, private_blocks(record, blocks)
+
+    def read_tensors() -> dict[str, np.ndarray]:
+        return {t.name: reader.tensor(t) for t in record.tensors}
+
+    return record, read_tensors, blocks, private_blocks(record, blocks)
 
 
 def base_ranks(store, txn: lmdb.Transaction) -> tuple[dict[str, tuple[int, int]], dict[int, tuple[int, int]]]:

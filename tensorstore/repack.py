@@ -6,6 +6,12 @@ blocks' sizes as stored (encoded), the page size and which tensors make up each 
 and offset for every block, writes the new pages under fresh ids, moves every block record
 to its new place and deletes the old pages: all of it in one write transaction, so a
 crash leaves the old layout whole.
+
+A repack never leaves a worse layout than the one it replaces: when no block changed
+(``compact`` passes re-encoded blocks, whose old places say nothing), the current layout is
+scored by ``packing`` the same way, and the new one is written only if it scores better on
+the packer's objective and reads no more pages per model load (rate-weighted); otherwise
+nothing is written and the report's status says the layout was kept.
 """
 
 from __future__ import annotations
@@ -89,6 +95,23 @@ def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, tim
 
     problem = packing_problem(store, models, tensors, blocks)
     result = packing.pack(problem, algorithm, read_weight=read_weight, time_limit=time_limit)
+    if not payloads and blocks is original:
+        current = packing.score(problem, _column(problem, blocks, "page_id"), _column(problem, blocks, "offset"),
+                                read_weight=read_weight)
+        if not _better(result, current):
+            bound = {m: -(-sum(blocks[i].stored for i in _model_blocks(models[m], tensors)) // store.page_size) for m in models}
+            return PackReport(
+                algorithm=algorithm,
+                status=f"kept: the {algorithm} layout (cost {result.cost:.4f}) is no better than the current one "
+                       f"(cost {current.cost:.4f}) in cost and pages read per model",
+                solve_seconds=result.solve_seconds,
+                pages_before=len(old_pages),
+                pages_after=len(old_pages),
+                lower_bound_pages=result.lower_bound_pages,
+                pages_read_before=before,
+                pages_read_after=dict(before),
+                pages_read_lower_bound=bound,
+            )
     placement = result.placement()
 
     # New pages get fresh ids, so every old page stays readable until it is deleted.
@@ -148,6 +171,26 @@ def repack(store, txn: lmdb.Transaction, algorithm: str, read_weight: float, tim
         pages_read_after=after,
         pages_read_lower_bound=bound,
     )
+
+
+def _column(problem, blocks: dict[int, BlockRecord], field: str):
+    """A block record field for every block of ``problem``, in its (dense) order."""
+    import numpy as np
+
+    return np.fromiter((getattr(blocks[i], field) for i in problem.block_ids.tolist()), dtype=np.int64,
+                       count=problem.n_blocks)
+
+
+def _better(new, current) -> bool:
+    """Whether ``new`` should replace ``current``: a lower objective, and no more pages
+    read per model load (rate-weighted) — the measure a load waits for."""
+    rates = packing.objective.model_rates(new.problem) if new.problem.n_models else None
+    if rates is not None:
+        reads_new = float(rates @ new.model_reads().pages_read)
+        reads_now = float(rates @ current.model_reads().pages_read)
+        if reads_new > reads_now + 1e-9:
+            return False
+    return new.cost < current.cost - 1e-12
 
 
 def _model_blocks(keys: list[str], tensors: dict[str, list[int]]) -> set[int]:

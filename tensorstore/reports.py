@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 class _AsDict:
@@ -108,6 +108,8 @@ class Replaced(_AsDict):
     representative: int  # the block now used in its place
     nbytes: int
     error: float  # relative L2 error the replacement introduces in that block
+    stored: int = -1  # bytes the block took as stored (encoded); what replacing it frees
+    level: float = 0.0  # the pass's round (tolerance level) that accepted it
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,15 @@ class ModelDedup(_AsDict):
     evaluations: int
     accuracy_before: float | None  # None when no evaluator was given
     accuracy_after: float | None
+    # one entry per round the model took part in: {"level", "candidates", "accepted",
+    # "accuracy", "evaluations"}: accuracy measured with every replacement accepted so far
+    # (None unmeasured), evaluations made so far
+    rounds: list[dict] = field(default_factory=list)
+
+    @property
+    def stored_bytes_saved(self) -> int:
+        """Bytes as stored (encoded) that the replacements free."""
+        return sum(r.stored for r in self.replaced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +149,11 @@ class DedupReport(_AsDict):
     @property
     def evaluations(self) -> int:
         return sum(m.evaluations for m in self.models)
+
+    @property
+    def stored_bytes_saved(self) -> int:
+        """Bytes as stored (encoded) that the replacements free: what ``encoded_bytes`` loses."""
+        return sum(m.stored_bytes_saved for m in self.models)
 
 
 @dataclass(frozen=True, slots=True)

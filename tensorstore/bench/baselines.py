@@ -222,10 +222,12 @@ def zipllm_style(family: Family, parents: Mapping[str, str | None], repeat: int 
             raise ValueError(f"the base of {name!r}, {parent!r}, must be a model listed before it")
     payloads: dict[bytes, tuple[bytes, str | None, str, np.dtype, tuple]] = {}  # key -> (payload, ref model, ref tensor, ...)
     recipes: dict[str, dict[str, bytes]] = {}
+    by_model: dict[str, dict[str, int]] = {}  # what each model added: bytes, tensors as deltas, packed alone
     deltas = 0
     t0 = time.perf_counter()
     for name in order:
         recipes[name] = {}
+        added = by_model[name] = {"bytes": 0, "delta_tensors": 0, "packed_tensors": 0}
         base = family[parents[name]] if parents.get(name) else None
         for k, a in family[name].items():
             key = _tensor_key(a)
@@ -238,8 +240,11 @@ def zipllm_style(family: Family, parents: Mapping[str, str | None], repeat: int 
             if ref is not None and ref.dtype == a.dtype and ref.shape == a.shape:
                 payloads[key] = (codec.encode(data, lay, ref=np.ascontiguousarray(ref).tobytes()), parents[name], k, a.dtype, a.shape)
                 deltas += 1
+                added["delta_tensors"] += 1
             else:
                 payloads[key] = (codec.encode(data, lay), None, k, a.dtype, a.shape)
+                added["packed_tensors"] += 1
+            added["bytes"] += len(payloads[key][0])
     ingest = time.perf_counter() - t0
 
     def decode_all():
@@ -260,5 +265,5 @@ def zipllm_style(family: Family, parents: Mapping[str, str | None], repeat: int 
     load, decoded = _median_time(decode_all, repeat)
     return {"bytes": sum(len(p[0]) for p in payloads.values()), "ingest_s": ingest, "load_warm_s": load,
             "bit_exact": _family_equal(decoded, family), "delta_tensors": deltas,
-            "packed_tensors": len(payloads) - deltas, "zstd_level": codec.LEVEL,
+            "packed_tensors": len(payloads) - deltas, "zstd_level": codec.LEVEL, "by_model": by_model,
             "label": "ZipLLM-style (reimplementation)"}
