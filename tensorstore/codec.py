@@ -30,7 +30,8 @@ the sparse-embedding family this keeps a block-wise delta within about 2% of one
 the whole tensor (``docs/benchmarks.md``, Encodings).
 
 This module knows bytes and dtypes' widths; it knows nothing of pages, blocks or models.
-zstd releases the GIL while it works, so threads encode and decode in parallel.
+It encodes and decodes in the calling thread (see ``decode_many`` and ``choose_many`` for
+the measurements that say why).
 """
 
 from __future__ import annotations
@@ -305,21 +306,6 @@ def _choose(data, layout: Layout, refs: list[tuple[object, int]]) -> tuple[int, 
 
 # -- many blocks at once --------------------------------------------------------------
 
-_pool = None
-_pool_lock = threading.Lock()
-
-
-def _executor():
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            import os
-            from concurrent.futures import ThreadPoolExecutor
-
-            _pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="codec")
-    return _pool
-
-
 @dataclass(frozen=True, slots=True)
 class Job:
     """One new block to encode: its bytes and the candidate references, each as stored
@@ -330,8 +316,8 @@ class Job:
 
 
 def choose_many(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None, int]]:
-    """``choose`` for each job, on a pool of threads (zstd releases the GIL), or on the
-    executor of ``tensorstore.executor.encoding_on`` (e.g. Ray workers)."""
+    """``choose`` for each job, in this thread, or on the executor of
+    ``tensorstore.executor.encoding_on`` (e.g. Ray workers)."""
     from .executor import encoding_executor, run_chunked
 
     elsewhere = encoding_executor()
@@ -339,12 +325,10 @@ def choose_many(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None
         portable = [Job(bytes(j.data), [(bytes(stored), enc) for stored, enc in j.refs]) for j in jobs]
         return run_chunked(elsewhere, choose_jobs, portable, layout)
 
-    def one(job: Job) -> tuple[int, bytes | None, int]:
-        return _choose(job.data, layout, job.refs)
-
-    if len(jobs) < 4:  # each job is a whole encode: threads pay off sooner than for decodes
-        return [one(j) for j in jobs]
-    return list(_executor().map(one, jobs, chunksize=max(1, len(jobs) // 16)))
+    # In this thread: python-zstandard 0.25 holds the GIL while it compresses, so threads
+    # only added handoffs (800 MiniLM blocks, quiet 2 cores: 217-283 us a block in one
+    # thread, 277-349 on two).
+    return [_choose(j.data, layout, j.refs) for j in jobs]
 
 
 def choose_jobs(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None, int]]:
@@ -366,25 +350,20 @@ class DecodeJob:
 
 
 def decode_many(jobs: list[DecodeJob]) -> None:
-    """Decode each job into its ``out``, on a pool of threads (zstd and numpy release the
-    GIL). Raises ``ValueError`` naming the first job that does not decode."""
+    """Decode each job into its ``out``, in this thread. Raises ``ValueError`` naming the
+    first job that does not decode.
 
-    def one(job: DecodeJob) -> None:
-        ref = ref_payload = None
+    One thread: a 64 KiB block's decode is a few zstd calls of 20-40 us and numpy copies
+    of a few us each, and at that grain two threads pass the GIL back and forth more than
+    they overlap (quiet 2-core machine: 170-230 us a delta block in one thread, 300-350 us
+    on two; docs/benchmarks.md, Encodings).
+    """
+    for job in jobs:
+        raw_ref = packed_ref = None
         if job.ref is not None:
             stored, encoding = job.ref
-            if encoding == RAW:
-                ref = stored
-            else:
-                ref_payload = stored
+            raw_ref, packed_ref = (stored, None) if encoding == RAW else (None, stored)
         try:
-            decode(job.payload, len(job.out), job.layout, ref, job.out, ref_payload)
+            decode(job.payload, len(job.out), job.layout, raw_ref, job.out, packed_ref)
         except ValueError as exc:
             raise ValueError(f"{job.what}: {exc}") from None
-
-    if len(jobs) < 16:  # handing a few blocks to threads costs more than it saves
-        for j in jobs:
-            one(j)
-        return
-    for _ in _executor().map(one, jobs, chunksize=max(1, len(jobs) // 32)):
-        pass
