@@ -171,12 +171,15 @@ def writer(path: str, seed: int, start_version: int) -> dict:
 
 
 def hold_write(path: str, seconds: float) -> dict:
-    """Hold the store's write transaction for ``seconds`` (as a long add would)."""
+    """Hold the store's write transaction (as a long add would) until a line arrives on
+    stdin or ``seconds`` pass, whichever comes first."""
+    import select
+
     with ts.open(path, "a") as s:
 
         def hold(txn):
             print("holding", flush=True)
-            time.sleep(seconds)
+            select.select([sys.stdin], [], [], seconds)
             return time.time()  # taken before the commit releases the lock
 
         return {"released": s.env.write(hold)}

@@ -118,15 +118,18 @@ def test_a_second_writer_waits_for_the_first(small_store, counts):
     # LMDB has one writer at a time: a second writer process blocks (no error, no timeout)
     # until the first commits, then goes ahead. It blocks already in ts.open(path, "a"),
     # which opens the store's databases in a write transaction. Readers are not blocked.
-    hold = 6.0
-    first = worker("hold_write", small_store, hold)
+    # The first writer holds until told (at most two minutes), so a slow machine cannot
+    # make the reader look unblocked only because the writer had finished.
+    first = worker("hold_write", small_store, 120)
     first.expect("holding")
     second = worker("second_writer", small_store, "late")
     second.expect("trying")
-    reader = worker("open_and_load_all", small_store, "r").outcome(timeout=hold)
+    reader = worker("open_and_load_all", small_store, "r").outcome(timeout=100)
     assert reader == {"result": "opened", "verify_ok": True, "models": 1}, reader
     assert first.proc.poll() is None, "the reader was only quick because the writer had finished"
+    time.sleep(0.5)  # the second writer has had time to get past the lock, were it free
     assert second.proc.poll() is None  # waiting, not failed
+    first.send("release")
     released = first.result()["released"]
     times = second.result()
     assert times["tried"] < released <= times["opened"] <= times["done"], (times, released)
