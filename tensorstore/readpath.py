@@ -21,7 +21,7 @@ Shared-cache files carry their own checksum, checked when a process first maps a
 (and at every load under ``"always"``): see :mod:`tensorstore.sharedcache`.
 
 A ``ReadPath`` lives within one LMDB read transaction; it reads each page at most once
-and decodes encoded blocks on the codec's threads.
+and decodes encoded blocks, a load's blocks in one batch.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ _loading = threading.local()  # the ReadPath pinning in this thread, and blocks 
 def load_frame(block_id: int, frame: memoryview) -> int:
     """The buffer pool's loader: a block's decoded bytes into a frame, read under the
     checksum rule of the ReadPath that asked for it (in this thread, inside its read
-    transaction). Blocks that path has just decoded on the codec's threads are copied."""
+    transaction). Blocks that path has just decoded in a batch are copied."""
     ready = getattr(_loading, "ready", None)
     ready = ready.get(block_id) if ready else None
     if ready is not None:
@@ -154,7 +154,7 @@ class ReadPath:
                      outs: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
         """Tensors from their runs (``plan``: ``[(tensor, runs)]``), each into its ``outs``
         entry (uint8) where given: raw runs copied from their pages; blocks from the buffer
-        pool when the store has one; the rest decoded in one batch on the codec's threads
+        pool when the store has one; the rest decoded in one batch
         (a model's blocks together, so that small tensors decode in parallel too)."""
         results, todo = [], []
         for k, (t, runs) in enumerate(plan):
@@ -192,7 +192,7 @@ class ReadPath:
         """Copy the blocks the pool holds into their ``out``; return the others.
 
         The pool holds blocks decoded, so a warm load decodes nothing. Blocks it lacks are
-        decoded together on the codec's threads (``_decode``), then put in the pool
+        decoded together (``_decode``), then put in the pool
         (``_offer``), rather than decoded one by one by its loader.
         """
         from tensorstore_bufferpool import PoolExhaustedError
@@ -258,8 +258,7 @@ class ReadPath:
         return self.blocks_bytes([b])[0]
 
     def blocks_bytes(self, blocks: list[cat.BlockRecord]) -> np.ndarray:
-        """The decoded bytes of blocks of one dtype and length, one row each (decoded on
-        the codec's threads)."""
+        """The decoded bytes of blocks of one dtype and length, one row each."""
         n = blocks[0].nbytes
         out = np.empty((len(blocks), n), dtype=np.uint8)
         layout = dtypes.layout_of_code(blocks[0].dtype_code)
