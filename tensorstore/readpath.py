@@ -174,8 +174,8 @@ class ReadPath:
         return results
 
     def _decode(self, todo: list[tuple]) -> None:
-        """Decode ``(block, ref, out, tensor)`` items into their ``out``, on the codec's
-        threads (a raw block is copied)."""
+        """Decode ``(block, ref, out, tensor)`` items into their ``out`` (a raw block is
+        copied)."""
         jobs, layouts = [], {}
         for b, ref, out, t in todo:
             if b.encoding == codec.RAW:
