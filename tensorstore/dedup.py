@@ -111,7 +111,7 @@ def run_dedup(
     if missing:
         raise ModelNotFoundError(f"no model {missing[0]!r} in the store at {store.path}")
     if not dry_run:
-        store._writable()
+        store.writable_env()
     search = BlockSearch()
     # The whole pass is planned first and applied in one write transaction, so a pass that
     # fails (an evaluator that raises, a conflict, a full disk) changes nothing. Later

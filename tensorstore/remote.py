@@ -440,15 +440,16 @@ def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store):
     """The model's tensors, from local blocks where the store has them and from the remote
     otherwise; ``(None, ...)`` when the store already holds the model exactly."""
     from .readpath import ReadPath
-    from .store import _name_key
 
     have: dict[bytes, np.ndarray] = {}
     to_fetch: set[bytes] = set()
     with store.env.read() as txn:
         reader = ReadPath(store, txn, verify=True)
         local = _LocalBlocks(reader)
-        value = txn.get(_name_key(m.name), db=store.env.dbs["models"])
-        record = None if value is None else cat.decode_model(m.name, value)
+        try:
+            record = store.record(txn, m.name)
+        except ModelNotFoundError:
+            record = None
         if record is not None and local.model(record, store.files_in(txn, record.model_id)).same_as(m):
             return None, (0, 0, 0)
         domain_id = store.state(txn).domains.get(m.domain)

@@ -361,7 +361,8 @@ class Store:
             raise StoreClosedError(f"the store at {self.path} is closed")
         return self._env
 
-    def _writable(self) -> Environment:
+    def writable_env(self) -> Environment:
+        """The environment, for a change: ``ReadOnlyError`` on a read-only handle."""
         env = self.env
         if self.readonly:
             raise ReadOnlyError(f"the store at {self.path} is open read-only; open it with mode 'r+' or 'a' to change it")
@@ -413,7 +414,7 @@ class Store:
             not counted in ``logical_bytes``; removed with the model, replaced with it.
             Read them back with :meth:`load_files`.
         """
-        env = self._writable()
+        env = self.writable_env()
         _check_name(name, "model name", MAX_NAME_BYTES)
         if domain != "":
             _check_name(domain, "domain", MAX_NAME_BYTES)
@@ -535,7 +536,7 @@ class Store:
 
     def delete_model(self, name: str) -> None:
         """Remove a model; blocks no other model references are freed and their space reused."""
-        env = self._writable()
+        env = self.writable_env()
         key = _name_key(name)
 
         def delete(txn: lmdb.Transaction) -> None:
@@ -736,7 +737,7 @@ class Store:
         """
         from .repack import repack
 
-        env = self._writable()
+        env = self.writable_env()
         weight, algorithm = self._pack_options(algorithm, read_weight, time_limit)
         return env.write(lambda txn: repack(self, txn, algorithm, weight, time_limit), expect_bytes=self.stats().stored_bytes)
 
@@ -751,7 +752,7 @@ class Store:
         """
         from .compact import compact
 
-        env = self._writable()
+        env = self.writable_env()
         weight, algorithm = self._pack_options(algorithm, read_weight, time_limit)
         return env.write(lambda txn: compact(self, txn, algorithm, weight, time_limit), expect_bytes=2 * self.stats().stored_bytes)
 

@@ -45,6 +45,26 @@ def _crashed(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode} (negative: killed by a signal)\nstdout: {proc.stdout}\nstderr: {proc.stderr[-3000:]}"
 
 
+def _serve_while_another_process_grows(script: str, path, rows: int) -> None:
+    """Run ``script`` (after the prelude) as a serving process: once it prints "ready",
+    another process adds a model of ``rows`` rows; then the server is told to go on, and
+    must end printing "ok"."""
+    serving = subprocess.Popen(
+        [sys.executable, "-c", _PRELUDE + script, str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert serving.stdout.readline().strip() == "ready", serving.stderr.read()
+        grower = _run(f'with ts.open(path, "a", codec="raw") as s:\n    grow(s, "big", {rows})\nprint("ok")', str(path))
+        assert grower.returncode == 0, _crashed(grower)
+        out, err = serving.communicate("go\n", timeout=300)
+    finally:
+        if serving.poll() is None:
+            serving.kill()
+            serving.wait()
+    assert serving.returncode == 0 and out.strip() == "ok", f"exit {serving.returncode}\n{out}\n{err[-3000:]}"
+
+
 def test_adding_hundreds_of_mb_through_the_handle_that_holds_views(tmp_path):
     proc = _run(
         """
@@ -73,8 +93,7 @@ def test_a_serving_process_holding_views_loads_again_after_another_grows_the_sto
     path = tmp_path / "store"
     setup = _run('with ts.open(path, "w", codec="raw") as s:\n    s.add_model("a", small)\nprint("ok")', str(path))
     assert setup.returncode == 0, _crashed(setup)
-    serving = subprocess.Popen(
-        [sys.executable, "-c", _PRELUDE + textwrap.dedent(
+    _serve_while_another_process_grows(textwrap.dedent(
             """
             with ts.open(path, "r") as s:
                 r = s.reader()
@@ -92,19 +111,7 @@ def test_a_serving_process_holding_views_loads_again_after_another_grows_the_sto
                 del views
                 r.close()
             print("ok", flush=True)
-            """), str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert serving.stdout.readline().strip() == "ready", serving.stderr.read()
-        grower = _run('with ts.open(path, "a", codec="raw") as s:\n    grow(s, "big", 100)\nprint("ok")', str(path))
-        assert grower.returncode == 0, _crashed(grower)
-        out, err = serving.communicate("go\n", timeout=300)
-    finally:
-        if serving.poll() is None:
-            serving.kill()
-            serving.wait()
-    assert serving.returncode == 0 and out.strip() == "ok", f"exit {serving.returncode}\n{out}\n{err[-3000:]}"
+            """), path, 100)
 
 
 def test_past_its_reservation_the_map_grows_only_when_no_view_is_alive(tmp_path):
@@ -145,8 +152,7 @@ def test_a_reader_past_its_reservation_refuses_while_views_live_then_recovers(tm
     path = tmp_path / "store"
     setup = _run('with ts.open(path, "w", codec="raw") as s:\n    s.add_model("a", small)\nprint("ok")', str(path))
     assert setup.returncode == 0, _crashed(setup)
-    serving = subprocess.Popen(
-        [sys.executable, "-c", _PRELUDE + textwrap.dedent(
+    _serve_while_another_process_grows(textwrap.dedent(
             """
             environment._MIN_MAP = 16 << 20
             with ts.open(path, "r") as s:
@@ -165,16 +171,4 @@ def test_a_reader_past_its_reservation_refuses_while_views_live_then_recovers(tm
                 r.close()
                 assert np.array_equal(s.load_model("big")["x"], grown("big", 24))
             print("ok", flush=True)
-            """), str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert serving.stdout.readline().strip() == "ready", serving.stderr.read()
-        grower = _run('with ts.open(path, "a", codec="raw") as s:\n    grow(s, "big", 24)\nprint("ok")', str(path))
-        assert grower.returncode == 0, _crashed(grower)
-        out, err = serving.communicate("go\n", timeout=300)
-    finally:
-        if serving.poll() is None:
-            serving.kill()
-            serving.wait()
-    assert serving.returncode == 0 and out.strip() == "ok", f"exit {serving.returncode}\n{out}\n{err[-3000:]}"
+            """), path, 24)
