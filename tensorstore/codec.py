@@ -121,11 +121,6 @@ def _rotl(words: np.ndarray, width: int) -> np.ndarray:
     return (words << 1) | (words >> (bits - 1))
 
 
-def _rotr(words: np.ndarray, width: int) -> np.ndarray:
-    bits = 8 * width
-    return (words >> 1) | (words << (bits - 1))
-
-
 def _planes(words: np.ndarray, layout: Layout) -> list[np.ndarray]:
     """Byte ``j`` of every element, for each ``j``: one contiguous plane each."""
     if layout.is_float:
@@ -135,11 +130,12 @@ def _planes(words: np.ndarray, layout: Layout) -> list[np.ndarray]:
     return [grid[:, j].copy() for j in range(layout.width)]
 
 
-def _pack(planes: list[np.ndarray], tail: bytes) -> bytes:
+def _pack(planes: list[np.ndarray | None], tail) -> bytes:
+    """The payload of planes (None: a plane of zeros) and a tail (bytes-like)."""
     c = _compressor()
     heads, bodies = [], []
     for plane in planes:
-        if not plane.any():
+        if plane is None or not plane.any():
             heads.append(_varint(_ZEROS))
             continue
         raw = plane.data
@@ -150,7 +146,7 @@ def _pack(planes: list[np.ndarray], tail: bytes) -> bytes:
         else:
             heads.append(_varint(len(plane) << 2 | _AS_IS))
             bodies.append(raw)
-    return b"".join([*heads, *bodies, tail])
+    return b"".join([*heads, *bodies, bytes(tail)])
 
 
 def _split(data, layout: Layout) -> tuple[list[np.ndarray], np.ndarray]:
@@ -166,10 +162,6 @@ def _xor(planes: list, tail: np.ndarray, ref_planes: list, ref_tail: np.ndarray)
     return out, tail ^ ref_tail
 
 
-def _pack_split(planes: list, tail: np.ndarray) -> bytes:
-    return _pack([np.zeros(0, np.uint8) if p is None else p for p in planes], tail.tobytes())
-
-
 def encode(data, layout: Layout, ref=None) -> bytes:
     """The ``packed`` encoding of ``data`` (bytes-like), or ``delta`` against ``ref``
     (bytes-like of the same length) when it is given.
@@ -182,7 +174,7 @@ def encode(data, layout: Layout, ref=None) -> bytes:
         if len(ref) != len(data):
             raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {len(data)} bytes)")
         planes, tail = _xor(planes, tail, *_split(ref, layout))
-    return _pack_split(planes, tail)
+    return _pack(planes, tail)
 
 
 def _unpack(payload, n: int, layout: Layout) -> tuple[list[np.ndarray | None], np.ndarray]:
@@ -292,13 +284,13 @@ def _choose(data, layout: Layout, refs: list[tuple[object, int]]) -> tuple[int, 
         if len(ref) != n and encoding == RAW:
             raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {n} bytes)")
         theirs = _split(ref, layout) if encoding == RAW else _unpack(ref, n, layout)
-        z = _pack_split(*_xor(planes, tail, *theirs))
+        z = _pack(*_xor(planes, tail, *theirs))
         if len(z) <= limit:
             best, payload, which, limit = DELTA, z, i, len(z)
     # Packing keeps 0.8-0.9 of trained float32 weights: a delta under three quarters of the
     # block will beat it, so skip the attempt (it would cost as much time again).
     if best != DELTA or limit > 0.75 * n:
-        z = _pack_split(planes, tail)
+        z = _pack(planes, tail)
         if len(z) <= limit:
             best, payload, which = PACKED, z, -1
     return best, payload, which
