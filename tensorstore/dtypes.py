@@ -7,6 +7,8 @@ byte order of the array handed in; loads return native-order arrays.
 
 from __future__ import annotations
 
+import functools
+
 import ml_dtypes
 import numpy as np
 
@@ -59,6 +61,7 @@ def dtype_from_name(name: str) -> np.dtype:
 FLOAT_NAMES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
 
 
+@functools.lru_cache(maxsize=None)
 def layout(name: str):
     """How ``codec`` splits blocks of dtype ``name`` into byte planes."""
     from .codec import Layout

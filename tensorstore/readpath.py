@@ -176,13 +176,12 @@ class ReadPath:
     def _decode(self, todo: list[tuple]) -> None:
         """Decode ``(block, ref, out, tensor)`` items into their ``out`` (a raw block is
         copied)."""
-        jobs, layouts = [], {}
+        jobs = []
         for b, ref, out, t in todo:
             if b.encoding == codec.RAW:
                 out[:] = self.stored(b)
-                continue
-            layout = layouts.get(t.dtype) or layouts.setdefault(t.dtype, dtypes.layout(t.dtype))
-            jobs.append(self._job(b, ref, layout, out, f"tensor {t.name!r}"))
+            else:
+                jobs.append(self._job(b, ref, dtypes.layout(t.dtype), out, f"tensor {t.name!r}"))
         try:
             codec.decode_many(jobs)
         except ValueError as exc:
