@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import struct
-import time
+import timeit
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,12 +28,7 @@ _MAGIC = b"\x28\xb5\x2f\xfd"  # the batch call wants frames with the magic numbe
 
 
 def _best(fn, runs: int = 7) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return min(timeit.repeat(fn, number=1, repeat=runs))
 
 
 def _frames(payload) -> list[bytes]:
