@@ -30,11 +30,13 @@ from .errors import CorruptionError
 
 FORMAT_NAME = "tensorstore"
 # 2: encoded blocks (block records gain encoding, stored length, reference); 3: encoded
-# blocks' records may carry a BLAKE3 digest (``BlockRecord.strong``).
-FORMAT_VERSION = 3
+# blocks' records may carry a BLAKE3 digest (``BlockRecord.strong``); 4: a delta may be an
+# arithmetic difference (``codec``), which code for format 3 cannot decode.
+FORMAT_VERSION = 4
 # A format-1 store is a format-2 store whose blocks are all raw; a format-2 store is a
-# format-3 store none of whose records carries a BLAKE3 digest.
-READABLE_VERSIONS = (1, 2, 3)
+# format-3 store none of whose records carries a BLAKE3 digest; a format-3 store is a
+# format-4 store whose deltas are all XORs.
+READABLE_VERSIONS = (1, 2, 3, 4)
 ID = struct.Struct(">Q")  # big-endian ids: LMDB key order is id order
 
 

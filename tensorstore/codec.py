@@ -11,13 +11,20 @@ Three encodings, chosen per block at write time, whichever is smallest:
     top byte: exponents of trained weights take few values and compress well, mantissa
     bytes look random and stay about their size (ZipNN's byte grouping).
 ``delta``
-    The XOR of the block with a *reference block* of the same dtype and length, then
-    packed as above. Where a fine-tune moved a weight a little, sign, exponent and the top
-    mantissa bits are equal and XOR to zero (ZipLLM's BitX).
+    The difference of the block and a *reference block* of the same dtype and length,
+    element by element as integers of the element's width (modulo 2^bits; zigzag, so the
+    sign sits in the lowest bit), then split into planes and compressed as above. Where a
+    fine-tune moved a weight a little, the difference is a small integer: its high bytes
+    are zero. ZipLLM's BitX XORs instead; a carry out of the low mantissa bits sets the
+    XOR's higher bits, so the difference keeps fine-tuned MiniLM's deltas 4.7% smaller
+    (bf16: 15% on the test's noise). Format 3 and earlier wrote XOR deltas; they still
+    decode (a difference starts with the byte 3, which no XOR delta can).
 
 Every encoding is lossless, bit for bit, for every dtype (NaN payloads, -0.0, subnormals):
-the transforms are permutations of bits and XOR. An encoded payload is::
+the transforms are permutations of bits, XOR and addition modulo 2^bits. An encoded
+payload is::
 
+    [0x03]             (a delta that is a difference; kind 3 is no plane header's)
     plane header * k   (LEB128 varint: body length << 2 | kind; kind 0: a zstd frame
                         without magic number, 1: the plane as it is, 2: all zeros, no body)
     plane bodies, in order
@@ -30,48 +37,29 @@ the sparse-embedding family this keeps a block-wise delta within about 2% of one
 the whole tensor (``docs/benchmarks.md``, Encodings).
 
 This module knows bytes and dtypes' widths; it knows nothing of pages, blocks or models.
-It encodes and decodes in the calling thread (see ``decode_many`` and ``choose_many`` for
-the measurements that say why).
+It encodes and decodes in the calling thread (the section "many blocks at once" says why).
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
-import zstandard
+
+from . import zstdframes
 
 RAW, PACKED, DELTA = 0, 1, 2
 NAMES = ("raw", "packed", "delta")
-# zstd level 1: levels 3 and 6 keep 0.1-0.4% fewer bytes of MiniLM weights and deltas
-# and encode 1.6-2.8x slower (docs/benchmarks.md, Encodings).
-LEVEL = 1
+LEVEL = zstdframes.LEVEL
 # Keep a block raw unless an encoding saves at least this fraction: a decode costs time at
 # every cold load, a few bytes saved do not pay for it.
 MIN_SAVING = 0.05
 
 _ZSTD, _AS_IS, _ZEROS = 0, 1, 2
+# The first byte of a delta that is an arithmetic difference; no plane header is 3 (kind 3
+# is unused), so a delta without it is the XOR of format 3 and earlier.
+_DIFF = b"\x03"
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-_local = threading.local()
-
-
-def _compressor() -> zstandard.ZstdCompressor:
-    c = getattr(_local, "c", None)
-    if c is None:  # zstd contexts are not thread-safe: one per thread
-        params = zstandard.ZstdCompressionParameters.from_level(
-            LEVEL, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=False, write_checksum=False,
-            write_dict_id=False,
-        )
-        c = _local.c = zstandard.ZstdCompressor(compression_params=params)
-    return c
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    d = getattr(_local, "d", None)
-    if d is None:
-        d = _local.d = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
-    return d
 
 
 def _varint(n: int) -> bytes:
@@ -132,14 +120,13 @@ def _planes(words: np.ndarray, layout: Layout) -> list[np.ndarray]:
 
 def _pack(planes: list[np.ndarray | None], tail) -> bytes:
     """The payload of planes (None: a plane of zeros) and a tail (bytes-like)."""
-    c = _compressor()
     heads, bodies = [], []
     for plane in planes:
         if plane is None or not plane.any():
             heads.append(_varint(_ZEROS))
             continue
         raw = plane.data
-        z = c.compress(raw)
+        z = zstdframes.compress(plane)
         if len(z) < len(plane):
             heads.append(_varint(len(z) << 2 | _ZSTD))
             bodies.append(z)
@@ -156,10 +143,22 @@ def _split(data, layout: Layout) -> tuple[list[np.ndarray], np.ndarray]:
     return _planes(_words(data, layout.width, whole), layout), np.frombuffer(data, dtype=np.uint8, offset=whole)
 
 
-def _xor(planes: list, tail: np.ndarray, ref_planes: list, ref_tail: np.ndarray) -> tuple[list, np.ndarray]:
-    """Planes XOR-ed with a reference's (None: a plane of zeros)."""
-    out = [r if p is None else p if r is None else p ^ r for p, r in zip(planes, ref_planes)]
-    return out, tail ^ ref_tail
+_SIGNED = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+
+
+def _difference(data, ref, layout: Layout) -> tuple[list[np.ndarray], np.ndarray]:
+    """The planes of ``data - ref`` element by element (integers modulo 2^bits, zigzag:
+    the sign in the lowest bit) and the XOR of their tails."""
+    width = layout.width
+    n = len(data)
+    whole = n - n % width
+    z = _words(data, width, whole) - _words(ref, width, whole)
+    s = z.view(_SIGNED[width])
+    sign = s >> (8 * width - 1)
+    s <<= 1
+    s ^= sign
+    tail = np.frombuffer(data, dtype=np.uint8, offset=whole) ^ np.frombuffer(ref, dtype=np.uint8, offset=whole)
+    return _planes(z, Layout(width, False)), tail
 
 
 def encode(data, layout: Layout, ref=None) -> bytes:
@@ -169,43 +168,55 @@ def encode(data, layout: Layout, ref=None) -> bytes:
     A length that is not a multiple of the element width (never from the store) keeps
     its last bytes as a raw tail.
     """
-    planes, tail = _split(data, layout)
-    if ref is not None:
-        if len(ref) != len(data):
-            raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {len(data)} bytes)")
-        planes, tail = _xor(planes, tail, *_split(ref, layout))
-    return _pack(planes, tail)
+    if ref is None:
+        return _pack(*_split(data, layout))
+    if len(ref) != len(data):
+        raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {len(data)} bytes)")
+    return _DIFF + _pack(*_difference(data, ref, layout))
 
 
-def _unpack(payload, n: int, layout: Layout) -> tuple[list[np.ndarray | None], np.ndarray]:
-    """The planes of an ``encode`` payload (None for a plane of zeros) and its tail."""
-    width = layout.width
-    count = n // width
+def _bodies(payload, width: int) -> tuple[list[tuple[int, memoryview]], memoryview]:
+    """An ``encode`` payload's planes as ``(kind, body)`` and its tail."""
     payload = memoryview(payload)
     heads, at = [], 0
     for _ in range(width):
         head, at = _read_varint(payload, at)
         heads.append(head)
-    d = _decompressor()
-    planes: list[np.ndarray | None] = []
+    planes = []
     for head in heads:
         kind, size = head & 3, head >> 2
+        body = payload[at : at + size]
+        if len(body) != size or kind not in (_ZSTD, _AS_IS, _ZEROS):
+            raise ValueError("an encoded block is cut short or malformed")
+        planes.append((kind, body))
+        at += size
+    return planes, payload[at:]
+
+
+def _unpack(payload, n: int, layout: Layout) -> tuple[list[np.ndarray | None], np.ndarray]:
+    """The planes of an ``encode`` payload (None for a plane of zeros) and its tail.
+
+    A compressed plane is decompressed into a new array; a plane kept as it is is a view
+    of ``payload``.
+    """
+    width = layout.width
+    count = n // width
+    bodies, tail = _bodies(payload, width)
+    planes: list[np.ndarray | None] = []
+    scratch = None
+    for j, (kind, body) in enumerate(bodies):
         if kind == _ZEROS:
             planes.append(None)
-            continue
-        plane = payload[at : at + size]
-        if len(plane) != size or kind not in (_ZSTD, _AS_IS):
-            raise ValueError("an encoded block is cut short or malformed")
-        if kind == _ZSTD:
-            try:
-                plane = d.decompress(plane, max_output_size=count)
-            except zstandard.ZstdError as exc:
-                raise ValueError(f"a plane does not decompress ({exc})") from None
-        if len(plane) != count:
-            raise ValueError(f"a plane holds {len(plane)} bytes where {count} are needed")
-        planes.append(np.frombuffer(plane, dtype=np.uint8))
-        at += size
-    tail = np.frombuffer(payload[at:], dtype=np.uint8)
+        elif kind == _ZSTD:
+            if scratch is None:
+                scratch = np.empty((width, count), dtype=np.uint8)
+            zstdframes.decompress_into(body, scratch[j])
+            planes.append(scratch[j])
+        elif len(body) != count:
+            raise ValueError(f"a plane holds {len(body)} bytes where {count} are needed")
+        else:
+            planes.append(np.frombuffer(body, dtype=np.uint8))
+    tail = np.frombuffer(tail, dtype=np.uint8)
     if len(tail) != n - count * width:
         raise ValueError(f"an encoded block of {n} bytes has {len(tail)} tail bytes")
     return planes, tail
@@ -240,12 +251,13 @@ def _interleave(planes: list[np.ndarray | None], tail: np.ndarray, layout: Layou
 def decode(payload, n: int, layout: Layout, ref=None, out: np.ndarray | None = None, ref_payload=None) -> np.ndarray:
     """Decode an ``encode`` payload of an ``n``-byte block into ``out`` (uint8, ``n``
     long; a new array if not given). A delta needs its reference: as bytes (``ref``),
-    or as the ``packed`` payload it is stored as (``ref_payload``: XOR-ed plane by plane,
-    so the reference is never put together on its own).
+    or as the ``packed`` payload it is stored as (``ref_payload``).
 
     Raises ``ValueError`` when the payload does not decode to exactly ``n`` bytes.
     """
     out = np.empty(n, dtype=np.uint8) if out is None else out
+    if (ref is not None or ref_payload is not None) and payload[:1] == _DIFF:
+        return _add_difference(memoryview(payload)[1:], n, layout, ref, out, ref_payload)
     planes, tail = _unpack(payload, n, layout)
     ref_planes = None
     if ref_payload is not None:
@@ -263,6 +275,28 @@ def decode(payload, n: int, layout: Layout, ref=None, out: np.ndarray | None = N
     return out
 
 
+def _add_difference(payload, n: int, layout: Layout, ref, out: np.ndarray, ref_payload) -> np.ndarray:
+    """``out`` = the reference + the zigzag differences of ``payload``."""
+    width = layout.width
+    whole = n - n % width
+    if ref_payload is not None:
+        planes, tail = _unpack(ref_payload, n, layout)
+        _interleave(planes, tail, layout, out)
+    else:
+        out[:] = np.frombuffer(ref, dtype=np.uint8, count=n)
+    planes, tail = _unpack(payload, n, Layout(width, False))
+    z = _interleave(planes, np.empty(0, dtype=np.uint8), Layout(width, False), np.empty(whole, dtype=np.uint8))
+    z = z.view(_UINT[width])
+    low = z & 1
+    z >>= 1
+    np.negative(low, out=low)  # 0 or every bit set
+    z ^= low
+    words = out[:whole].view(_UINT[width])
+    words += z
+    out[whole:] ^= tail
+    return out
+
+
 def choose(data, layout: Layout, refs=()) -> tuple[int, bytes | None, int]:
     """The smallest encoding of ``data``: ``(encoding, payload, index of the reference)``.
 
@@ -273,30 +307,33 @@ def choose(data, layout: Layout, refs=()) -> tuple[int, bytes | None, int]:
 
 
 def _choose(data, layout: Layout, refs: list[tuple[object, int]]) -> tuple[int, bytes | None, int]:
-    """``choose`` against references as stored (``RAW`` or ``PACKED`` bytes). The block
-    is split into planes once; a packed reference is only unpacked (its planes XOR the
-    block's), never put back together."""
+    """``choose`` against references as stored (``RAW`` or ``PACKED`` bytes)."""
     n = len(data)
-    planes, tail = _split(data, layout)
     best, payload, which = RAW, None, -1
     limit = n * (1 - MIN_SAVING)
     for i, (ref, encoding) in enumerate(refs):
         if len(ref) != n and encoding == RAW:
             raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {n} bytes)")
-        theirs = _split(ref, layout) if encoding == RAW else _unpack(ref, n, layout)
-        z = _pack(*_xor(planes, tail, *theirs))
+        raw = ref if encoding == RAW else _interleave(*_unpack(ref, n, layout), layout, np.empty(n, dtype=np.uint8))
+        z = _DIFF + _pack(*_difference(data, raw, layout))
         if len(z) <= limit:
             best, payload, which, limit = DELTA, z, i, len(z)
     # Packing keeps 0.8-0.9 of trained float32 weights: a delta under three quarters of the
     # block will beat it, so skip the attempt (it would cost as much time again).
     if best != DELTA or limit > 0.75 * n:
-        z = _pack(planes, tail)
+        z = _pack(*_split(data, layout))
         if len(z) <= limit:
             best, payload, which = PACKED, z, -1
     return best, payload, which
 
 
 # -- many blocks at once --------------------------------------------------------------
+#
+# In the calling thread. zstd calls through cffi let go of the GIL (``zstdframes``), but a
+# block's work is many short calls with numpy copies between them, and on two threads the
+# GIL went back and forth more than the work overlapped: MiniLM's full fine-tune (1,443
+# new blocks) was added at 0.09-0.10 GB/s on two threads against 0.17-0.19 in one, and
+# loaded in 0.33-0.44 s against 0.27-0.31 (2-core VM, other work paused, 2026-12-02).
 
 @dataclass(frozen=True, slots=True)
 class Job:
@@ -317,10 +354,7 @@ def choose_many(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None
         portable = [Job(bytes(j.data), [(bytes(stored), enc) for stored, enc in j.refs]) for j in jobs]
         return run_chunked(elsewhere, choose_jobs, portable, layout)
 
-    # In this thread: python-zstandard 0.25 holds the GIL while it compresses, so threads
-    # only added handoffs (800 MiniLM blocks, quiet 2 cores: 217-283 us a block in one
-    # thread, 277-349 on two).
-    return [_choose(j.data, layout, j.refs) for j in jobs]
+    return choose_jobs(jobs, layout)
 
 
 def choose_jobs(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None, int]]:
@@ -343,13 +377,7 @@ class DecodeJob:
 
 def decode_many(jobs: list[DecodeJob]) -> None:
     """Decode each job into its ``out``, in this thread. Raises ``ValueError`` naming the
-    first job that does not decode.
-
-    One thread: a 64 KiB block's decode is a few zstd calls of 20-40 us and numpy copies
-    of a few us each, and at that grain two threads pass the GIL back and forth more than
-    they overlap (quiet 2-core machine: 170-230 us a delta block in one thread, 300-350 us
-    on two; docs/benchmarks.md, Encodings).
-    """
+    first job that does not decode."""
     for job in jobs:
         raw_ref = packed_ref = None
         if job.ref is not None:

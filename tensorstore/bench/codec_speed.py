@@ -2,11 +2,12 @@
 
 ``python -m tensorstore.bench.codec_speed [--family DIR] [--blocks N]``: 64 KiB blocks of
 the MiniLM family's base and of its full fine-tune ``minilm-full-spam-s9`` (the cached
-family, ``docs/corpus.md``). Prints, per block, the minimum over runs of: a delta against
-its packed reference decoded (in one thread, and on two threads the way the codec used
-to run them), the zstd frames of that decode alone (in a loop, and in zstd's batch call
-on C threads), the planes put back into elements, and a block packed (one thread, two
-threads). Figures in ``docs/benchmarks.md`` (Encoded blocks).
+family, ``docs/corpus.md``). Prints the bytes of the fine-tune's deltas (differences, and
+the XORs of format 3) and, per block, the minimum over runs of: a delta against its packed
+reference decoded (in one thread, on two threads, and the XOR delta in one), the zstd
+frames of that decode alone (in a loop, and in zstd's batch call on C threads), the planes
+put back into elements, a delta chosen against its packed reference as ingest does (one
+thread, two), and a block packed. Figures in ``docs/benchmarks.md`` (Encoded blocks).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from .. import codec
+from .. import codec, zstdframes
 
 BLOCK = 65536
 _MAGIC = b"\x28\xb5\x2f\xfd"  # the batch call wants frames with the magic number
@@ -33,18 +34,10 @@ def _best(fn, runs: int = 7) -> float:
 
 def _frames(payload) -> list[bytes]:
     """The zstd frames of a payload (see ``codec``'s format)."""
-    view, at, heads = memoryview(payload), 0, []
-    for _ in range(4):
-        head, at = codec._read_varint(view, at)
-        heads.append(head)
-    out = []
-    for head in heads:
-        kind, size = head & 3, head >> 2
-        if kind == codec._ZSTD:
-            out.append(bytes(view[at : at + size]))
-        if kind != codec._ZEROS:
-            at += size
-    return out
+    view = memoryview(payload)
+    if view[:1] == codec._DIFF:
+        view = view[1:]
+    return [bytes(body) for kind, body in codec._bodies(view, 4)[0] if kind == codec._ZSTD]
 
 
 def measure(family: Path, blocks: int = 300) -> dict:
@@ -53,49 +46,66 @@ def measure(family: Path, blocks: int = 300) -> dict:
     base = load_file(str(family / "minilm-base.safetensors"))
     tuned = load_file(str(family / "minilm-full-spam-s9.safetensors"))
     layout = codec.Layout(4, True)
-    pairs, raw = [], []
+    pairs, xors, raw, new = [], [], [], []
     for name, t in tuned.items():
         if t.dtype != np.float32 or name not in base or base[name].shape != t.shape:
             continue
         x, y = base[name].reshape(-1).view(np.uint8), t.reshape(-1).view(np.uint8)
         for s in range(0, len(y) - BLOCK + 1, BLOCK):
-            raw.append(x[s : s + BLOCK])
-            pairs.append((codec.encode(y[s : s + BLOCK].data, layout, x[s : s + BLOCK].data),
-                          codec.encode(x[s : s + BLOCK].data, layout)))
+            old, mine = x[s : s + BLOCK], y[s : s + BLOCK]
+            raw.append(old)
+            new.append(mine)
+            packed_ref = codec.encode(old.data, layout)
+            pairs.append((codec.encode(mine.data, layout, old.data), packed_ref))
+            (p, tail), (q, ref_tail) = codec._split(mine.data, layout), codec._split(old.data, layout)
+            xors.append(codec._pack([a ^ b for a, b in zip(p, q)], tail ^ ref_tail))
         if len(pairs) >= blocks:
             break
-    pairs, raw = pairs[:blocks], raw[:blocks]
-    out = np.empty(BLOCK * len(pairs), dtype=np.uint8)
-    slots = [out[k * BLOCK : (k + 1) * BLOCK] for k in range(len(pairs))]
+    n = min(blocks, len(pairs))
+    pairs, xors, raw, new = pairs[:n], xors[:n], raw[:n], new[:n]
+    out = np.empty(BLOCK * n, dtype=np.uint8)
+    slots = [out[k * BLOCK : (k + 1) * BLOCK] for k in range(n)]
 
     def decode_one(k: int) -> None:
         codec.decode(pairs[k][0], BLOCK, layout, out=slots[k], ref_payload=pairs[k][1])
 
+    def decode_xor(k: int) -> None:
+        codec.decode(xors[k], BLOCK, layout, out=slots[k], ref_payload=pairs[k][1])
+
+    def choose_one(k: int) -> None:
+        codec.choose_jobs([codec.Job(new[k].data, [(pairs[k][1], codec.PACKED)])], layout)
+
     two = ThreadPoolExecutor(2)
     frames = [f for d, r in pairs for f in _frames(d) + _frames(r)]
-    d = codec._decompressor()
+    places = [np.empty(BLOCK // 4, dtype=np.uint8) for _ in frames]
     batch = zstandard.ZstdDecompressor()
     with_magic = [_MAGIC + f for f in frames]
     sizes = struct.pack(f"={len(frames)}Q", *[BLOCK // 4] * len(frames))
-    planes, tail = codec._split(raw[0].data, layout)
+    planes, _ = codec._split(raw[0].data, layout)
     grid = slots[0].reshape(-1, 4)
 
     def interleave() -> None:
         for j, p in enumerate(planes):
             grid[:, j] = p
 
-    n = len(pairs)
+    def halves(fn) -> None:
+        list(two.map(lambda part: [fn(k) for k in part], (range(0, n // 2), range(n // 2, n))))
+
     us = 1e6 / n
     res = {
         "blocks": n,
+        "delta_bytes": sum(len(d) for d, _ in pairs),
+        "xor_delta_bytes": sum(map(len, xors)),
         "decode_delta_one_thread_us": _best(lambda: [decode_one(k) for k in range(n)]) * us,
-        "decode_delta_two_threads_us": _best(lambda: list(two.map(decode_one, range(n), chunksize=8))) * us,
-        "zstd_frames_loop_us": _best(lambda: [d.decompress(f, max_output_size=BLOCK // 4) for f in frames]) * us,
+        "decode_delta_two_threads_us": _best(lambda: halves(decode_one)) * us,
+        "decode_xor_delta_one_thread_us": _best(lambda: [decode_xor(k) for k in range(n)]) * us,
+        "zstd_frames_loop_us": _best(lambda: [zstdframes.decompress_into(f, p) for f, p in zip(frames, places)]) * us,
         "zstd_frames_batch_two_threads_us": _best(
             lambda: batch.multi_decompress_to_buffer(with_magic, decompressed_sizes=sizes, threads=2)) * us,
         "interleave_us": _best(lambda: [interleave() for _ in range(n)]) * us,
+        "choose_delta_one_thread_us": _best(lambda: [choose_one(k) for k in range(n)], 3) * us,
+        "choose_delta_two_threads_us": _best(lambda: halves(choose_one), 3) * us,
         "pack_one_thread_us": _best(lambda: [codec.encode(b.data, layout) for b in raw], 3) * us,
-        "pack_two_threads_us": _best(lambda: list(two.map(lambda b: codec.encode(b.data, layout), raw)), 3) * us,
         "load_average": os.getloadavg()[0],
     }
     two.shutdown()
