@@ -175,6 +175,15 @@ def encode(data, layout: Layout, ref=None) -> bytes:
     return _DIFF + _pack(*_difference(data, ref, layout))
 
 
+def encode_xor(data, layout: Layout, ref) -> bytes:
+    """A delta as the XOR of ``data`` and ``ref``, packed: what format 3 and earlier
+    stored (``decode`` reads it still), and ZipLLM's BitX (the baseline of the benchmarks)."""
+    if len(ref) != len(data):
+        raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {len(data)} bytes)")
+    (mine, tail), (theirs, ref_tail) = _split(data, layout), _split(ref, layout)
+    return _pack([a ^ b for a, b in zip(mine, theirs)], tail ^ ref_tail)
+
+
 def _bodies(payload, width: int) -> tuple[list[tuple[int, memoryview]], memoryview]:
     """An ``encode`` payload's planes as ``(kind, body)`` and its tail."""
     payload = memoryview(payload)

@@ -207,7 +207,7 @@ def zipllm_style(family: Family, parents: Mapping[str, str | None], repeat: int 
 
     Whole-tensor exact dedup across the family; then every distinct tensor of a model with a
     base that has a tensor of the same name, shape and dtype is XOR-ed with it, split into
-    byte planes and zstd-compressed (``codec.encode(data, layout, ref=base)``); every other
+    byte planes and zstd-compressed (``codec.encode_xor(data, layout, base)``, BitX); every other
     distinct tensor (the base's own, or one its base lacks) is byte planes + zstd alone
     (``codec.encode(data, layout)``), as ZipNN would. Parents must come before their
     children in ``family`` (a base is decoded before what refers to it).
@@ -238,7 +238,7 @@ def zipllm_style(family: Family, parents: Mapping[str, str | None], repeat: int 
             lay = layout(dtype_name(a.dtype))
             ref = base.get(k) if base is not None else None
             if ref is not None and ref.dtype == a.dtype and ref.shape == a.shape:
-                payloads[key] = (codec.encode(data, lay, ref=np.ascontiguousarray(ref).tobytes()), parents[name], k, a.dtype, a.shape)
+                payloads[key] = (codec.encode_xor(data, lay, np.ascontiguousarray(ref).tobytes()), parents[name], k, a.dtype, a.shape)
                 deltas += 1
                 added["delta_tensors"] += 1
             else:

@@ -57,8 +57,7 @@ def measure(family: Path, blocks: int = 300) -> dict:
             new.append(mine)
             packed_ref = codec.encode(old.data, layout)
             pairs.append((codec.encode(mine.data, layout, old.data), packed_ref))
-            (p, tail), (q, ref_tail) = codec._split(mine.data, layout), codec._split(old.data, layout)
-            xors.append(codec._pack([a ^ b for a, b in zip(p, q)], tail ^ ref_tail))
+            xors.append(codec.encode_xor(mine.data, layout, old.data))
         if len(pairs) >= blocks:
             break
     n = min(blocks, len(pairs))

@@ -2,9 +2,9 @@
 
 The store encodes blocks (``block_bytes``, 64 KiB on the real corpora); the ZipLLM-style
 baseline (:func:`tensorstore.bench.baselines.zipllm_style`) whole tensors, with the same
-transforms and zstd level. Each member of a corpus is added to an encoded store
+byte planes and zstd level; the store's deltas are differences, the baseline's XORs (BitX). Each member of a corpus is added to an encoded store
 (``codec="auto"``, no ``base=``) in the corpus's order, and what it adds to
-``encoded_bytes`` is set beside what the baseline adds for it: ``codec.encode`` of every
+``encoded_bytes`` is set beside what the baseline adds for it: ``codec.encode_xor`` of every
 tensor not seen before, XOR-ed with the parent's tensor of the same name and shape (the
 baseline is told each parent), else packed alone.
 """

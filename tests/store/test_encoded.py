@@ -59,20 +59,13 @@ def test_a_small_change_is_a_small_delta():
     assert len(delta) < 0.8 * len(packed) < 0.8 * tuned.nbytes
 
 
-def _xor_delta(block: bytes, ref: bytes, lay) -> bytes:
-    """A delta as format 3 and earlier wrote it: the XOR of the block's planes and the
-    reference's, packed."""
-    (mine, tail), (theirs, ref_tail) = codec._split(block, lay), codec._split(ref, lay)
-    return codec._pack([a ^ b for a, b in zip(mine, theirs)], tail ^ ref_tail)
-
-
 @given(name=st.sampled_from(sorted(STORE_DTYPES)), data=st.data())
 def test_a_format_3_xor_delta_still_decodes(name, data):
     lay = layout(name)
     n = data.draw(st.integers(0, 300)) * lay.width
     block = data.draw(st.binary(min_size=n, max_size=n))
     ref = data.draw(st.binary(min_size=n, max_size=n))
-    old = _xor_delta(block, ref, lay)
+    old = codec.encode_xor(block, lay, ref)
     assert codec.decode(old, n, lay, ref).tobytes() == block
     assert codec.decode(old, n, lay, ref_payload=codec.encode(ref, lay)).tobytes() == block
 
@@ -89,7 +82,7 @@ def test_a_delta_is_the_arithmetic_difference_smaller_than_the_xor(name):
     lay = layout(name)
     delta = codec.encode(tuned.tobytes(), lay, base.tobytes())
     assert codec.decode(delta, tuned.nbytes, lay, base.tobytes()).tobytes() == tuned.tobytes()
-    assert len(delta) < 0.97 * len(_xor_delta(tuned.tobytes(), base.tobytes(), lay))
+    assert len(delta) < 0.97 * len(codec.encode_xor(tuned.tobytes(), lay, base.tobytes()))
 
 
 # -- the store --------------------------------------------------------------------------
