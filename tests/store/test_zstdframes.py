@@ -35,3 +35,15 @@ def test_a_frame_that_does_not_fill_its_place_exactly_is_refused():
         zstdframes.decompress_into(frame[:-3], np.empty(3000, dtype=np.uint8))
     with pytest.raises(ValueError, match="does not decompress"):
         zstdframes.decompress_into(zstandard.ZstdCompressor().compress(b"abc" * 1000), np.empty(3000, dtype=np.uint8))
+
+
+def test_without_cffi_the_c_binding_makes_and_reads_the_same_frames(monkeypatch):
+    data = np.arange(20000, dtype=np.uint16).tobytes()
+    frame = zstdframes.compress(data)
+    monkeypatch.setattr(zstdframes, "_lib", None)
+    assert zstdframes.compress(data) == frame
+    out = np.empty(len(data), dtype=np.uint8)
+    zstdframes.decompress_into(frame, out)
+    assert out.tobytes() == data
+    with pytest.raises(ValueError, match="bytes where|does not decompress"):
+        zstdframes.decompress_into(frame, np.empty(len(data) + 1, dtype=np.uint8))
