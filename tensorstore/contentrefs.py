@@ -55,7 +55,7 @@ CANDIDATES = 3
 #: Unrelated weight blocks are nearly orthogonal, about 32 bits apart (sd 4); a fine-tuned
 #: block lies a few bits from its parent's, a block sharing half its rows with a stored
 #: one about 21 (angle 60 degrees). 22 keeps the last and drops ~99% of unrelated blocks.
-MAX_DISTANCE = 22
+MAX_DISTANCE = 6
 #: Elements a block is represented by (sampled with a power-of-two stride, zero-padded).
 VECTOR_DIM = 1024
 _NBITS = 64

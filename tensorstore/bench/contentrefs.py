@@ -21,7 +21,7 @@ from .. import open as open_store
 from . import baselines
 from .compare import load_corpus
 
-CORPORA = ("minilm", "minilm-renamed", "minilm-vocab")
+CORPORA = ("minilm", "minilm-renamed", "minilm-vocab", "minilm-vocab-rows")
 
 
 def _ingest(c, where: Path, content_refs: bool) -> dict:

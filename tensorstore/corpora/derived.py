@@ -4,18 +4,24 @@ Two ways real model families defeat a name-based delta (ZipLLM's, or the store's
 reference by position), built from a family already cached (no download, no training):
 
 ``renamed``
-    Every member but the root re-exported under other tensor names (a framework prefix and
-    ``/`` for ``.``, as a checkpoint converted between libraries is): the weights are those
-    of the fine-tune, bit for bit, but no tensor name matches its base's.
+    Every member but the root re-exported under other tensor names, each member under its
+    own (its name as a prefix, and ``/`` for ``.``, as checkpoints converted between
+    libraries by different publishers are): the weights are those of the fine-tune, bit for
+    bit, but no tensor name matches its base's or a sibling's.
 ``vocab_insert``
-    Every member but the root with a vocabulary extension: new rows *inserted* into its
-    largest 2-D table (the word embeddings) at a few fixed places, not appended, so every
-    row after the first insertion moves and no block of the table lies where its base's did.
-    New rows are drawn like a resized embedding's (the table's mean, plus noise of its
-    standard deviation), seeded by the member's position in the family.
+    Every member but the root with a vocabulary extension of its own: new rows *inserted*
+    into its largest 2-D table (the word embeddings) at the places of :data:`PLACES`, not
+    appended, so every row after the first place moves. With ``block_rows`` (the rows of a
+    store block), member ``i`` inserts ``i`` blocks' worth of rows at each place: later
+    blocks hold the same rows as the base's blocks ``i``, ``2i``, ... further back, so
+    only a reference found by content lines up. Without it, member ``i`` inserts
+    ``count + i`` rows (:data:`ROW_COUNTS`): blocks straddle two of the base's and no
+    block-wise XOR lines up at all. New rows are drawn like a resized embedding's (the
+    table's mean, plus noise of its standard deviation), seeded by ``i``.
 
 Used by ``tensorstore bench --suite contentrefs`` and the corpora ``minilm-renamed`` and
-``minilm-vocab`` (:mod:`tensorstore.corpora.registry`).
+``minilm-vocab`` (whole blocks of rows) and ``minilm-vocab-rows`` (rows)
+(:mod:`tensorstore.corpora.registry`).
 """
 
 from __future__ import annotations
@@ -24,21 +30,21 @@ import numpy as np
 
 Family = dict[str, dict[str, np.ndarray]]
 
-#: The prefix a renamed member's tensor names get (and ``.`` becomes ``/``).
-RENAME_PREFIX = "model/"
-#: Where rows are inserted (fractions of the table's rows) and how many at each place: not
-#: multiples of a block's rows, so blocks after each place straddle two of the base's.
-INSERTS = ((0.1, 13), (0.45, 29), (0.8, 7))
+#: Where rows are inserted, as fractions of the table's rows.
+PLACES = (0.1, 0.45, 0.8)
+#: Rows inserted at each place (plus the member's index) when not whole blocks: not
+#: multiples of a 64 KiB block's 42 rows of 384 float32.
+ROW_COUNTS = (13, 29, 7)
 
 
-def renamed_name(name: str) -> str:
-    """The name a tensor ``name`` gets in a renamed member."""
-    return RENAME_PREFIX + name.replace(".", "/")
+def renamed_name(model: str, name: str) -> str:
+    """The name tensor ``name`` gets in renamed member ``model``."""
+    return f"{model}/" + name.replace(".", "/")
 
 
 def renamed(family: Family, root: str) -> Family:
     """``family`` with every member but ``root`` under renamed tensors (same arrays)."""
-    return {model: tensors if model == root else {renamed_name(k): v for k, v in tensors.items()}
+    return {model: tensors if model == root else {renamed_name(model, k): v for k, v in tensors.items()}
             for model, tensors in family.items()}
 
 
@@ -47,14 +53,14 @@ def table_name(tensors: dict[str, np.ndarray]) -> str:
     return max((k for k, v in tensors.items() if v.ndim == 2), key=lambda k: tensors[k].nbytes)
 
 
-def insert_rows(table: np.ndarray, seed: int) -> np.ndarray:
-    """``table`` with :data:`INSERTS` new rows inserted (a new array)."""
+def insert_rows(table: np.ndarray, counts: tuple[int, ...], seed: int) -> np.ndarray:
+    """``table`` with ``counts[j]`` new rows inserted at each place ``PLACES[j]`` (a new array)."""
     rng = np.random.default_rng(seed)
     mean = table.mean(axis=0, dtype=np.float64)
     std = float(table.std(dtype=np.float64))
     rows = table.shape[0]
     out, at = [], 0
-    for fraction, count in INSERTS:
+    for fraction, count in zip(PLACES, counts):
         where = int(fraction * rows)
         out.append(table[at:where])
         out.append((mean + rng.normal(0.0, std, size=(count, table.shape[1]))).astype(table.dtype))
@@ -63,29 +69,45 @@ def insert_rows(table: np.ndarray, seed: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def vocab_insert(family: Family, root: str) -> Family:
-    """``family`` with every member but ``root`` extended by :func:`insert_rows`."""
+def member_counts(i: int, block_rows: int | None) -> tuple[int, ...]:
+    """Rows member ``i`` inserts at each place (see ``vocab_insert``)."""
+    if block_rows is not None:
+        return tuple(i * block_rows for _ in PLACES)
+    return tuple(count + i for count in ROW_COUNTS)
+
+
+def vocab_insert(family: Family, root: str, block_bytes: int | None = None) -> Family:
+    """``family`` with every member but ``root`` extended by :func:`insert_rows`; with
+    ``block_bytes``, by whole blocks of rows of that many bytes."""
     out: Family = {}
     for i, (model, tensors) in enumerate(family.items()):
         if model == root:
             out[model] = tensors
             continue
         name = table_name(tensors)
-        out[model] = {k: insert_rows(v, seed=i) if k == name else v for k, v in tensors.items()}
+        table = tensors[name]
+        block_rows = None if block_bytes is None else max(1, block_bytes // (table.nbytes // table.shape[0]))
+        counts = member_counts(i, block_rows)
+        out[model] = {k: insert_rows(v, counts, seed=i) if k == name else v for k, v in tensors.items()}
     return out
 
 
 def original_name(name: str) -> str:
-    """The name a renamed tensor had (names without the prefix are kept)."""
-    return name[len(RENAME_PREFIX):].replace("/", ".") if name.startswith(RENAME_PREFIX) else name
+    """The name a renamed tensor had (names without a ``/`` are kept)."""
+    return name.split("/", 1)[1].replace("/", ".") if "/" in name else name
 
 
-def remove_rows(table: np.ndarray) -> np.ndarray:
-    """The table :func:`insert_rows` was given (the inserted rows dropped)."""
-    rows = table.shape[0] - sum(count for _, count in INSERTS)
+def remove_rows(table: np.ndarray, rows: int) -> np.ndarray:
+    """The ``rows``-row table that :func:`vocab_insert` extended (the inserted rows dropped)."""
+    extra = table.shape[0] - rows
+    # sum(ROW_COUNTS) + 3i is never a multiple of 3: equal counts are whole blocks.
+    if extra % len(PLACES) == 0:
+        counts = (extra // len(PLACES),) * len(PLACES)
+    else:
+        counts = tuple(c + (extra - sum(ROW_COUNTS)) // len(PLACES) for c in ROW_COUNTS)
     keep = np.ones(table.shape[0], dtype=bool)
     shift = 0
-    for fraction, count in INSERTS:
+    for fraction, count in zip(PLACES, counts):
         where = int(fraction * rows) + shift
         keep[where : where + count] = False
         shift += count
@@ -103,7 +125,7 @@ def evaluator(kind: str, evaluate, root_tensors: dict[str, np.ndarray]):
         if kind == "renamed":
             tensors = {original_name(k): v for k, v in tensors.items()}
         elif table in tensors and tensors[table].shape[0] != rows:
-            tensors = dict(tensors, **{table: remove_rows(tensors[table])})
+            tensors = dict(tensors, **{table: remove_rows(tensors[table], rows)})
         return evaluate(name, tensors)
 
     return undo
