@@ -198,8 +198,9 @@ def _vectors(blocks: list, dtype_code: int) -> np.ndarray:
         stride *= 2
     out = np.zeros((len(blocks), VECTOR_DIM), dtype=np.float32)
     width = -(-n // stride)
-    for row, data in enumerate(blocks):
-        out[row, :width] = np.frombuffer(data, dtype=dtype, count=n)[::stride]
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 past float32's range: inf, zeroed below
+        for row, data in enumerate(blocks):
+            out[row, :width] = np.frombuffer(data, dtype=dtype, count=n)[::stride]
     # A non-finite value would turn every projection NaN; as zero it only blurs the
     # proposal, and the codec's byte count decides anyway.
     np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
