@@ -420,6 +420,9 @@ class Store:
             tensor name and position. Without it the parent is found: the stored model of
             the same domain that shares the most blocks with this one at the same
             positions, then the most tensor names, dtypes and shapes, then the oldest.
+            A block with no reference there (a renamed tensor, rows moved by an insertion)
+            may be a delta of the nearest stored block by content (``open``'s
+            ``content_refs``).
         files : mapping of str to bytes, optional
             Small files kept with the model, by relative path (``config.json``,
             ``tokenizer.json``): stored whole, in the same transaction, not deduplicated,
