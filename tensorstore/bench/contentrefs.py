@@ -69,7 +69,7 @@ def main(corpora: list[str], workdir: str | None, repeat: int) -> list[dict]:
 
 def table(results: list[dict]) -> str:
     lines = ["| corpus | logical MB | position only: MB (raw/packed/delta) | + content: MB (raw/packed/delta) | "
-             "ZipLLM-style MB | content / ZipLLM-style | ingest s, position only / + content | root ingest s |",
+             "ZipLLM-style MB | content / ZipLLM-style | ingest s, position only / + content | root ingest s, position only / + content |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         p, c = r["position_only"], r["content"]
