@@ -150,11 +150,12 @@ def _parser() -> argparse.ArgumentParser:
                         "serving: memory (PSS) and cold start of many processes, shared cache against safetensors; "
                         "tolerance: the near-dup pass's bytes, accuracy and evaluations at every tolerance level up to --tolerance; "
                         "members: per member, what the store's per-block encoding adds against the per-tensor ZipLLM-style baseline; "
-                        "contentrefs: delta references by content against by position only, on minilm, minilm-renamed "
-                        "and minilm-vocab (or --corpus)")
+                        "contentrefs: delta references by content against by position only, on minilm, minilm-renamed, "
+                        "minilm-vocab and minilm-vocab-rows, or on the one corpus --corpus names other than digits")
     b.add_argument("--corpus", default="digits",
                    help="digits (default), minilm, embedding (the sparse-embedding family), embedding-quick (its "
-                        "synthetic stand-in), or a folder of .safetensors files (docs/corpus.md)")
+                        "synthetic stand-in), minilm-renamed, minilm-vocab, minilm-vocab-rows (minilm with tensors "
+                        "renamed or vocabulary rows inserted), or a folder of .safetensors files (docs/corpus.md)")
     b.add_argument("--repeat", type=int, default=5, help="runs per timing; the median is reported")
     b.add_argument("--codec", choices=["raw", "auto"], default="raw", help="--suite core: how the stores encode new blocks (default raw)")
     b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
