@@ -200,7 +200,7 @@ class BlockWriter:
         a record that has none (format 2), its decoded bytes."""
         b = self.block(block_id)
         if b.encoding == codec.RAW:
-            same = same_bytes(self._stored_view(b), data)
+            same = same_bytes(self.stored_view(b), data)
         elif b.strong:
             same = strong_digest(data) == b.strong
         else:
@@ -213,13 +213,13 @@ class BlockWriter:
         if b.ref:
             r = self.block(b.ref)
             if r.encoding == codec.RAW:
-                ref = self._stored_view(r)
+                ref = self.stored_view(r)
             else:
-                ref_payload = self._stored_view(r)
-        return codec.decode(self._stored_view(b), b.nbytes, dtypes.layout_of_code(b.dtype_code), ref=ref,
+                ref_payload = self.stored_view(r)
+        return codec.decode(self.stored_view(b), b.nbytes, dtypes.layout_of_code(b.dtype_code), ref=ref,
                             ref_payload=ref_payload)
 
-    def _stored_view(self, b: BlockRecord) -> memoryview:
+    def stored_view(self, b: BlockRecord) -> memoryview:
         """The bytes ``b`` keeps in its page, as this transaction sees them (a view)."""
         page = self._dirty.get(b.page_id)
         if page is not None:
@@ -228,7 +228,7 @@ class BlockWriter:
 
     def stored_bytes(self, b: BlockRecord) -> bytes:
         """A copy of the bytes ``b`` keeps in its page, as this transaction sees them."""
-        return bytes(self._stored_view(b))
+        return bytes(self.stored_view(b))
 
     def reference_id(self, block_id: int) -> None:
         """One more reference to a block already stored."""

@@ -146,17 +146,20 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="compare the store with the alternatives on a model family (docs/benchmarks.md)")
     b.add_argument("--suite", choices=["compare", "core", "chunking", "neardup", "packing", "serving", "tolerance",
-                                              "members"],
+                                              "members", "contentrefs"],
                    default="compare",
                    help="compare: against safetensors, chunk dedup, zstd, tensor dedup (default); "
                         "core: ingest/load speed, sizes, scaling; chunking: row-aligned blocks against 2-D tiles; "
                         "neardup: LSH recall against brute force and search speed; packing: every packer on the store's layout; "
                         "serving: memory (PSS) and cold start of many processes, shared cache against safetensors; "
                         "tolerance: the near-dup pass's bytes, accuracy and evaluations at every tolerance level up to --tolerance; "
-                        "members: per member, what the store's per-block encoding adds against the per-tensor ZipLLM-style baseline")
+                        "members: per member, what the store's per-block encoding adds against the per-tensor ZipLLM-style baseline; "
+                        "contentrefs: delta references by content against by position only, on minilm, minilm-renamed, "
+                        "minilm-vocab and minilm-vocab-rows, or on the one corpus --corpus names other than digits")
     b.add_argument("--corpus", default="digits",
                    help="digits (default), minilm, embedding (the sparse-embedding family), embedding-quick (its "
-                        "synthetic stand-in), or a folder of .safetensors files (docs/corpus.md)")
+                        "synthetic stand-in), minilm-renamed, minilm-vocab, minilm-vocab-rows (minilm with tensors "
+                        "renamed or vocabulary rows inserted), or a folder of .safetensors files (docs/corpus.md)")
     b.add_argument("--repeat", type=int, default=5, help="runs per timing; the median is reported")
     b.add_argument("--codec", choices=["raw", "auto"], default="raw", help="--suite core: how the stores encode new blocks (default raw)")
     b.add_argument("--max-accuracy-drop", type=float, default=0.005, help="near-dup budget per model (compare suite)")
@@ -512,6 +515,13 @@ def _bench(args) -> int:
 
         result = members.main(args.corpus, args.workdir)
         print(json.dumps(result, indent=2) if args.json else members.table(result))
+        return 0
+    if args.suite == "contentrefs":
+        from .bench import contentrefs
+
+        given = args.corpus if args.corpus != "digits" else None  # digits is --corpus's default
+        results = contentrefs.main([given] if given else list(contentrefs.CORPORA), args.workdir, args.repeat)
+        print(json.dumps(results, indent=2) if args.json else contentrefs.table(results))
         return 0
     if args.suite == "tolerance":
         from .bench import tolerance

@@ -24,6 +24,7 @@ from tensorstore_index.exact import block_digest
 
 from . import catalog as cat
 from . import codec, dtypes, modelfiles, sharedcache
+from .contentrefs import ContentIndex, Query
 from .blockwriter import BlockWriter
 from .catalog import ModelRecord, StoreState, TensorRecord, id_key
 from .chunking import as_bytes, block_spans, block_step, canonical
@@ -81,6 +82,7 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     codec: str = "auto",
     remote: str | None = None,
     verify: bool | str = True,
+    content_refs: bool = True,
 ) -> "Store":
     """Open (or create) the store at ``path``.
 
@@ -117,6 +119,11 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         smallest of raw, byte planes + zstd, or a delta against a block of the model's
         parent (:mod:`tensorstore.codec`); ``"raw"`` stores every block as it is, the
         fastest to write and read. Stores hold both; reads decode whatever they find.
+    content_refs : bool
+        With ``codec="auto"``, let a new block with no reference by position (a renamed
+        tensor, rows moved by an insertion) be stored as a delta against the nearest
+        stored block by content, found in an LSH index (:mod:`tensorstore.contentrefs`).
+        Default True; False finds references by position only.
     remote : str, optional
         A remote's URL (:mod:`tensorstore.remote`): a model not in the store is pulled
         from it on its first ``load_model`` or ``load_tensor`` (read-through), then served
@@ -131,6 +138,8 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         raise InvalidArgumentError(f"mode {mode!r} is not one of {', '.join(map(repr, MODES))}")
     if codec not in CODECS:
         raise InvalidArgumentError(f"codec {codec!r} is not one of {', '.join(map(repr, CODECS))}")
+    if not isinstance(content_refs, bool):
+        raise InvalidArgumentError(f"content_refs must be True or False, not {content_refs!r}")
     policy = verify_policy(verify)
     path = Path(path)
     page = parse_size(page_size, "page_size") if page_size is not None else None
@@ -177,6 +186,7 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     else:
         store = Store._create(path, page_size=page or DEFAULT_PAGE_SIZE, block_bytes=block or DEFAULT_BLOCK_BYTES)
     store.codec = codec
+    store.content_refs = content_refs
     store.verify_policy = policy
     if remote is not None and not (isinstance(remote, str) and remote):
         store.close()
@@ -218,6 +228,8 @@ class Store:
         self.shared_cache = None  # a SharedCache when opened with shared_cache
         self._ident: bytes | None = None
         self.codec = "auto"  # how this handle writes new blocks (``open``'s ``codec``)
+        self.content_refs = True  # references found by content too (``open``'s ``content_refs``)
+        self._content_index: ContentIndex | None = None  # kept between ingests: stored blocks coded once
         self.remote: str | None = None  # pulled from on a load of a missing model (``open``'s ``remote``)
 
     def _attach_cache(self, cache_bytes: int) -> None:
@@ -408,6 +420,9 @@ class Store:
             tensor name and position. Without it the parent is found: the stored model of
             the same domain that shares the most blocks with this one at the same
             positions, then the most tensor names, dtypes and shapes, then the oldest.
+            A block with no reference there (a renamed tensor, rows moved by an insertion)
+            may be a delta of the nearest stored block by content (``open``'s
+            ``content_refs``).
         files : mapping of str to bytes, optional
             Small files kept with the model, by relative path (``config.json``,
             ``tokenizer.json``): stored whole, in the same transaction, not deduplicated,
@@ -486,11 +501,23 @@ class Store:
             blocks = [data[s:e] for s, e in block_spans(arr.nbytes, step)]
             chunked.append((tname, arr, dname, step, blocks, [block_digest(b, code) for b in blocks]))
         parent = self._parent(txn, base, domain, writer, chunked)
-        records = []
-        for tname, arr, dname, step, blocks, digests in chunked:
+        positional, queries = [], []
+        for t, (tname, arr, dname, step, blocks, digests) in enumerate(chunked):
             mine = parent.tensor(tname) if parent is not None else None
-            theirs = mine.block_ids.tolist() if mine is not None and mine.dtype == dname and mine.step == step else []
-            candidates = [theirs[i : i + 1] for i in range(len(blocks))]
+            same = mine is not None and mine.dtype == dname and mine.step == step
+            theirs = mine.block_ids.tolist() if same else []
+            positional.append(theirs)
+            # Rows inserted (another shape) move every later block off its parent position.
+            moved = same and mine.shape != tuple(arr.shape)
+            if self.content_refs and (moved or len(theirs) < len(blocks)):
+                code = DTYPE_CODES[dname]
+                queries += [Query((t, i), b, code) for i, (b, d) in enumerate(zip(blocks, digests))
+                            if (moved or i >= len(theirs)) and writer._lookup(cat.hash_key(writer.domain, d)) is None]
+        near = self._content_refs_index().find(writer, queries) if queries else {}
+        records = []
+        for t, (tname, arr, dname, step, blocks, digests) in enumerate(chunked):
+            theirs = positional[t]
+            candidates = [theirs[i : i + 1] + near.get((t, i), []) for i in range(len(blocks))]
             code, layout = DTYPE_CODES[dname], dtypes.layout(dname)
             ids: list[int] = []
             for k in range(0, len(blocks), _ENCODE_BATCH):
@@ -500,6 +527,12 @@ class Store:
                 bar.update(sum(len(b) for b in blocks[batch]))
             records.append(TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids, dtype=np.uint64)))
         return records
+
+    def _content_refs_index(self) -> ContentIndex:
+        with self._plans_lock:
+            if self._content_index is None:
+                self._content_index = ContentIndex()
+            return self._content_index
 
     def _parent(self, txn: lmdb.Transaction, base: str | None, domain: str, writer: BlockWriter, chunked) -> ModelRecord | None:
         """The model a new one is stored as deltas against: ``base`` if given; else the

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-NAMES = ("digits", "minilm", "embedding", "embedding-quick")
+NAMES = ("digits", "minilm", "embedding", "embedding-quick", "minilm-renamed", "minilm-vocab", "minilm-vocab-rows")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,19 @@ def load(corpus: str) -> Corpus:
         root = next(iter(family))  # every member is fine-tuned from the base encoder, which the first one keeps
         return Corpus(corpus, family, minilm_family.evaluate, {n: (None if n == root else root) for n in family}, root,
                       "1MiB", "64KiB")
+    if corpus in ("minilm-renamed", "minilm-vocab", "minilm-vocab-rows"):
+        from ..units import parse_size
+        from . import derived
+
+        c = load("minilm")
+        if corpus == "minilm-renamed":
+            kind, family = "renamed", derived.renamed(c.family, c.root)
+        else:
+            kind = "vocab_insert"
+            whole_blocks = parse_size(c.block_bytes, "block_bytes") if corpus == "minilm-vocab" else None
+            family = derived.vocab_insert(c.family, c.root, whole_blocks)
+        evaluate = derived.evaluator(kind, c.evaluate, c.family[c.root])
+        return Corpus(corpus, family, evaluate, c.parents, c.root, c.page_size, c.block_bytes)
     if corpus == "embedding":
         from . import embedding_family
 

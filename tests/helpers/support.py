@@ -87,3 +87,25 @@ def tensors(draw):
     elif layout == "reversed" and arr.ndim:
         arr = arr[::-1]
     return arr
+
+
+def rewrite_block_bytes(store_path, block_id: int, flip_at: int) -> None:
+    """Flip one stored byte of a block and re-seal its page, as a bug (not the disk) would:
+    the page checksum holds, only the content digest can tell."""
+    import json
+
+    import lmdb
+    import xxhash
+
+    env = lmdb.open(str(store_path), max_dbs=16, subdir=True)
+    blocks, pages, meta = (env.open_db(n.encode()) for n in ("blocks", "pages", "meta"))
+    with env.begin(write=True) as txn:
+        size = json.loads(txn.get(b"format", db=meta))["page_size"]
+        from tensorstore import catalog as cat
+
+        b = cat.decode_block(block_id, txn.get(cat.id_key(block_id), db=blocks))
+        page = bytearray(txn.get(cat.id_key(b.page_id), db=pages))
+        page[b.offset + flip_at] ^= 0x01
+        page[size:] = xxhash.xxh3_64_digest(bytes(page[:size]))
+        txn.put(cat.id_key(b.page_id), bytes(page), db=pages)
+    env.close()

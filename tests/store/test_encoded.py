@@ -8,9 +8,8 @@ import json
 import ml_dtypes
 import numpy as np
 import pytest
-import xxhash
 from hypothesis import given, strategies as st
-from support import DTYPES, bits, snapshot, tensors
+from support import DTYPES, bits, rewrite_block_bytes, snapshot, tensors
 
 import tensorstore as ts
 from tensorstore import codec
@@ -227,25 +226,6 @@ def test_loads_through_the_pool_and_reader_decode(store_path):
             del got
 
 
-def _rewrite_block_bytes(store_path, block_id: int, flip_at: int) -> None:
-    """Flip one stored byte of a block and re-seal its page, as a bug (not the disk) would:
-    the page checksum holds, only the content digest can tell."""
-    import lmdb
-
-    env = lmdb.open(str(store_path), max_dbs=16, subdir=True)
-    blocks, pages, meta = (env.open_db(n.encode()) for n in ("blocks", "pages", "meta"))
-    with env.begin(write=True) as txn:
-        size = json.loads(txn.get(b"format", db=meta))["page_size"]
-        from tensorstore import catalog as cat
-
-        b = cat.decode_block(block_id, txn.get(cat.id_key(block_id), db=blocks))
-        page = bytearray(txn.get(cat.id_key(b.page_id), db=pages))
-        page[b.offset + flip_at] ^= 0x01
-        page[size:] = xxhash.xxh3_64_digest(bytes(page[:size]))
-        txn.put(cat.id_key(b.page_id), bytes(page), db=pages)
-    env.close()
-
-
 def test_verify_names_the_models_a_damaged_reference_breaks(store_path):
     base, tuned = _family()
     with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB") as store:
@@ -255,7 +235,7 @@ def test_verify_names_the_models_a_damaged_reference_breaks(store_path):
         rows = store.catalog()["blocks"].to_pylist()
         delta = next(r for r in rows if r["model"] == "tuned" and r["encoding"] == "delta")
         ref = delta["ref_block"]
-    _rewrite_block_bytes(store_path, ref, flip_at=5)
+    rewrite_block_bytes(store_path, ref, flip_at=5)
     with ts.open(store_path, "r") as store:
         report = store.verify()
         assert not report.ok
@@ -269,7 +249,7 @@ def test_verify_catches_a_damaged_delta(store_path):
         store.add_model("base", base)
         store.add_model("tuned", tuned)
         delta = next(r for r in store.catalog()["blocks"].to_pylist() if r["encoding"] == "delta")
-    _rewrite_block_bytes(store_path, delta["block_id"], flip_at=delta["stored_bytes"] - 1)
+    rewrite_block_bytes(store_path, delta["block_id"], flip_at=delta["stored_bytes"] - 1)
     with ts.open(store_path, "r") as store:
         report = store.verify()
         assert not report.ok and any(f"block {delta['block_id']} " in p and "'tuned'" in p for p in report.problems)
