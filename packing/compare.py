@@ -19,6 +19,7 @@ from tensorstore_packing.instances import EncodedSizes, generate
 from tensorstore_packing.objective import DEFAULT_READ_WEIGHT
 from tensorstore_packing.read_bound import model_reads_bound, page_budget, realize
 from tensorstore_packing.result import score
+from tensorstore_packing.two_stage import TwoStageOptions
 
 _COLUMNS = (
     ("algorithm", "algorithm", "{}"),
@@ -48,11 +49,13 @@ def compare(
     page_bytes: int = 1 << 20,
     encoded: bool = False,
     reads_bound: float | None = None,
+    plan_time_limit: float = 0.0,
 ) -> dict[str, object]:
     """Run every algorithm on one generated instance (``encoded``: blocks of
     :meth:`EncodedSizes.typical` sizes, each delta read with its reference);
     ``reads_bound``: also bound the per-model reads within the page target, with CP-SAT
-    for that many seconds (the relaxation: a lower bound).
+    for that many seconds (the relaxation: a lower bound); ``plan_time_limit``: seconds
+    of Two-Stage's model-set plan (:class:`TwoStageOptions`).
 
     Returns
     -------
@@ -64,7 +67,8 @@ def compare(
         block_bytes=block_bytes, page_bytes=page_bytes, encoded=EncodedSizes.typical() if encoded else None,
     )
     problem = instance.problem
-    packed = [pack(problem, name, read_weight=read_weight, time_limit=time_limit) for name in algorithms]
+    options = TwoStageOptions(time_limit=time_limit, plan_time_limit=plan_time_limit)
+    packed = [pack(problem, name, read_weight=read_weight, options=options) for name in algorithms]
     results = [r.summary() for r in packed]
     bound = None
     if reads_bound is not None and problem.n_models:
@@ -137,12 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="encoded blocks: sizes drawn from the codec's measured output, deltas read with their references")
     parser.add_argument("--reads-bound", type=float, metavar="SECONDS",
                         help="also bound the pages read per model within the page target (CP-SAT seconds)")
+    parser.add_argument("--plan-time", type=float, default=0.0, metavar="SECONDS",
+                        help="two-stage: seconds for the model-set plan (default 0: none)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.blocks <= 0:
         parser.error("--blocks must be positive")
     if args.reads_bound is not None and not args.reads_bound > 0:
         parser.error("--reads-bound must be a positive number of seconds")
+    if not args.plan_time >= 0:
+        parser.error("--plan-time must be >= 0 seconds")
     report = compare(
         args.blocks,
         seed=args.seed,
@@ -156,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         page_bytes=args.page_kib * 1024,
         encoded=args.encoded,
         reads_bound=args.reads_bound,
+        plan_time_limit=args.plan_time,
     )
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0

@@ -434,6 +434,11 @@ def _improve_whole(
     return np.array([next(p for p, v in z.items() if solver.value(v)) for z in on], dtype=np.int64)
 
 
+def model_set_count(problem: PackingProblem) -> int:
+    """Distinct model sets (the models reading a block) among the blocks."""
+    return len(_aggregate(problem, exact=False)[0])
+
+
 def _set_of_blocks(problem: PackingProblem, sets: list[tuple[int, ...]]) -> np.ndarray:
     index = {s: k for k, s in enumerate(sets)}
     return np.array([index[tuple(ms)] for ms in _members(problem)], dtype=np.int64)
