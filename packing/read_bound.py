@@ -36,6 +36,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from tensorstore_packing.bounds import model_block_pairs, model_lower_bounds, pages_lower_bound
+from tensorstore_packing.cpsat import solve
 from tensorstore_packing.errors import InvalidProblemError
 from tensorstore_packing.problem import PackingProblem
 
@@ -226,11 +227,7 @@ def model_reads_bound(
         model.minimize(worst)
         to_ratio = 1.0 / scale
 
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(float(time_limit), 0.001)
-    solver.parameters.num_workers = int(num_workers)
-    solver.parameters.random_seed = int(seed)
-    code = solver.solve(model)
+    solver, code = solve(model, time_limit=time_limit, num_workers=num_workers, seed=seed)
     seconds = time.perf_counter() - started
     if code == cp_model.INFEASIBLE:
         raise InvalidProblemError(f"the blocks do not fit in {max_pages} pages: allow more pages")
@@ -424,11 +421,7 @@ def _improve_whole(
         if model_cost[m] > 0:
             reader(blocks[models == m], float(model_cost[m]), f"m{m}")
     model.minimize(sum(terms))
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(float(time_limit), 0.001)
-    solver.parameters.num_workers = int(num_workers)
-    solver.parameters.random_seed = int(seed)
-    code = solver.solve(model)
+    solver, code = solve(model, time_limit=time_limit, num_workers=num_workers, seed=seed)
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return start
     return np.array([next(p for p, v in z.items() if solver.value(v)) for z in on], dtype=np.int64)

@@ -63,3 +63,11 @@ def test_reads_bound_needs_positive_seconds():
     )
     assert done.returncode == 2
     assert "--reads-bound must be a positive number of seconds" in done.stderr
+
+
+def test_plan_time_must_not_be_negative():
+    done = subprocess.run(
+        [sys.executable, "-m", "tensorstore_packing.compare", "--plan-time", "-1"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "--plan-time must be >= 0 seconds" in done.stderr
