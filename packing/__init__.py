@@ -9,7 +9,8 @@ Build a :class:`PackingProblem` from tensors (lists of block ids) and block size
     result.page_of(3), result.offset_of(3), result.pages, result.lower_bound_pages
 
 :func:`score` measures a placement made elsewhere (a store's current layout) the same way,
-so a new layout can be compared with the one it would replace.
+so a new layout can be compared with the one it would replace. :func:`model_reads_bound`
+says how few pages per model load any layout within a page budget can read.
 
 Depends on numpy and OR-Tools only.
 """
@@ -28,6 +29,7 @@ from tensorstore_packing.errors import (
 from tensorstore_packing.instances import EncodedSizes, GeneratedInstance, generate
 from tensorstore_packing.objective import DEFAULT_READ_WEIGHT
 from tensorstore_packing.problem import DEFAULT_ALIGNMENT, PackingProblem
+from tensorstore_packing.read_bound import ReadsBound, model_reads_bound, page_budget, realize
 from tensorstore_packing.result import ModelReads, PackResult, SolverReport, score
 from tensorstore_packing.two_stage import TwoStageOptions
 
@@ -44,13 +46,17 @@ __all__ = [
     "PackingError",
     "PackingProblem",
     "ProblemTypeError",
+    "ReadsBound",
     "SolverReport",
     "TwoStageOptions",
     "UnknownAlgorithmError",
     "UnknownBlockError",
     "UnknownTensorError",
     "generate",
+    "model_reads_bound",
     "pack",
+    "page_budget",
     "pages_lower_bound",
+    "realize",
     "score",
 ]

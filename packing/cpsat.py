@@ -168,15 +168,22 @@ def solve_cluster(
         + sum(cost * sum(y) for cost, y in zip(cluster.item_cost, on_page))
         + sum(cost * sum(r) for cost, r in zip(cluster.tensor_cost, reads))
     )
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(float(time_limit), 0.001)
-    solver.parameters.num_workers = int(num_workers)
-    solver.parameters.random_seed = int(seed)
-    code = solver.solve(model)
+    solver, code = solve(model, time_limit=time_limit, num_workers=num_workers, seed=seed)
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return ClusterSolution(None, "unknown")
     counts = [[[int(solver.value(v)) for v in n] for n in per_class] for per_class in count]
     return ClusterSolution(counts, "optimal" if code == cp_model.OPTIMAL else "feasible")
+
+
+def solve(
+    model: cp_model.CpModel, *, time_limit: float, num_workers: int = 2, seed: int = 0
+) -> tuple[cp_model.CpSolver, int]:
+    """Solve `model` under a wall-clock limit; the solver (for its values) and its status."""
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(float(time_limit), 0.001)
+    solver.parameters.num_workers = int(num_workers)
+    solver.parameters.random_seed = int(seed)
+    return solver, solver.solve(model)
 
 
 def cluster_cost(cluster: ClusterModel, counts: Sequence[Sequence[Sequence[int]]]) -> int:

@@ -165,3 +165,34 @@ def test_cp_sat_pass_never_adds_a_page(fine_tuned, sparse_tuned):
         solved = pack(problem, "two-stage", **CP)
         assert solved.pages <= greedy.pages
         assert solved.cost <= greedy.cost + 1e-9
+
+
+def test_model_set_plan_never_leaves_a_worse_layout():
+    from tensorstore_packing import EncodedSizes, page_budget
+
+    problem = generate(300, seed=5, n_models=6, n_groups=2, block_bytes=16 * 1024,
+                       page_bytes=256 * 1024, encoded=EncodedSizes.typical()).problem
+    # time_limit=0: best fit alone before the plan, the same layout in both runs
+    plain = pack(problem, "two-stage", options=TwoStageOptions(time_limit=0, num_workers=1))
+    planned = pack(problem, "two-stage", options=TwoStageOptions(time_limit=0, num_workers=1, plan_time_limit=4))
+    check_result(planned)
+    assert planned.cost <= plain.cost + 1e-9
+    assert planned.model_reads().mean_pages_read <= plain.model_reads().mean_pages_read
+    if "model-set plan" in planned.solver.reason:  # replaced: within the page target, and cheaper
+        assert planned.pages <= page_budget(problem)
+        assert planned.cost < plain.cost
+    else:
+        assert planned.block_page.tolist() == plain.block_page.tolist()
+
+
+def test_model_set_plan_skips_families_with_many_cells():
+    problem = generate(300, seed=5, n_models=6, n_groups=2, block_bytes=16 * 1024, page_bytes=256 * 1024).problem
+    options = TwoStageOptions(time_limit=1, num_workers=1, plan_time_limit=30, plan_max_cells=1)
+    result = pack(problem, "two-stage", options=options)
+    assert "model-set plan" not in result.solver.reason
+    assert result.solve_seconds < 30
+
+
+def test_plan_time_limit_must_not_be_negative():
+    with pytest.raises(ValueError, match="plan_time_limit must be >= 0"):
+        TwoStageOptions(plan_time_limit=-1)
