@@ -523,6 +523,7 @@ def _pull_into(objects: Objects, head: Head, snap: Snapshot, snapshot_bytes: int
             else:
                 files = _fetch_files(objects, m)
                 store.add_model(name, tensors, m.metadata, replace=True, domain=m.domain, files=files)
+                confirmed |= _blocks_of(store, name, m.domain)  # made from the remote's bytes: the next models share them
                 pulled.append(name)
                 fetched += stats[0]
                 local_hits += stats[1]
@@ -590,6 +591,15 @@ def _confirm_local(objects: Objects, snap: Snapshot, store, wanted: list[str]) -
                     confirmed.add((domain, d))
     _confirm_fetched(objects, snap, unsure, "in this store")
     return confirmed | set(unsure_keys)
+
+
+def _blocks_of(store, name: str, domain: str) -> set[tuple[str, bytes]]:
+    """``(domain, digest)`` of every block model ``name`` references in the store."""
+    from .readpath import ReadPath
+
+    with store.env.read() as txn:
+        local = _LocalBlocks(ReadPath(store, txn, verify=False))
+        return {(domain, local(int(i)).digest) for t in store.record(txn, name).tensors for i in t.block_ids}
 
 
 def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store, confirmed: set[tuple[str, bytes]]):
