@@ -9,7 +9,10 @@ module imports it when a :class:`RayExecutor` is made.
     RayExecutor("ray://head:10001")               # an existing cluster
     RayExecutor("auto")                           # the cluster this machine belongs to
 
-Each job is one task of one CPU; its function and arguments travel as Ray sends them
+Each job is one task of one CPU, and runs with one thread: ``OMP_NUM_THREADS``,
+``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS`` are 1 in its worker (BLAS, torch and the
+numpy evaluator read them), so two workers on two cores run two threads, not four that
+take turns. Its function and arguments travel as Ray sends them
 (cloudpickle; arrays through the object store). A function importable by module and name
 on the workers is sent by reference, anything else by value (see ``tensorstore.executor``).
 
@@ -29,6 +32,10 @@ from .errors import StoreError
 
 __all__ = ["RayExecutor", "RayMissingError", "RayClusterError", "require_ray"]
 
+_TASK_CPUS = 1
+# A worker's thread pools follow these when it starts (torch's intra-op pool, OpenBLAS, MKL,
+# tensorstore.corpora.bert_numpy): one thread per CPU the task holds.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 PROBE_SECONDS = 3.0  # a cluster's head answers a connect at once; a busy one well within this
 _DEFAULT_PORTS = {"": 6379, "ray": 10001}  # the GCS's, and the Ray Client server's
 
@@ -78,7 +85,8 @@ class RayExecutor(Executor):
             except ConnectionError as exc:
                 raise RayClusterError(f"cannot join the Ray cluster at {address!r}: {exc}") from None
             self._owned = True
-        self._task = ray.remote(num_cpus=1)(_call)
+        threads = {name: str(_TASK_CPUS) for name in THREAD_VARS}
+        self._task = ray.remote(num_cpus=_TASK_CPUS, runtime_env={"env_vars": threads})(_call)
         self._workers: int | None = None
 
     @property
