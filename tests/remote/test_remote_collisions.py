@@ -9,12 +9,10 @@ are real.
 import json
 from dataclasses import replace
 
-import mmh3
-import numpy as np
 import pytest
 import zstandard
 from remote_support import family, same
-from support import snapshot
+from support import colliding_pair, head_only_digest, snapshot
 
 import tensorstore as ts
 from tensorstore import remote
@@ -27,26 +25,17 @@ OPEN = dict(page_size="64KiB", block_bytes="4KiB")
 
 @pytest.fixture
 def weak_digest(monkeypatch):
-    def head_only(data, block_class=0):
-        return mmh3.mmh3_x64_128_digest(bytes(memoryview(data).cast("B")[:64]), block_class & 0xFFFFFFFF)
-
     for module in ("store", "blockwriter", "verify", "remote"):
-        monkeypatch.setattr(f"tensorstore.{module}.block_digest", head_only)
+        monkeypatch.setattr(f"tensorstore.{module}.block_digest", head_only_digest)
 
 
-def _pair(seed: int = 0):
-    """Two float32 tensors of one 4 KiB block each: equal first 64 bytes, other tails."""
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal(1024).astype(np.float32)
-    b = a.copy()
-    b[512:] = rng.standard_normal(512).astype(np.float32)
-    return a, b
-
-
-def _store(path, codec, **models):
+def _store(path, codec, *, push_to=None, **models):
+    """A store of one-tensor models; pushed to ``push_to`` if given."""
     with ts.open(path, "a", codec=codec, **OPEN) as s:
         for name, w in models.items():
             s.add_model(name, {"w": w})
+        if push_to is not None:
+            s.push(push_to)
 
 
 def _current(url):
@@ -108,10 +97,8 @@ def test_every_block_carries_the_blake3_digest_of_its_decoded_bytes(tmp_path, ur
 
 @pytest.mark.parametrize("codec", ["raw", "auto"])
 def test_a_pulled_block_colliding_with_a_local_one_is_refused(tmp_path, url, weak_digest, codec):
-    a, b = _pair()
-    _store(tmp_path / "a", codec, a=a)
-    with ts.open(tmp_path / "a", "r") as s:
-        s.push(url)
+    a, b = colliding_pair()
+    _store(tmp_path / "a", codec, push_to=url, a=a)
     _store(tmp_path / "b", codec, mine=b)
     with ts.open(tmp_path / "b", "r") as s:
         before = snapshot(s)
@@ -125,10 +112,8 @@ def test_a_pulled_block_colliding_with_a_local_one_is_refused(tmp_path, url, wea
 @pytest.mark.parametrize("codec", ["raw", "auto"])
 @pytest.mark.parametrize("name", ["b", "a"])  # a new model, or one "unchanged" by its digests
 def test_a_pushed_block_colliding_with_one_on_the_remote_is_refused(tmp_path, url, weak_digest, codec, name):
-    a, b = _pair()
-    _store(tmp_path / "a", codec, a=a)
-    with ts.open(tmp_path / "a", "r") as s:
-        s.push(url)
+    a, b = colliding_pair()
+    _store(tmp_path / "a", codec, push_to=url, a=a)
     heads = _heads(url)
     _store(tmp_path / "b", codec, **{name: b})
     with ts.open(tmp_path / "b", "r") as s, pytest.raises(ts.HashCollisionError, match="MurmurHash3 digest of a block of this store"):
@@ -141,11 +126,9 @@ def test_a_pushed_block_colliding_with_one_on_the_remote_is_refused(tmp_path, ur
 
 
 def test_a_push_racing_a_colliding_push_is_refused(tmp_path, url, weak_digest, monkeypatch):
-    a, b = _pair()
-    _store(tmp_path / "a", "raw", a=a)
+    a, b = colliding_pair()
+    _store(tmp_path / "a", "raw", push_to=url, a=a)
     _store(tmp_path / "b", "raw", b=b)
-    with ts.open(tmp_path / "a", "r") as s:
-        s.push(url)
     heads = _heads(url)
     real_open = remote._open_remote
 
@@ -161,10 +144,8 @@ def test_a_push_racing_a_colliding_push_is_refused(tmp_path, url, weak_digest, m
 
 
 def test_a_block_whose_blake3_digest_differs_is_refused_by_name(tmp_path, url, weak_digest):
-    a, b = _pair()
-    _store(tmp_path / "a", "raw", a=a)
-    with ts.open(tmp_path / "a", "r") as s:
-        s.push(url)
+    a, b = colliding_pair()
+    _store(tmp_path / "a", "raw", push_to=url, a=a)
     objects, _, snap = _current(url)
     (d, block), = snap.blocks.items()
     pack = bytearray(objects.get(pack_key(block.pack)))
@@ -205,10 +186,8 @@ def test_a_format_1_remote_is_pulled_and_pushed_to(tmp_path, url):
 
 
 def test_a_format_1_remote_colliding_with_the_local_store_is_refused(tmp_path, url, weak_digest):
-    a, b = _pair()
-    _store(tmp_path / "a", "auto", a=a)
-    with ts.open(tmp_path / "a", "r") as s:
-        s.push(url)
+    a, b = colliding_pair()
+    _store(tmp_path / "a", "auto", push_to=url, a=a)
     _as_format_1(url)
     heads = _heads(url)
     _store(tmp_path / "b", "auto", mine=b, a=b)
@@ -224,9 +203,7 @@ def test_a_format_1_remote_colliding_with_the_local_store_is_refused(tmp_path, u
 
 
 def test_a_snapshot_of_a_newer_format_is_refused_in_one_line(tmp_path, url):
-    _store(tmp_path / "a", "auto", a=_pair()[0])
-    with ts.open(tmp_path / "a", "r") as s:
-        s.push(url)
+    _store(tmp_path / "a", "auto", push_to=url, a=colliding_pair()[0])
     _publish(url, _current(url)[2], lambda doc: doc.update(version=3))
     with pytest.raises(ts.RemoteFormatError, match="newer tensorstore .*format 3; this one reads up to 2") as e:
         ts.pull(url, tmp_path / "b")
