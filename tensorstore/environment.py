@@ -91,14 +91,7 @@ class Environment:
         self.live_views = 0  # zero-copy views handed out by readers and still referenced
         for attempt in range(2):
             try:
-                # On a read-only environment open_db uses a read transaction of its own;
-                # handles opened in a transaction we pass in do not outlive it.
-                self.dbs = {n: self.env.open_db(n.encode(), create=not readonly) for n in DB_NAMES}
-                for n in OPTIONAL_DB_NAMES:
-                    try:
-                        self.dbs[n] = self.env.open_db(n.encode(), create=not readonly)
-                    except lmdb.NotFoundError:
-                        pass
+                self.dbs = self._open_dbs(readonly)
                 break
             except lmdb.MapResizedError:
                 # Another process grew the map past ours while we opened. Nothing of this
@@ -114,6 +107,24 @@ class Environment:
                         f"{data} is damaged: its database directory cannot be read ({exc}); restore it from a copy"
                     ) from exc
                 raise NotAStoreError(f"{self.path} is an LMDB environment without the store's databases: {exc}") from exc
+
+    def _open_dbs(self, readonly: bool) -> dict:
+        """The named databases' handles, created where missing (read-write)."""
+        if readonly:
+            # open_db uses a read transaction of its own; handles opened in a read
+            # transaction we pass in would not outlive it.
+            dbs = {n: self.env.open_db(n.encode(), create=False) for n in DB_NAMES}
+            for n in OPTIONAL_DB_NAMES:
+                try:
+                    dbs[n] = self.env.open_db(n.encode(), create=False)
+                except lmdb.NotFoundError:
+                    pass
+            return dbs
+        # All in one write transaction: without one, open_db commits (and syncs) once per
+        # database, eight commits for a new store. Handles opened in a write transaction
+        # stay valid once it commits; if it aborts, none was created and none is kept.
+        with self.env.begin(write=True) as txn:
+            return {n: self.env.open_db(n.encode(), txn=txn, create=True) for n in DB_NAMES + OPTIONAL_DB_NAMES}
 
     def _open_lmdb(self, data: Path, size: int, readonly: bool, create: bool) -> lmdb.Environment:
         reserve = max(_MIN_MAP, 2 * size)

@@ -6,7 +6,13 @@ create-only write. ``pull(url, path, models)`` fetches only the blocks the local
 lacks, for only the models asked for (and the references their deltas need), with range
 reads inside packs; it decodes every block and checks its digest before anything is
 written, and adds each model with ``add_model`` (one transaction each), so the local store
-encodes and lays out the data its own way. See ``remote_format`` for the objects, and
+encodes and lays out the data its own way.
+
+Blocks are found by their MurmurHash3 digest and proven by their BLAKE3 digest: a block one
+side holds under a digest the other side also holds is shared only if the BLAKE3 digests of
+the decoded bytes agree (a format-1 snapshot has none: its block is fetched, decoded and
+compared instead); otherwise ``HashCollisionError``, before the head moves or anything is
+added. See ``remote_format`` for the objects, and
 ``docs/scale.md`` for how a fleet uses this and how it fails.
 
 Concurrency: two pushes that read the same head race for the next one; the loser reads
@@ -22,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +36,9 @@ from tensorstore_index.exact import block_digest
 
 from . import catalog as cat
 from . import codec, dtypes
+from .digests import strong_digest
 from .dtypes import DTYPES
-from .errors import CorruptionError, InvalidArgumentError, ModelNotFoundError, StoreError
+from .errors import CorruptionError, HashCollisionError, InvalidArgumentError, ModelNotFoundError, StoreError
 from .remote_format import (
     FILE_PREFIX,
     HEAD_PREFIX,
@@ -71,6 +78,9 @@ RANGE_GAP = 16 << 10
 MAX_PUSH_ATTEMPTS = 64
 DEFAULT_GRACE_MINUTES = 60.0
 _MAX_DECODE_DEPTH = 8  # a remote merged from stores may chain deltas; a cycle is damage
+# Blocks a format-1 snapshot holds without a BLAKE3 digest are confirmed by fetching them,
+# this many at a time (bounded memory).
+_CONFIRM_BATCH = 256
 
 
 # -- reports ----------------------------------------------------------------------------
@@ -139,6 +149,65 @@ def _decoded(b: RemoteBlock, payload, reference) -> np.ndarray:
     return codec.decode(payload, b.nbytes, layout, ref=ref)
 
 
+def _resolve(objects: Objects, snap: Snapshot, digests, have: dict[bytes, np.ndarray]) -> tuple[dict[bytes, np.ndarray], set[bytes]]:
+    """The decoded bytes of ``digests``: from ``have`` (bytes at hand) or fetched from the
+    remote with the references they need, each checked against its MurmurHash3 digest and,
+    where the snapshot has it, its BLAKE3 digest. Returns them and the digests fetched."""
+    to_fetch: set[bytes] = set()
+    todo = list(digests)
+    while todo:
+        d = todo.pop()
+        if d in have or d in to_fetch:
+            continue
+        b = snap.blocks.get(d)
+        if b is None:
+            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} is needed, and its snapshot lacks it")
+        to_fetch.add(d)
+        if b.ref is not None:
+            todo.append(b.ref)
+    payloads = _fetch_payloads(objects, snap, to_fetch)
+    values = dict(have)
+
+    def value_of(d: bytes, depth: int = 0) -> np.ndarray:
+        out = values.get(d)
+        if out is not None:
+            return out
+        if depth > _MAX_DECODE_DEPTH:
+            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()}'s references form a cycle")
+        b = snap.blocks[d]
+        try:
+            out = _decoded(b, payloads[d], lambda: value_of(b.ref, depth + 1))
+        except ValueError as exc:
+            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} in pack {b.pack} does not decode ({exc})") from None
+        if len(out) != b.nbytes or block_digest(out, b.dtype_code) != d:
+            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} in pack {b.pack} does not match its digest (damaged)")
+        if b.strong and strong_digest(out) != b.strong:
+            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} in pack {b.pack} does not match its BLAKE3 digest "
+                                  "(damaged, or other bytes under its MurmurHash3 digest)")
+        values[d] = out
+        return out
+
+    return {d: value_of(d) for d in digests}, to_fetch
+
+
+def _collision(objects: Objects, d: bytes, where: str) -> HashCollisionError:
+    return HashCollisionError(
+        f"the remote {objects.shown}: block {d.hex()} has the MurmurHash3 digest of a block {where} but other bytes "
+        "(their BLAKE3 digests differ; a collision, which ordinary data does not produce): refused, nothing was changed"
+    )
+
+
+def _confirm_fetched(objects: Objects, snap: Snapshot, ours: dict[bytes, bytes], where: str) -> None:
+    """For blocks the snapshot holds without a BLAKE3 digest (format 1): fetch and decode
+    each, and raise ``HashCollisionError`` unless its BLAKE3 digest is ``ours[d]``."""
+    digests = list(ours)
+    for k in range(0, len(digests), _CONFIRM_BATCH):
+        values, _ = _resolve(objects, snap, digests[k : k + _CONFIRM_BATCH], {})
+        for d, v in values.items():
+            if strong_digest(v) != ours[d]:
+                raise _collision(objects, d, where)
+
+
 def _read_head(objects: Objects) -> Head | None:
     """The current head (the highest generation), or None for an empty remote."""
     for _ in range(8):
@@ -205,16 +274,16 @@ class _PackWriter:
         self.target = target
         self.parts: list[bytes] = []
         self.size = 0
-        self.pending: list[tuple[bytes, int, cat.BlockRecord, bytes | None]] = []  # digest, offset, record, ref digest
+        self.pending: list[tuple[bytes, int, cat.BlockRecord, bytes | None, bytes]] = []  # digest, offset, record, ref, BLAKE3
         self.done: dict[bytes, RemoteBlock] = {}
         self.queued: set[bytes] = set()
         self.sizes: dict[str, int] = {}
         self.packs = 0
         self.payload_bytes = 0
 
-    def add(self, digest: bytes, b: cat.BlockRecord, payload, ref: bytes | None) -> None:
+    def add(self, digest: bytes, b: cat.BlockRecord, payload, ref: bytes | None, strong: bytes) -> None:
         self.queued.add(digest)
-        self.pending.append((digest, self.size, b, ref))
+        self.pending.append((digest, self.size, b, ref, strong))
         self.parts.append(bytes(payload))
         self.size += b.stored
         self.payload_bytes += b.stored
@@ -227,8 +296,8 @@ class _PackWriter:
         data = b"".join(self.parts)
         name = sha256(data)
         self.objects.put(pack_key(name), data)
-        for digest, offset, b, ref in self.pending:
-            self.done[digest] = RemoteBlock(name, offset, b.stored, b.nbytes, b.encoding, b.dtype_code, ref)
+        for digest, offset, b, ref, strong in self.pending:
+            self.done[digest] = RemoteBlock(name, offset, b.stored, b.nbytes, b.encoding, b.dtype_code, ref, strong)
         self.sizes[name] = len(data)
         self.packs += 1
         self.parts, self.pending, self.size = [], [], 0
@@ -242,7 +311,9 @@ def push(store, url: str, models=None, *, pack_bytes: int = PACK_BYTES, max_atte
 
     Uploads only blocks the remote lacks, then a snapshot, then moves the head last: an
     interrupted push leaves the remote as it was (plus unreferenced packs ``gc`` removes).
-    A model of the same name on the remote is replaced unless identical.
+    A model of the same name on the remote is replaced unless identical. A block of this
+    store that the remote holds under the same MurmurHash3 digest with other bytes (BLAKE3
+    digests differ) raises ``HashCollisionError`` and the head does not move.
     """
     from .readpath import ReadPath
 
@@ -259,32 +330,54 @@ def push(store, url: str, models=None, *, pack_bytes: int = PACK_BYTES, max_atte
         unchanged = [n for n, m in ours.items() if n in base.models and base.models[n].same_as(m)]
         changed = {n: m for n, m in ours.items() if n not in unchanged}
         writer = _PackWriter(objects, pack_bytes)
+        strong: dict[bytes, bytes] = {}  # digest -> BLAKE3 of this store's block
+        unsure: dict[bytes, bytes] = {}  # the same, for blocks the remote holds without one (format 1)
+
+        def strong_of(b: cat.BlockRecord) -> bytes:
+            s = strong.get(b.digest)
+            if s is None:  # a raw block's record has none (its bytes are at hand), nor a format-2 store's
+                s = strong[b.digest] = b.strong or strong_digest(reader.block_bytes(b))
+            return s
+
+        def on_remote(b: cat.BlockRecord) -> bool:
+            """Whether the remote holds ``b``: by MurmurHash3 digest, then confirmed."""
+            theirs = base.blocks.get(b.digest)
+            if theirs is None:
+                return False
+            if not theirs.strong:
+                unsure[b.digest] = strong_of(b)
+            elif theirs.strong != strong_of(b):
+                raise _collision(objects, b.digest, "of this store")
+            return True
 
         def send(block_id: int) -> None:
             b = local(block_id)
-            if b.digest in base.blocks or b.digest in writer.queued:
+            if b.digest in writer.queued or on_remote(b):
                 return
             ref = None
             if b.ref:
                 ref = local(b.ref).digest
                 send(b.ref)  # the reference before its delta, usually in the same pack
-            writer.add(b.digest, b, reader.stored(b), ref)
+            writer.add(b.digest, b, reader.stored(b), ref, strong_of(b))
 
         seen: set[int] = set()
-        for r in records:
-            if r.name not in changed:
-                continue
+        for r in records:  # unchanged models too: "unchanged" must mean the same bytes
             for t in r.tensors:
                 for i in t.block_ids.tolist():
                     if i not in seen:
                         seen.add(i)
-                        send(i)
+                        if r.name in changed:
+                            send(i)
+                        else:  # all on the remote already (the same digests): only confirmed
+                            on_remote(local(i))
         writer.flush()
+    _confirm_fetched(objects, base, unsure, "of this store")
+    confirmed = {d: replace(base.blocks[d], strong=s) for d, s in unsure.items()}  # recorded from now on
     sent_files = _send_files(objects, base, [files[n] for n in changed])
     if not changed:
         return PushReport(objects.shown, head.generation if head else 0, [], unchanged, 0, 0, 0, 0, 0, objects.transfer.to_dict())
     # Every block the pushed models need, with its references, as the remote will hold it.
-    pool = {**base.blocks, **writer.done}
+    pool = {**base.blocks, **confirmed, **writer.done}
     needed: dict[bytes, RemoteBlock] = {}
     todo = [d for m in changed.values() for d in m.digests()]
     while todo:
@@ -297,7 +390,7 @@ def push(store, url: str, models=None, *, pack_bytes: int = PACK_BYTES, max_atte
     theirs, now, attempts, snapshot_bytes = base, head, 0, 0
     while True:
         attempts += 1
-        blocks = {**needed, **theirs.blocks}  # a block they hold stays as they hold it
+        blocks = _merge_blocks(objects, needed, theirs)
         snap = Snapshot({**theirs.models, **changed}, blocks, now.snapshot if now else None, time.time(),
                         {**sizes, **theirs.pack_sizes}, {"page_size": store.page_size, "block_bytes": store.block_bytes}).pruned()
         lost = snap.missing()
@@ -320,6 +413,22 @@ def push(store, url: str, models=None, *, pack_bytes: int = PACK_BYTES, max_atte
             _check_packs_alive(objects, snap, theirs, writer.sizes, sent_files)
     return PushReport(objects.shown, generation, sorted(changed), unchanged, len(writer.done), writer.payload_bytes,
                       writer.packs, snapshot_bytes, attempts, objects.transfer.to_dict())
+
+
+def _merge_blocks(objects: Objects, ours: dict[bytes, RemoteBlock], theirs: Snapshot) -> dict[bytes, RemoteBlock]:
+    """Our blocks and those of the snapshot another push made current: a block they hold
+    stays as they hold it, once its BLAKE3 digest is confirmed to be ours."""
+    out = dict(ours)
+    unsure: dict[bytes, bytes] = {}
+    for d, t in theirs.blocks.items():
+        mine = out.get(d)
+        if mine is not None and mine.strong and t.strong and mine.strong != t.strong:
+            raise _collision(objects, d, "this push sends")
+        if mine is not None and mine.strong and not t.strong and (mine.pack, mine.offset) != (t.pack, t.offset):
+            unsure[d] = mine.strong
+        out[d] = t if mine is None or t.strong or not mine.strong else replace(t, strong=mine.strong)
+    _confirm_fetched(objects, theirs, unsure, "this push sends")
+    return out
 
 
 def _send_files(objects: Objects, base: Snapshot, models: list[dict[str, bytes]]) -> set[str]:
@@ -404,15 +513,17 @@ def _pull_into(objects: Objects, head: Head, snap: Snapshot, snapshot_bytes: int
     pulled, unchanged = [], []
     fetched = local_hits = fetched_bytes = 0
     total = sum(snap.models[n].logical_bytes for n in wanted)
+    confirmed = _confirm_local(objects, snap, store, wanted)
     with progress(total, "pulling", progress_bar) as bar:
         for name in wanted:
             m = snap.models[name]
-            tensors, stats = _fetch_model(objects, snap, m, store)
+            tensors, stats = _fetch_model(objects, snap, m, store, confirmed)
             if tensors is None:
                 unchanged.append(name)
             else:
                 files = _fetch_files(objects, m)
                 store.add_model(name, tensors, m.metadata, replace=True, domain=m.domain, files=files)
+                confirmed |= _blocks_of(store, name, m.domain)  # made from the remote's bytes: the next models share them
                 pulled.append(name)
                 fetched += stats[0]
                 local_hits += stats[1]
@@ -436,13 +547,68 @@ def _fetch_files(objects: Objects, m: RemoteModel) -> dict[str, bytes]:
     return out
 
 
-def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store):
-    """The model's tensors, from local blocks where the store has them and from the remote
-    otherwise; ``(None, ...)`` when the store already holds the model exactly."""
+def _confirm_local(objects: Objects, snap: Snapshot, store, wanted: list[str]) -> set[tuple[str, bytes]]:
+    """The blocks the pulled models need that the store holds under the same MurmurHash3
+    digest (and dedup domain), as ``(domain, digest)``, each confirmed to hold the remote
+    block's bytes: by BLAKE3 digest, or where the snapshot has none (format 1) by fetching
+    the block and comparing. A block that differs raises ``HashCollisionError`` before
+    anything is added."""
+    from .readpath import ReadPath
+
+    confirmed: set[tuple[str, bytes]] = set()
+    unsure: dict[bytes, bytes] = {}  # digest -> BLAKE3 of the local block
+    unsure_keys: list[tuple[str, bytes]] = []
+    with store.env.read() as txn:
+        reader = ReadPath(store, txn, verify=True)
+        local = _LocalBlocks(reader)
+        domains = store.state(txn).domains
+        hashes = store.env.dbs["hashes"]
+        for domain in sorted({snap.models[n].domain for n in wanted}):
+            domain_id = domains.get(domain)
+            if domain_id is None:
+                continue
+            todo = [d for n in wanted if snap.models[n].domain == domain for d in snap.models[n].digests()]
+            seen: set[bytes] = set()
+            while todo:
+                d = todo.pop()
+                b = snap.blocks.get(d)
+                if d in seen or b is None:
+                    continue  # a digest the snapshot lacks is reported when it is fetched
+                seen.add(d)
+                found = txn.get(cat.hash_key(domain_id, d), db=hashes)
+                if found is None:
+                    if b.ref is not None:
+                        todo.append(b.ref)  # fetched: its reference may be local
+                    continue
+                mine = local(int.from_bytes(found, "big"))
+                ours = mine.strong or strong_digest(reader.block_bytes(mine))
+                if not b.strong:
+                    unsure[d] = ours
+                    unsure_keys.append((domain, d))
+                elif b.strong != ours:
+                    raise _collision(objects, d, "in this store")
+                else:
+                    confirmed.add((domain, d))
+    _confirm_fetched(objects, snap, unsure, "in this store")
+    return confirmed | set(unsure_keys)
+
+
+def _blocks_of(store, name: str, domain: str) -> set[tuple[str, bytes]]:
+    """``(domain, digest)`` of every block model ``name`` references in the store."""
+    from .readpath import ReadPath
+
+    with store.env.read() as txn:
+        local = _LocalBlocks(ReadPath(store, txn, verify=False))
+        return {(domain, local(int(i)).digest) for t in store.record(txn, name).tensors for i in t.block_ids}
+
+
+def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store, confirmed: set[tuple[str, bytes]]):
+    """The model's tensors, from local blocks where the store has them (and ``confirmed``
+    says they are the remote's) and from the remote otherwise; ``(None, ...)`` when the
+    store already holds the model exactly."""
     from .readpath import ReadPath
 
     have: dict[bytes, np.ndarray] = {}
-    to_fetch: set[bytes] = set()
     with store.env.read() as txn:
         reader = ReadPath(store, txn, verify=True)
         local = _LocalBlocks(reader)
@@ -456,7 +622,8 @@ def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store):
         hashes = store.env.dbs["hashes"]
 
         def from_store(d: bytes) -> bool:
-            if domain_id is None:
+            # A block stored since ``_confirm_local`` is fetched; add_model confirms it.
+            if domain_id is None or (m.domain, d) not in confirmed:
                 return False
             found = txn.get(cat.hash_key(domain_id, d), db=hashes)
             if found is None:
@@ -464,36 +631,19 @@ def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store):
             have[d] = np.array(reader.block_bytes(local(int.from_bytes(found, "big"))), copy=True)
             return True
 
-        todo = list(m.digests())
-        while todo:
+        todo, seen = list(m.digests()), set()
+        while todo:  # the local blocks it needs, and those its fetched blocks decode against
             d = todo.pop()
-            if d in have or d in to_fetch or from_store(d):
+            if d in seen or d in have or from_store(d):
                 continue
+            seen.add(d)
             b = snap.blocks.get(d)
             if b is None:
                 raise CorruptionError(f"the remote {objects.shown}: model {m.name!r} needs block {d.hex()}, which its snapshot lacks")
-            to_fetch.add(d)
             if b.ref is not None:
                 todo.append(b.ref)
     local_hits = len(have)
-    payloads = _fetch_payloads(objects, snap, to_fetch)
-
-    def value_of(d: bytes, depth: int = 0) -> np.ndarray:
-        out = have.get(d)
-        if out is not None:
-            return out
-        if depth > _MAX_DECODE_DEPTH:
-            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()}'s references form a cycle")
-        b = snap.blocks[d]
-        payload = payloads[d]
-        try:
-            out = _decoded(b, payload, lambda: value_of(b.ref, depth + 1))
-        except ValueError as exc:
-            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} in pack {b.pack} does not decode ({exc})") from None
-        if len(out) != b.nbytes or block_digest(out, b.dtype_code) != d:
-            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} in pack {b.pack} does not match its digest (damaged)")
-        have[d] = out
-        return out
+    values, to_fetch = _resolve(objects, snap, m.digests(), have)
 
     tensors = {}
     for t in m.tensors:
@@ -501,7 +651,7 @@ def _fetch_model(objects: Objects, snap: Snapshot, m: RemoteModel, store):
         for i, d in enumerate(t.digests):
             start = i * t.step
             stop = min(start + t.step, t.nbytes)
-            block = value_of(d)
+            block = values[d]
             if len(block) != stop - start:
                 raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} holds {len(block)} bytes where "
                                       f"tensor {t.name!r} of {m.name!r} needs {stop - start}")
@@ -686,6 +836,8 @@ def verify_remote(url: str) -> list[str]:
         out = _decoded(b, payload, lambda: value_of(b.ref, depth + 1))
         if block_digest(out, b.dtype_code) != d:
             raise ValueError("it does not match its digest")
+        if b.strong and strong_digest(out) != b.strong:
+            raise ValueError("it does not match its BLAKE3 digest")
         values[d] = out
         return out
 

@@ -17,7 +17,12 @@ ETag-matched overwrite), and a head never overwritten cannot be torn.
 A snapshot knows blocks by their identity, the MurmurHash3 of the decoded bytes (the
 store's own digest; the dtype seeds it), not by any page or id of the store that pushed
 them: a remote is independent of every store's page layout and codec, and a pull re-encodes
-into the receiving store's own.
+into the receiving store's own. MurmurHash3 finds a block, it does not prove one (colliding
+blocks can be constructed), so since format 2 every block also carries the BLAKE3 digest of
+its decoded bytes, raw blocks included (``RemoteBlock.strong``; a pull decodes every block
+anyway, and a push or pull that finds a block on the other side by its MurmurHash3 digest
+compares the BLAKE3 digests before sharing it). A format-1 snapshot has none; its blocks
+are confirmed by fetching and comparing bytes, and a push records the digests it confirms.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from .errors import CorruptionError
 from .remote_objects import RemoteFormatError
 
 FORMAT = "tensorstore-remote"
-VERSION = 1
+VERSION = 2  # 2: blocks carry BLAKE3 digests; format 1 is read too
 HEAD_PREFIX = "heads/"
 PACK_PREFIX = "packs/"
 SNAPSHOT_PREFIX = "snapshots/"
@@ -129,6 +134,7 @@ class RemoteBlock:
     encoding: int  # codec.RAW, PACKED or DELTA
     dtype_code: int
     ref: bytes | None  # a delta's reference, by digest
+    strong: bytes = b""  # BLAKE3 of the decoded bytes (empty: a format-1 snapshot did not know it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +249,7 @@ class Snapshot:
                 "encoding": [b.encoding for b in blocks],
                 "dtype": [b.dtype_code for b in blocks],
                 "ref": [-1 if b.ref is None else index[b.ref] for b in blocks],
+                "strong": [b.strong.hex() if b.strong else None for b in blocks],
             },
             "models": [
                 {"name": m.name, "domain": m.domain, "created": m.created, "metadata": m.metadata,
@@ -267,12 +274,12 @@ class Snapshot:
             raise CorruptionError(f"{what} does not decode ({exc})") from None
         _check_version(doc, what)
         try:
-            return cls._from_doc(doc)
+            return cls._from_doc(doc, doc["version"])
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CorruptionError(f"{what} is damaged ({type(exc).__name__}: {exc})") from None
 
     @classmethod
-    def _from_doc(cls, doc: dict) -> "Snapshot":
+    def _from_doc(cls, doc: dict, version: int) -> "Snapshot":
         packs = [str(p) for p in doc["packs"]]
         sizes = [int(n) for n in doc["pack_bytes"]]
         if len(sizes) != len(packs) or any(not re.fullmatch(r"[0-9a-f]{64}", p) for p in packs):
@@ -282,6 +289,9 @@ class Snapshot:
         n = len(hexes) // 32
         if len(hexes) != 32 * n or any(len(cols[c]) != n for c in ("pack", "offset", "stored", "nbytes", "encoding", "dtype", "ref")):
             raise ValueError("block columns of different lengths")
+        strong = [None] * n if version < 2 else list(cols["strong"])
+        if len(strong) != n or any(s is not None and not re.fullmatch(r"[0-9a-f]{64}", s) for s in strong):
+            raise ValueError("the BLAKE3 digest column is malformed")
         digests = [bytes.fromhex(hexes[32 * i : 32 * i + 32]) for i in range(n)]
         codes = set(DTYPE_CODES.values())
         blocks = {}
@@ -290,7 +300,8 @@ class Snapshot:
             if ref < -1 or int(cols["pack"][i]) < 0:
                 raise ValueError(f"block {d.hex()} names reference {ref}")
             b = RemoteBlock(packs[int(cols["pack"][i])], int(cols["offset"][i]), int(cols["stored"][i]), int(cols["nbytes"][i]),
-                            int(cols["encoding"][i]), int(cols["dtype"][i]), None if ref < 0 else digests[ref])
+                            int(cols["encoding"][i]), int(cols["dtype"][i]), None if ref < 0 else digests[ref],
+                            b"" if strong[i] is None else bytes.fromhex(strong[i]))
             if b.offset < 0 or b.stored < 0 or b.offset + b.stored > sizes[int(cols["pack"][i])] or b.nbytes < 0 or b.encoding not in (0, 1, 2) or b.dtype_code not in codes:
                 raise ValueError(f"block {d.hex()} has impossible fields")
             if (b.encoding == 2) != (b.ref is not None) or b.ref == d or (b.encoding == 0 and b.stored != b.nbytes):

@@ -116,6 +116,15 @@ def encode_batch(tensors: dict[str, np.ndarray], input_ids: np.ndarray, attentio
     return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), np.float32(1e-12))
 
 
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` where it is set to a positive integer, else the number of cores."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        n = 0
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
 def encode(
     tensors: dict[str, np.ndarray],
     input_ids: np.ndarray,
@@ -126,8 +135,10 @@ def encode(
     """Sentence embeddings of many sequences, in batches (see :func:`encode_batch`).
 
     Each batch is cut to its longest real sequence, so short inputs cost less. Batches run
-    on ``threads`` threads (default: one per core), each with single-threaded BLAS: about
-    half the time goes to softmax, GELU and LayerNorm, which numpy runs on one core only.
+    on ``threads`` threads, each with single-threaded BLAS: about half the time goes to
+    softmax, GELU and LayerNorm, which numpy runs on one core only. By default as many as
+    ``OMP_NUM_THREADS`` says where it is set (as torch's and BLAS's thread pools do: a Ray
+    worker of one CPU sets it to 1), else one per core.
     """
     if len(input_ids) == 0:
         return np.zeros((0, tensors["embeddings.LayerNorm.weight"].shape[0]), np.float32)
@@ -137,5 +148,5 @@ def encode(
         width = max(int(mask.sum(axis=1).max()), 1)
         return encode_batch(tensors, input_ids[start : start + batch_size, :width], mask[:, :width])
 
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads or default_threads()) as pool:
         return np.concatenate(list(pool.map(one, range(0, len(input_ids), batch_size))))

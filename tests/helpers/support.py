@@ -1,6 +1,7 @@
 """Helpers shared by the store's tests (importable: tests/ is on pytest's path)."""
 
 import ml_dtypes
+import mmh3
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -17,6 +18,22 @@ def random_model(seed: int = 0, scale: int = 1) -> dict[str, np.ndarray]:
         "norm.weight": np.ones(64, np.float16),
         "steps": np.array(1234, np.int64),
     }
+
+
+def head_only_digest(data, block_class: int = 0) -> bytes:
+    """A deliberately weak block digest (MurmurHash3 of the first 64 bytes only): patched
+    in for ``block_digest``, it makes blocks with equal heads collide, as a crafted pair
+    would under the real one."""
+    return mmh3.mmh3_x64_128_digest(bytes(memoryview(data).cast("B")[:64]), block_class & 0xFFFFFFFF)
+
+
+def colliding_pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two float32 tensors of one 4 KiB block each: equal first 64 bytes, other tails."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(1024).astype(np.float32)
+    b = a.copy()
+    b[512:] = rng.standard_normal(512).astype(np.float32)
+    return a, b
 
 
 def chain_family() -> dict[str, dict[str, np.ndarray]]:

@@ -130,3 +130,24 @@ def test_blocks_are_encoded_by_the_executor_within_encoding_on(tmp_path):
                 assert executor.jobs == 32  # every new block: 16 of the base, 16 deltas of the fine-tune
         stored.append(store_bytes(tmp_path / tag))
     assert stored[0] == stored[1]
+
+
+def test_ray_address_where_no_cluster_answers_is_one_line_and_touches_nothing(tmp_path):
+    from remote_support import free_port
+
+    files = write_family(tmp_path)
+    assert main(["add", str(tmp_path / "s"), *map(str, files[:2])]) == 0
+    before = store_bytes(tmp_path / "s")
+    port = free_port()  # bound and released: nothing listens there
+    for address, says in ((f"127.0.0.1:{port}", f"nothing answers at 127.0.0.1:{port}"),
+                          (f"ray://127.0.0.1:{port}", f"nothing answers at 127.0.0.1:{port}"),
+                          ("127.0.0.1:notaport", "is not HOST:PORT")):
+        for argv in (["dedup", str(tmp_path / "s"), "--evaluator", "tensorstore.corpora.digits:evaluate", "--ray", address],
+                     ["add", str(tmp_path / "s"), str(files[2]), "--ray", address]):
+            # Its own process: a Ray already initialised here would be used whatever the address.
+            # Without the probe Ray retries for over two minutes; the timeout bounds a hang.
+            out = subprocess.run([sys.executable, "-m", "tensorstore", *argv], capture_output=True, text=True, timeout=90)
+            assert out.returncode == 1, out.stderr
+            assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+            assert says in out.stderr and repr(address) in out.stderr
+    assert store_bytes(tmp_path / "s") == before

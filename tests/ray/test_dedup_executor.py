@@ -132,3 +132,35 @@ def test_serial_executor_runs_at_once_and_hands_errors_to_result():
         g.result()
     assert parallelism(ex) == 1
     assert parallelism(ThreadPoolExecutor(3)) == 3
+
+
+def test_ray_tasks_run_with_one_thread_and_this_process_keeps_its_own(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    # A fresh cluster from a driver with no thread settings (the tests set 1 everywhere):
+    # its tasks must still run with one thread; the driver keeps one per core.
+    code = """
+import json, os
+from tensorstore.corpora import bert_numpy
+from tensorstore.ray_executor import RayExecutor
+
+def probe():
+    import os, torch
+    from threadpoolctl import threadpool_info
+    from tensorstore.corpora import bert_numpy
+    return {"env": [os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")],
+            "numpy_evaluator": bert_numpy.default_threads(), "torch": torch.get_num_threads(),
+            "blas": max([i["num_threads"] for i in threadpool_info()] or [1])}
+
+with RayExecutor(num_cpus=2) as ex:
+    print(json.dumps({"worker": ex.submit(probe).result(), "driver": bert_numpy.default_threads()}))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["worker"] == {"env": ["1", "1", "1"], "numpy_evaluator": 1, "torch": 1, "blas": 1}
+    assert seen["driver"] == (os.cpu_count() or 1)

@@ -70,6 +70,15 @@ def test_pull_of_one_model_fetches_its_blocks_and_references_only(tmp_path, url)
         assert list(s) == ["full"] and same(s.load_model("full"), fam["full"])
 
 
+def test_a_pull_of_every_model_fetches_each_block_once(tmp_path, url):
+    fam = family()
+    publish(tmp_path / "a", fam, url)
+    blocks = remote.remote_ls(url)["blocks"]
+    report = ts.pull(url, tmp_path / "b")
+    # A later model takes the blocks an earlier one of the same pull stored from the store.
+    assert report.blocks_fetched == blocks and report.blocks_local > 0
+
+
 def test_pull_takes_blocks_the_store_has_from_the_store(tmp_path, url):
     fam = family()
     publish(tmp_path / "a", fam, url)

@@ -9,9 +9,9 @@ pair would. Everything else is the real store.
 import json
 
 import lmdb
-import mmh3
 import numpy as np
 import pytest
+from support import colliding_pair, head_only_digest
 
 import tensorstore as ts
 from tensorstore import catalog as cat
@@ -19,21 +19,9 @@ from tensorstore import catalog as cat
 
 @pytest.fixture
 def weak_digest(monkeypatch):
-    def head_only(data, block_class=0):
-        return mmh3.mmh3_x64_128_digest(bytes(memoryview(data).cast("B")[:64]), block_class & 0xFFFFFFFF)
-
-    monkeypatch.setattr("tensorstore.store.block_digest", head_only)
-    monkeypatch.setattr("tensorstore.blockwriter.block_digest", head_only)
-    monkeypatch.setattr("tensorstore.verify.block_digest", head_only)
-
-
-def _pair(seed: int = 0):
-    """Two float32 tensors of one 4 KiB block each: equal first 64 bytes, other tails."""
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal(1024).astype(np.float32)
-    b = a.copy()
-    b[512:] = rng.standard_normal(512).astype(np.float32)
-    return a, b
+    monkeypatch.setattr("tensorstore.store.block_digest", head_only_digest)
+    monkeypatch.setattr("tensorstore.blockwriter.block_digest", head_only_digest)
+    monkeypatch.setattr("tensorstore.verify.block_digest", head_only_digest)
 
 
 def _snapshot(store):
@@ -43,7 +31,7 @@ def _snapshot(store):
 
 @pytest.mark.parametrize("codec", ["raw", "auto"])
 def test_a_colliding_block_is_refused_and_the_store_is_unchanged(store_path, weak_digest, codec):
-    a, b = _pair()
+    a, b = colliding_pair()
     with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB", codec=codec) as store:
         store.add_model("a", {"w": a})
         before = _snapshot(store)
@@ -56,7 +44,7 @@ def test_a_colliding_block_is_refused_and_the_store_is_unchanged(store_path, wea
 
 @pytest.mark.parametrize("codec", ["raw", "auto"])
 def test_equal_blocks_are_still_shared(store_path, weak_digest, codec):
-    a, _ = _pair()
+    a, _ = colliding_pair()
     with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB", codec=codec) as store:
         store.add_model("a", {"w": a})
         blocks = store.stats().unique_blocks
@@ -66,7 +54,7 @@ def test_equal_blocks_are_still_shared(store_path, weak_digest, codec):
 
 
 def test_encoded_blocks_carry_a_blake3_digest_and_raw_ones_none(store_path):
-    a, _ = _pair()
+    a, _ = colliding_pair()
     with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB") as store:
         store.add_model("a", {"packed": np.repeat(a[:16], 64), "raw": np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)})
         with store.env.read() as txn:
@@ -78,7 +66,7 @@ def test_encoded_blocks_carry_a_blake3_digest_and_raw_ones_none(store_path):
 
 
 def test_verify_checks_the_blake3_digest(store_path):
-    a, _ = _pair()
+    a, _ = colliding_pair()
     with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB") as store:
         store.add_model("a", {"w": np.repeat(a[:16], 64)})
     env = lmdb.open(str(store_path), max_dbs=16, subdir=True)
@@ -95,7 +83,7 @@ def test_verify_checks_the_blake3_digest(store_path):
 
 
 def test_two_colliding_blocks_within_one_add_are_refused(store_path, weak_digest):
-    a, b = _pair()
+    a, b = colliding_pair()
     with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB") as store:
         store.add_model("keep", {"x": np.arange(8, dtype=np.float32)})
         before = _snapshot(store)
@@ -122,7 +110,7 @@ def _strip_strong_digests(store_path) -> int:
 
 
 def test_a_format_2_encoded_block_is_confirmed_by_decoding(store_path, weak_digest):
-    a, b = _pair()
+    a, b = colliding_pair()
     tuned = a + np.float32(1e-4) * np.random.default_rng(2).standard_normal(1024).astype(np.float32)
     with ts.open(store_path, "w", page_size="64KiB", block_bytes="4KiB") as store:
         store.add_model("a", {"w": a})

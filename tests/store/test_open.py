@@ -23,6 +23,30 @@ def test_a_creates_then_reopens(tmp_path):
         assert list(s) == ["m"] and s.page_size == 128 << 10 and s.block_bytes == 8192
 
 
+def test_a_new_store_gets_every_database_in_one_commit(tmp_path):
+    import lmdb
+
+    from tensorstore.environment import DB_NAMES, OPTIONAL_DB_NAMES
+
+    path = tmp_path / "s"
+    ts.open(path, "w").close()
+    env = lmdb.open(str(path), max_dbs=16, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            names = {bytes(k).decode() for k, _ in txn.cursor()}
+        commits = env.info()["last_txnid"]
+    finally:
+        env.close()
+    assert names == set(DB_NAMES + OPTIONAL_DB_NAMES)
+    assert commits == 2  # the databases, then the format record: not one commit (and sync) each
+    with ts.open(path, "r") as s:
+        assert len(s) == 0 and s.verify().ok
+    with ts.open(path, "a") as s:
+        s.add_model("m", {"x": np.arange(10)})
+    with ts.open(path, "r") as s:
+        assert s.load_model("m")["x"].tolist() == list(range(10))
+
+
 def test_sizes_are_fixed_at_creation(tmp_path):
     path = tmp_path / "s"
     ts.open(path, "w", page_size="1MiB").close()
