@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import lmdb
@@ -72,9 +71,6 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--block-bytes", help="block size for a new store, e.g. 64KiB")
     a.add_argument("--json", action="store_true", help="print what was added as JSON")
     _ray_flag(a, "encode new blocks in Ray workers (this process chunks, hashes and commits)")
-    a.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="encode new blocks in N local worker processes (this process chunks, hashes and commits); "
-                        "worth it for models of hundreds of MB and more")
     a.set_defaults(func=_add)
 
     ls = sub.add_parser("ls", help="list the models, with the bytes each shares")
@@ -196,20 +192,11 @@ def _ray_flag(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _executor(args):
-    """The executor ``--ray`` or ``--workers`` asks for, or None."""
-    workers = getattr(args, "workers", None)
-    if workers is not None:
-        if args.ray is not None:
-            raise _UsageError("--ray and --workers both say where to encode: give one")
-        if workers < 1:
-            raise _UsageError(f"--workers must be 1 or more, not {workers}")
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: a forked child would inherit this process's LMDB handles and threads
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    """The Ray executor ``--ray`` asks for, or a context that does nothing."""
     if args.ray is None:
-        return None
+        from contextlib import nullcontext
+
+        return nullcontext()
     from .ray_executor import RayExecutor
 
     return RayExecutor(args.ray or None)
@@ -238,8 +225,7 @@ def _add(args) -> int:
     added = []
     executor = _executor(args)  # before the store is touched: a missing Ray changes nothing
     try:
-        with executor or nullcontext(), open_store(args.store, "a", page_size=args.page_size,
-                                                   block_bytes=args.block_bytes) as store:
+        with executor, open_store(args.store, "a", page_size=args.page_size, block_bytes=args.block_bytes) as store:
 
             def add_all(txn) -> None:
                 # Every FILE|DIR in one transaction: one that fails leaves none of them added.
@@ -265,7 +251,7 @@ def _add(args) -> int:
                                   "new_bytes": store.state(txn).encoded_bytes - before, "files": sorted(files or ()),
                                   "skipped": list(meta.get("skipped_pickles", ()))})
 
-            if executor is None:
+            if args.ray is None:
                 store.env.write(add_all)
             else:
                 from .executor import encoding_on
@@ -441,7 +427,7 @@ def _dedup(args) -> int:
         )
     evaluate = _load_evaluator(args.evaluator) if args.evaluator else None
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    with open_store(args.store, "r" if args.dry_run else "r+") as store, _executor(args) or nullcontext() as executor:
+    with open_store(args.store, "r" if args.dry_run else "r+") as store, _executor(args) as executor:
         report = store.dedup(args.models, evaluate=evaluate, max_accuracy_drop=args.max_accuracy_drop,
                              tolerance=tolerance, dry_run=args.dry_run, progress_bar=_progress(args),
                              keep_bases=not args.replace_bases, executor=executor)

@@ -237,29 +237,3 @@ def test_a_failed_add_to_a_new_path_leaves_no_store(files, capsys):
     (d / "kept").mkdir()  # a directory the user made stays; only the store files go
     code, _, _ = run(capsys, "add", d / "kept", d / "broken.safetensors")
     assert code == 1 and (d / "kept").is_dir() and list((d / "kept").iterdir()) == []
-
-
-def test_add_with_workers_stores_what_a_serial_add_stores(files, capsys):
-    import tensorstore as ts
-
-    path, base, tuned = files
-    args = [path / "base.safetensors", path / "tuned.npz", "--block-bytes", "4KiB", "--page-size", "64KiB", "--json"]
-    assert run(capsys, "add", path / "serial", *args)[0] == 0
-    code, out, err = run(capsys, "add", path / "workers", *args, "--workers", "2")
-    assert code == 0, err
-    tables = []
-    for tag in ("serial", "workers"):
-        with ts.open(path / tag, "r") as s:
-            cat = s.catalog()
-            tables.append([cat[k].to_pylist() for k in ("blocks", "distinct_blocks")])
-            assert s.verify().ok
-            assert s.load_model("tuned")["layer.0.bias"].tobytes() == tuned["layer.0.bias"].tobytes()
-    assert tables[0] == tables[1]
-    assert {b["encoding"] for b in tables[0][1]} >= {"packed"}  # the workers chose real encodings
-
-
-@pytest.mark.parametrize("extra", [["--workers", "0"], ["--workers", "2", "--ray"]])
-def test_add_refuses_bad_workers(files, capsys, extra):
-    path, _, _ = files
-    code, _, err = run(capsys, "add", path / "s", path / "base.safetensors", *extra)
-    assert code == 2 and "--workers" in err and not (path / "s").exists()
