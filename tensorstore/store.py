@@ -82,7 +82,7 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     codec: str = "auto",
     remote: str | None = None,
     verify: bool | str = True,
-    content_refs: bool = True,
+    content_refs: bool = False,
 ) -> "Store":
     """Open (or create) the store at ``path``.
 
@@ -123,7 +123,9 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         With ``codec="auto"``, let a new block with no reference by position (a renamed
         tensor, rows moved by an insertion) be stored as a delta against the nearest
         stored block by content, found in an LSH index (:mod:`tensorstore.contentrefs`).
-        Default True; False finds references by position only.
+        Default False (references by position only): an add that looks blocks up reads
+        every stored block of their dtype and length that this handle has not coded yet,
+        so its cost grows with the store (codes are not kept in the store yet).
     remote : str, optional
         A remote's URL (:mod:`tensorstore.remote`): a model not in the store is pulled
         from it on its first ``load_model`` or ``load_tensor`` (read-through), then served
@@ -228,7 +230,7 @@ class Store:
         self.shared_cache = None  # a SharedCache when opened with shared_cache
         self._ident: bytes | None = None
         self.codec = "auto"  # how this handle writes new blocks (``open``'s ``codec``)
-        self.content_refs = True  # references found by content too (``open``'s ``content_refs``)
+        self.content_refs = False  # references found by content too (``open``'s ``content_refs``)
         self._content_index: ContentIndex | None = None  # kept between ingests: stored blocks coded once
         self.remote: str | None = None  # pulled from on a load of a missing model (``open``'s ``remote``)
 

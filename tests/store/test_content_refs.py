@@ -15,6 +15,12 @@ from tensorstore import contentrefs
 from tensorstore.corpora import derived
 
 GEOMETRY = dict(page_size="64KiB", block_bytes="4KiB")
+
+
+@pytest.fixture
+def store(store_path):
+    with ts.open(store_path, "w", content_refs=True, **GEOMETRY) as s:
+        yield s
 FLOATS = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
 
 
@@ -172,7 +178,7 @@ def test_a_damaged_reference_fails_the_add_and_changes_nothing(store_path):
         store.add_model("base", base)
         packed = next(r for r in _blocks(store, "base") if r["encoding"] == "packed")
     rewrite_block_bytes(store_path, packed["block_id"], flip_at=0)  # its plane headers
-    with ts.open(store_path, "a", **GEOMETRY) as store:
+    with ts.open(store_path, "a", content_refs=True, **GEOMETRY) as store:
         before = store.stats().to_dict()
         catalog = {n: t.to_pylist() for n, t in store.catalog().items() if n != "models"}
         with pytest.raises(ts.CorruptionError, match="does not decode"):
@@ -201,3 +207,12 @@ def test_vectors_sample_every_block_length_into_one_dimension(n, dtype, seed):
         stride *= 2
     width = -(-n // stride)
     assert np.array_equal(v[0, :width], data[::stride].astype(np.float32)) and not v[0, width:].any()
+
+
+def test_content_references_are_off_by_default(store_path):
+    rng = np.random.default_rng(8)
+    base = _base(rng)
+    with ts.open(store_path, "w", **GEOMETRY) as s:
+        s.add_model("base", base)
+        s.add_model("tuned", _renamed(_fine_tune(base, rng), "t"))
+        assert not [r for r in _blocks(s, "tuned") if r["encoding"] == "delta"]
