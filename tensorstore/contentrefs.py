@@ -24,13 +24,16 @@ row length of usual layers (multiples of 64), so blocks whose rows moved by whol
 still sample the same elements. One fixed dimension also keeps FAISS's projection cheap
 to set up (milliseconds, where 16,128 took most of a second).
 
-What it costs: nothing when no new block lacks a positional reference (a fine-tune under
+Off by default (``open(..., content_refs=True)``), because of what it costs: nothing
+when no new block lacks a positional reference (a fine-tune under
 its parent's names) or when no stored block has the class of one (a base model into an
 empty store). Otherwise one scan of the block catalog, and a code for each stored block
 of the classes asked for that the handle has not coded before (read, decoded if packed,
 sampled, projected): the indexes live in the store handle (:class:`ContentIndex`) and are
 brought in step with each ingest's snapshot, so a handle that adds many models codes each
-stored block once. ``docs/benchmarks.md`` (Content references) has the measurements.
+stored block once, but a new process codes them again: codes are not kept in the store,
+so the cost of a lookup grows with the store. ``docs/benchmarks.md`` (Content references)
+has the measurements.
 
 This module composes the store's catalog and pages with ``tensorstore_index``; the index
 knows vectors, not blocks.
@@ -52,9 +55,8 @@ from .errors import CorruptionError
 #: renamed fine-tune's block is nearest its own parent block; a third covers near ties.
 CANDIDATES = 3
 #: Largest Hamming distance (of the 64 code bits) of a proposal worth an encode attempt.
-#: Unrelated weight blocks are nearly orthogonal, about 32 bits apart (sd 4); a fine-tuned
-#: block lies a few bits from its parent's, a block sharing half its rows with a stored
-#: one about 21 (angle 60 degrees). 22 keeps the last and drops ~99% of unrelated blocks.
+#: Measured on MiniLM: a fine-tuned block lies 0-3 bits from its parent's; unrelated
+#: blocks of a layer 24-33 apart, word-embedding blocks 9-31 (their rows share a mean).
 MAX_DISTANCE = 6
 #: Elements a block is represented by (sampled with a power-of-two stride, zero-padded).
 VECTOR_DIM = 1024
