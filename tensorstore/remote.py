@@ -149,6 +149,20 @@ def _decoded(b: RemoteBlock, payload, reference) -> np.ndarray:
     return codec.decode(payload, b.nbytes, layout, ref=ref)
 
 
+def _checked(d: bytes, b: RemoteBlock, payload, reference) -> np.ndarray:
+    """``_decoded``, then checked against the block's MurmurHash3 digest ``d`` and, where
+    the snapshot has it, its BLAKE3 digest. ``ValueError`` saying what is wrong."""
+    try:
+        out = _decoded(b, payload, reference)
+    except ValueError as exc:
+        raise ValueError(f"does not decode ({exc})") from None
+    if len(out) != b.nbytes or block_digest(out, b.dtype_code) != d:
+        raise ValueError("does not match its digest (damaged)")
+    if b.strong and strong_digest(out) != b.strong:
+        raise ValueError("does not match its BLAKE3 digest (damaged, or other bytes under its MurmurHash3 digest)")
+    return out
+
+
 def _resolve(objects: Objects, snap: Snapshot, digests, have: dict[bytes, np.ndarray]) -> tuple[dict[bytes, np.ndarray], set[bytes]]:
     """The decoded bytes of ``digests``: from ``have`` (bytes at hand) or fetched from the
     remote with the references they need, each checked against its MurmurHash3 digest and,
@@ -176,14 +190,9 @@ def _resolve(objects: Objects, snap: Snapshot, digests, have: dict[bytes, np.nda
             raise CorruptionError(f"the remote {objects.shown}: block {d.hex()}'s references form a cycle")
         b = snap.blocks[d]
         try:
-            out = _decoded(b, payloads[d], lambda: value_of(b.ref, depth + 1))
+            out = _checked(d, b, payloads[d], lambda: value_of(b.ref, depth + 1))
         except ValueError as exc:
-            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} in pack {b.pack} does not decode ({exc})") from None
-        if len(out) != b.nbytes or block_digest(out, b.dtype_code) != d:
-            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} in pack {b.pack} does not match its digest (damaged)")
-        if b.strong and strong_digest(out) != b.strong:
-            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} in pack {b.pack} does not match its BLAKE3 digest "
-                                  "(damaged, or other bytes under its MurmurHash3 digest)")
+            raise CorruptionError(f"the remote {objects.shown}: block {d.hex()} in pack {b.pack} {exc}") from None
         values[d] = out
         return out
 
@@ -831,22 +840,19 @@ def verify_remote(url: str) -> list[str]:
             return values[d]
         b = snap.blocks[d]
         if depth > _MAX_DECODE_DEPTH:
-            raise ValueError("references form a cycle")
+            raise ValueError("has references that form a cycle")
         payload = memoryview(packs[b.pack])[b.offset : b.offset + b.stored]
-        out = _decoded(b, payload, lambda: value_of(b.ref, depth + 1))
-        if block_digest(out, b.dtype_code) != d:
-            raise ValueError("it does not match its digest")
-        if b.strong and strong_digest(out) != b.strong:
-            raise ValueError("it does not match its BLAKE3 digest")
-        values[d] = out
-        return out
+        values[d] = _checked(d, b, payload, lambda: value_of(b.ref, depth + 1))
+        return values[d]
 
     for d, b in snap.blocks.items():
         if b.pack in packs:
             try:
                 value_of(d)
-            except (ValueError, KeyError) as exc:
-                problems.append(f"block {d.hex()} in pack {b.pack} does not decode: {exc}")
+            except ValueError as exc:
+                problems.append(f"block {d.hex()} in pack {b.pack} {exc}")
+            except KeyError as exc:
+                problems.append(f"block {d.hex()} in pack {b.pack} does not decode: its reference {exc} is missing")
     for m in snap.models.values():
         try:
             _fetch_files(objects, m)
