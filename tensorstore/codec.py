@@ -16,9 +16,9 @@ Three encodings, chosen per block at write time, whichever is smallest:
     sign sits in the lowest bit), then split into planes and compressed as above. Where a
     fine-tune moved a weight a little, the difference is a small integer: its high bytes
     are zero. ZipLLM's BitX XORs instead; a carry out of the low mantissa bits sets the
-    XOR's higher bits, so the difference keeps fine-tuned MiniLM's deltas 4.7% smaller
-    (bf16: 15% on the test's noise). Format 3 and earlier wrote XOR deltas; they still
-    decode (a difference starts with the byte 3, which no XOR delta can).
+    XOR's higher bits, so the difference keeps fine-tuned MiniLM's deltas 4.4-4.7% smaller
+    (``docs/benchmarks.md``, Encoded blocks). Format 3 and earlier wrote XOR deltas; they
+    still decode (a difference starts with the byte 3, which no XOR delta can).
 
 Every encoding is lossless, bit for bit, for every dtype (NaN payloads, -0.0, subnormals):
 the transforms are permutations of bits, XOR and addition modulo 2^bits. An encoded
@@ -144,6 +144,7 @@ def _split(data, layout: Layout) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 _SIGNED = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+_PLAIN = {w: Layout(w, False) for w in _UINT}  # a difference's planes: whole integers, no rotation
 
 
 def _difference(data, ref, layout: Layout) -> tuple[list[np.ndarray], np.ndarray]:
@@ -158,7 +159,7 @@ def _difference(data, ref, layout: Layout) -> tuple[list[np.ndarray], np.ndarray
     s <<= 1
     s ^= sign
     tail = np.frombuffer(data, dtype=np.uint8, offset=whole) ^ np.frombuffer(ref, dtype=np.uint8, offset=whole)
-    return _planes(z, Layout(width, False)), tail
+    return _planes(z, _PLAIN[width]), tail
 
 
 def encode(data, layout: Layout, ref=None) -> bytes:
@@ -284,18 +285,22 @@ def decode(payload, n: int, layout: Layout, ref=None, out: np.ndarray | None = N
     return out
 
 
+def _unpacked(payload, n: int, layout: Layout, out: np.ndarray) -> np.ndarray:
+    """A ``packed`` payload (no reference) decoded into ``out``."""
+    return _interleave(*_unpack(payload, n, layout), layout, out)
+
+
 def _add_difference(payload, n: int, layout: Layout, ref, out: np.ndarray, ref_payload) -> np.ndarray:
     """``out`` = the reference + the zigzag differences of ``payload``."""
     width = layout.width
     whole = n - n % width
     if ref_payload is not None:
-        planes, tail = _unpack(ref_payload, n, layout)
-        _interleave(planes, tail, layout, out)
+        _unpacked(ref_payload, n, layout, out)
     else:
         out[:] = np.frombuffer(ref, dtype=np.uint8, count=n)
-    planes, tail = _unpack(payload, n, Layout(width, False))
-    z = _interleave(planes, np.empty(0, dtype=np.uint8), Layout(width, False), np.empty(whole, dtype=np.uint8))
-    z = z.view(_UINT[width])
+    plain = _PLAIN[width]
+    planes, tail = _unpack(payload, n, plain)
+    z = _interleave(planes, np.empty(0, dtype=np.uint8), plain, np.empty(whole, dtype=np.uint8)).view(_UINT[width])
     low = z & 1
     z >>= 1
     np.negative(low, out=low)  # 0 or every bit set
@@ -323,7 +328,7 @@ def _choose(data, layout: Layout, refs: list[tuple[object, int]]) -> tuple[int, 
     for i, (ref, encoding) in enumerate(refs):
         if len(ref) != n and encoding == RAW:
             raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {n} bytes)")
-        raw = ref if encoding == RAW else _interleave(*_unpack(ref, n, layout), layout, np.empty(n, dtype=np.uint8))
+        raw = ref if encoding == RAW else _unpacked(ref, n, layout, np.empty(n, dtype=np.uint8))
         z = _DIFF + _pack(*_difference(data, raw, layout))
         if len(z) <= limit:
             best, payload, which, limit = DELTA, z, i, len(z)
@@ -340,9 +345,9 @@ def _choose(data, layout: Layout, refs: list[tuple[object, int]]) -> tuple[int, 
 #
 # In the calling thread. zstd calls through cffi let go of the GIL (``zstdframes``), but a
 # block's work is many short calls with numpy copies between them, and on two threads the
-# GIL went back and forth more than the work overlapped: MiniLM's full fine-tune (1,443
-# new blocks) was added at 0.09-0.10 GB/s on two threads against 0.17-0.19 in one, and
-# loaded in 0.33-0.44 s against 0.27-0.31 (2-core VM, other work paused, 2026-12-02).
+# GIL went back and forth more than the work overlapped: ``python -m
+# tensorstore.bench.codec_speed`` decodes a delta in 168-178 us in one thread against
+# 278-302 on two, and chooses one in 234-248 against 274-397 (docs/benchmarks.md).
 
 @dataclass(frozen=True, slots=True)
 class Job:
