@@ -129,27 +129,27 @@ static int unpack(const uint8_t *p, size_t len, size_t n, int width, void *dctx,
 /* Elements from planes. Modes: 0 store, 1 store un-rotated (a float's planes), 2 add the
  * zigzag-decoded value to what `out` holds (a difference). One loop per width and mode,
  * so that the compiler sees constants. */
-#define GATHER2(i) ((uint16_t)(pl[0][i] | (uint16_t)pl[1][i] << 8))
-#define GATHER4(i) ((uint32_t)pl[0][i] | (uint32_t)pl[1][i] << 8 | (uint32_t)pl[2][i] << 16 | (uint32_t)pl[3][i] << 24)
-#define GATHER8(i) ((uint64_t)GATHER4(i) | ((uint64_t)pl[4][i] | (uint64_t)pl[5][i] << 8 | (uint64_t)pl[6][i] << 16 \
-                                           | (uint64_t)pl[7][i] << 24) << 32)
+#define GATHER2(P, i) ((uint16_t)(P[0][i] | (uint16_t)P[1][i] << 8))
+#define GATHER4(P, i) ((uint32_t)P[0][i] | (uint32_t)P[1][i] << 8 | (uint32_t)P[2][i] << 16 | (uint32_t)P[3][i] << 24)
+#define GATHER8(P, i) ((uint64_t)GATHER4(P, i) | ((uint64_t)P[4][i] | (uint64_t)P[5][i] << 8 | (uint64_t)P[6][i] << 16 \
+                                                 | (uint64_t)P[7][i] << 24) << 32)
 
 #define INTERLEAVE(T, BITS, GATHER)                                                          \
     static void interleave##BITS(const uint8_t *const pl[], size_t count, int mode, uint8_t *out) { \
         if (mode == 0) {                                                                     \
             for (size_t i = 0; i < count; i++) {                                             \
-                T w = GATHER(i);                                                             \
+                T w = GATHER(pl, i);                                                             \
                 memcpy(out + i * sizeof(T), &w, sizeof(T));                                  \
             }                                                                                \
         } else if (mode == 1) {                                                              \
             for (size_t i = 0; i < count; i++) {                                             \
-                T w = GATHER(i);                                                             \
+                T w = GATHER(pl, i);                                                             \
                 w = (T)(w >> 1 | w << (BITS - 1));                                           \
                 memcpy(out + i * sizeof(T), &w, sizeof(T));                                  \
             }                                                                                \
         } else {                                                                             \
             for (size_t i = 0; i < count; i++) {                                             \
-                T z = GATHER(i), w;                                                          \
+                T z = GATHER(pl, i), w;                                                      \
                 memcpy(&w, out + i * sizeof(T), sizeof(T));                                  \
                 w = (T)(w + ((z >> 1) ^ (T)(0 - (z & 1))));                                  \
                 memcpy(out + i * sizeof(T), &w, sizeof(T));                                  \
@@ -159,6 +159,22 @@ static int unpack(const uint8_t *p, size_t len, size_t n, int width, void *dctx,
 INTERLEAVE(uint16_t, 16, GATHER2)
 INTERLEAVE(uint32_t, 32, GATHER4)
 INTERLEAVE(uint64_t, 64, GATHER8)
+
+/* A difference against a packed reference in one pass: out = the reference's elements
+ * (from its planes `rp`, un-rotated if `rotate`) + the zigzag-decoded planes `pl`. */
+#define ADD_TO_PLANES(T, BITS, GATHER)                                                       \
+    static void add_to_planes##BITS(const uint8_t *const pl[], const uint8_t *const rp[], size_t count, \
+                                    int rotate, uint8_t *out) {                              \
+        for (size_t i = 0; i < count; i++) {                                                 \
+            T z = GATHER(pl, i), w = GATHER(rp, i);                                          \
+            if (rotate) w = (T)(w >> 1 | w << (BITS - 1));                                   \
+            w = (T)(w + ((z >> 1) ^ (T)(0 - (z & 1))));                                      \
+            memcpy(out + i * sizeof(T), &w, sizeof(T));                                      \
+        }                                                                                    \
+    }
+ADD_TO_PLANES(uint16_t, 16, GATHER2)
+ADD_TO_PLANES(uint32_t, 32, GATHER4)
+ADD_TO_PLANES(uint64_t, 64, GATHER8)
 
 static void interleave(const uint8_t *const pl[], size_t count, int width, int mode, uint8_t *out) {
     switch (width) {
@@ -198,15 +214,21 @@ static int decode_block(const uint8_t *p, size_t len, size_t n, int width, int i
     if (ref == NULL) return unpacked(p, len, n, width, is_float, dctx, work, out, e);
     if (len > 0 && p[0] == DIFF) {
         /* out = the reference + the differences; tails XOR-ed */
-        if (ref_packed) {
-            if (unpacked(ref, ref_len, n, width, is_float, dctx, ref_work, out, e)) return -1;
-        } else {
-            memcpy(out, ref, n);
-        }
-        const uint8_t *planes[MAX_WIDTH], *tail;
+        const uint8_t *planes[MAX_WIDTH], *tail, *ref_planes[MAX_WIDTH], *ref_tail = ref + whole;
+        if (ref_packed && unpack(ref, ref_len, n, width, dctx, ref_work, ref_work + (size_t)width * count, ref_planes,
+                                 &ref_tail, e))
+            return -1;
         if (unpack(p + 1, len - 1, n, width, dctx, work, work + (size_t)width * count, planes, &tail, e)) return -1;
-        interleave(planes, count, width, 2, out);
-        for (size_t i = whole; i < n; i++) out[i] ^= tail[i - whole];
+        int rotate = is_float && width > 1;
+        if (ref_packed && width == 2) add_to_planes16(planes, ref_planes, count, rotate, out);
+        else if (ref_packed && width == 4) add_to_planes32(planes, ref_planes, count, rotate, out);
+        else if (ref_packed && width == 8) add_to_planes64(planes, ref_planes, count, rotate, out);
+        else {
+            if (ref_packed) interleave(ref_planes, count, width, rotate, out); /* width 1 */
+            else memcpy(out, ref, whole);
+            interleave(planes, count, width, 2, out);
+        }
+        for (size_t i = whole; i < n; i++) out[i] = ref_tail[i - whole] ^ tail[i - whole];
         return 0;
     }
     /* an XOR delta (format 3 and earlier): the rotation is a permutation of bits, so the

@@ -20,7 +20,7 @@ import lmdb
 
 from tensorstore_index.exact import block_digest
 
-from . import codec, dtypes
+from . import codec, dtypes, threads
 from .digests import same_bytes, strong_digest
 
 from .catalog import (
@@ -158,11 +158,14 @@ class BlockWriter:
                 refs = self._references(candidates[i], len(data), dtype_code)
                 new.append((i, key, refs))
                 jobs.append(codec.Job(data, [(self.stored_bytes(self.block(r)), self.block(r).encoding) for r in refs]))
-        for (i, key, refs), (encoding, payload, which) in zip(new, codec.choose_many(jobs, layout)):
+        chosen = codec.choose_many(jobs, layout)
+        # BLAKE3 lets go of the GIL: an encoded block's digest is taken on every core too
+        strongs = iter(threads.spread(strong_digest, [blocks[i] for (i, _, _), (e, _, _) in zip(new, chosen) if e != codec.RAW]))
+        for (i, key, refs), (encoding, payload, which) in zip(new, chosen):
             data = blocks[i]
             stored = data if encoding == codec.RAW else payload
             ref = refs[which] if encoding == codec.DELTA else 0
-            strong = b"" if encoding == codec.RAW else strong_digest(data)
+            strong = b"" if encoding == codec.RAW else next(strongs)
             ids[i] = self._place(stored, dtype_code, digests[i], key, len(data), encoding, ref, strong)
         for i, block_id in enumerate(ids):
             if block_id < 0:
