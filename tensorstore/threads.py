@@ -70,7 +70,10 @@ def spread(fn: Callable[[T], R], items: Sequence[T], threads: int | None = None,
         return run(items)
     pool = _helpers(k - 1)
     futures = [pool.submit(run, items[i::k]) for i in range(1, k)]
-    shares = [run(items[0::k])] + [f.result() for f in futures]
+    shares = [run(items[0::k])]
+    for i, f in enumerate(futures, 1):
+        # A share no pool thread has started (other callers keep them busy) runs here.
+        shares.append(run(items[i::k]) if f.cancel() else f.result())
     out: list[R | BaseException] = [None] * len(items)  # type: ignore[list-item]
     for i, share in enumerate(shares):
         out[i::k] = share
