@@ -421,6 +421,58 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* decode() of many blocks in one call: the GIL is let go once for the whole list. */
+static PyObject *py_decode_all(PyObject *self, PyObject *args) {
+    PyObject *items, *seq;
+    unsigned long long dctx;
+    if (ready()) return NULL;
+    if (!PyArg_ParseTuple(args, "OK", &items, &dctx)) return NULL;
+    if ((seq = PySequence_Fast(items, "decode_all takes a list of decode() argument tuples")) == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), parsed = 0, failed = -1;
+    typedef struct {
+        Py_buffer payload, out, ref;
+        int width, is_float, ref_packed;
+    } Job;
+    Job *jobs = PyMem_Calloc(count ? count : 1, sizeof(Job));
+    Err e;
+    if (jobs == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (; parsed < count; parsed++) {
+        Job *j = &jobs[parsed];
+        PyObject *ref_obj;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, parsed), "y*w*iiOp", &j->payload, &j->out, &j->width,
+                              &j->is_float, &ref_obj, &j->ref_packed))
+            break;
+        if (check_width(j->width) || get_ref(ref_obj, &j->ref)) {
+            PyBuffer_Release(&j->payload);
+            PyBuffer_Release(&j->out);
+            break;
+        }
+    }
+    if (parsed == count) {
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < count && failed < 0; i++) {
+            Job *j = &jobs[i];
+            if (decode_block(j->payload.buf, j->payload.len, j->out.len, j->width, j->is_float, j->ref.buf, j->ref.len,
+                             j->ref_packed, (void *)(uintptr_t)dctx, j->out.buf, &e))
+                failed = i;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    for (Py_ssize_t i = 0; i < parsed; i++) {
+        PyBuffer_Release(&jobs[i].payload);
+        PyBuffer_Release(&jobs[i].out);
+        release(&jobs[i].ref);
+    }
+    PyMem_Free(jobs);
+    Py_DECREF(seq);
+    if (parsed < count) return NULL;
+    if (failed >= 0) return Py_BuildValue("(ns)", failed, e.text);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_encode(PyObject *self, PyObject *args) {
     Py_buffer data, ref;
     PyObject *ref_obj;
@@ -455,6 +507,9 @@ static PyMethodDef methods[] = {
     {"decode", py_decode, METH_VARARGS,
      "decode(payload, out, width, is_float, ref, ref_packed, dctx): codec.decode into out (writable, the block's "
      "length); ref is None or the reference as stored. Raises ValueError if the payload does not decode."},
+    {"decode_all", py_decode_all, METH_VARARGS,
+     "decode_all(jobs, dctx) -> None or (index, message): decode() of each (payload, out, width, is_float, ref, "
+     "ref_packed) tuple, in order, with the GIL let go once; stops at the first that does not decode."},
     {"encode", py_encode, METH_VARARGS,
      "encode(data, width, is_float, ref, ref_packed, cctx, dctx) -> bytes: codec.encode, packed when ref is None, "
      "else the difference against ref (as stored)."},

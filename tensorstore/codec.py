@@ -377,10 +377,6 @@ def _choose(data, layout: Layout, refs: list[tuple[object, int]]) -> tuple[int, 
 # short calls a block passed the GIL back and forth more than the work overlapped
 # (``python -m tensorstore.bench.codec_speed``, docs/benchmarks.md).
 
-def _spread(fn, items: list) -> list:
-    return threads.spread(fn, items) if KERNEL is not None else threads.spread(fn, items, threads=1)
-
-
 @dataclass(frozen=True, slots=True)
 class Job:
     """One new block to encode: its bytes and the candidate references, each as stored
@@ -405,7 +401,7 @@ def choose_many(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None
 
 def choose_jobs(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None, int]]:
     """``choose`` for each job (a task of ``choose_many`` elsewhere)."""
-    done = _spread(lambda j: _choose(j.data, layout, j.refs), jobs)
+    done = threads.spread(lambda j: _choose(j.data, layout, j.refs), jobs, threads=None if KERNEL else 1)
     for result in done:
         if isinstance(result, BaseException):
             raise result
@@ -428,11 +424,31 @@ class DecodeJob:
 def decode_many(jobs: list[DecodeJob]) -> None:
     """Decode each job into its ``out``. Raises ``ValueError`` naming the first job that
     does not decode."""
-    for job, result in zip(jobs, _spread(_decode_job, jobs)):
-        if isinstance(result, ValueError):
-            raise ValueError(f"{job.what}: {result}") from None
+    if KERNEL is None:
+        for job in jobs:
+            try:
+                _decode_job(job)
+            except ValueError as exc:
+                raise ValueError(f"{job.what}: {exc}") from None
+        return
+    for job in jobs:
+        if len(job.out) != job.out.nbytes:
+            raise ValueError(f"{job.what}: the output must be a uint8 array")
+    # Each thread decodes its share in one kernel call: no GIL between blocks.
+    args = [(j.payload, j.out, j.layout.width, j.layout.is_float, None if j.ref is None else j.ref[0],
+             j.ref is not None and j.ref[1] == PACKED) for j in jobs]
+    k = max(1, min(threads.default_threads(), len(jobs) // 4))
+    shares = threads.spread(lambda i: KERNEL.decode_all(args[i::k], zstdframes.contexts()[1]), list(range(k)),
+                            threads=k, least=1)
+    failures = []
+    for i, result in enumerate(shares):
         if isinstance(result, BaseException):
             raise result
+        if result is not None:
+            failures.append((i + k * result[0], result[1]))
+    if failures:
+        at, message = min(failures)
+        raise ValueError(f"{jobs[at].what}: {message}")
 
 
 def _decode_job(job: DecodeJob) -> None:
