@@ -138,6 +138,29 @@ def test_a_fine_tune_is_stored_as_deltas_of_its_base_found_by_itself(store):
     assert after.encodings["delta"] == len(embed)
 
 
+def test_blocks_repeated_across_runs_are_stored_once(store):
+    """Each run of blocks is encoded on other threads while the run before it is placed,
+    so a run is planned before the blocks just ahead of it are stored: a block that
+    repeats one of them must still be shared, not stored again, and so must a delta's
+    copies. Runs are 256 blocks; a tensor of 600 blocks of 1 KiB spans three."""
+    rng = np.random.default_rng(5)
+    rows = rng.standard_normal((600, 256)).astype(np.float32)
+    rows[300] = rows[10]  # the second run repeats a block of the first
+    rows[599] = rows[298]  # the third repeats one of the second
+    tied = {"a": rows, "b": rows.copy(), "c": rows[:3].copy()}  # whole tensors repeated, runs apart
+    with ts.open(store.path.parent / "runs", "w", page_size="64KiB", block_bytes="1KiB") as s:
+        s.add_model("m", tied)
+        assert s.stats().unique_blocks == 598
+        tuned = {k: v + np.float32(1e-4) for k, v in tied.items()}
+        s.add_model("tuned", tuned)
+        assert s.stats().unique_blocks == 2 * 598
+        assert s.stats().encodings["delta"] == 598
+        for name, model in (("m", tied), ("tuned", tuned)):
+            back = s.load_model(name)
+            assert {k: bits(v) for k, v in back.items()} == {k: bits(v) for k, v in model.items()}
+        assert s.verify().ok
+
+
 def test_base_names_the_parent(store):
     base, tuned = _family()
     other = {k: np.zeros_like(v) for k, v in base.items()}
