@@ -8,7 +8,7 @@ import json
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from support import DTYPES, bits, rewrite_block_bytes, snapshot, tensors
 
 import tensorstore as ts
@@ -109,6 +109,32 @@ def test_a_fine_tune_round_trips_through_deltas(tmp_path_factory, model, seed):
         store.delete_model("base")
         assert all(bits(store.load_model("tuned")[k]) == bits(v) for k, v in tuned.items())
         assert store.verify().ok
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(model=st.dictionaries(st.text(min_size=1, max_size=8).filter(str.isprintable), tensors(), min_size=1, max_size=3),
+       copies=st.integers(0, 2), run=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_runs_of_any_length_store_the_same_blocks(tmp_path_factory, monkeypatch, model, copies, run, seed):
+    """Runs of 1-3 blocks (every run planned while the one before is placed) against one
+    run per tensor: the same distinct blocks, the same encoded bytes, the same models."""
+    from tensorstore import store as store_module
+
+    model = dict(model) | {f"{k}#copy{c}": v.copy() for c in range(copies) for k, v in model.items()}
+    rng = np.random.default_rng(seed)
+    tuned = {k: _tuned(v, rng) for k, v in model.items()}
+    seen = []
+    for batch in (run, 10**6):
+        monkeypatch.setattr(store_module, "_ENCODE_BATCH", batch)
+        path = tmp_path_factory.mktemp("runs") / "store"
+        with ts.open(path, "w", page_size="16KiB", block_bytes="256B") as s:
+            s.add_model("base", model)
+            s.add_model("tuned", tuned)
+            st_ = s.stats()
+            seen.append((st_.unique_blocks, st_.encoded_bytes, dict(st_.encodings)))
+            for name, want in (("base", model), ("tuned", tuned)):
+                got = s.load_model(name)
+                assert {k: bits(v) for k, v in got.items()} == {k: bits(v) for k, v in want.items()}
+    assert seen[0] == seen[1]
 
 
 def _family(seed: int = 0, rows: int = 256):
