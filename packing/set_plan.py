@@ -46,7 +46,7 @@ from tensorstore_packing.read_bound import _aggregate, _set_of_blocks, page_budg
 from tensorstore_packing.result import PackResult, score
 from tensorstore_packing.sharing import sharing_groups
 
-_MIN_TRIES = 3  # plans made of whole blocks however short the time
+_MIN_TRIES = 3  # plans of the deterministic starts made of whole blocks, however short the time
 _BIG = 1 << 40  # above any share or room in alignment units
 
 #: Page counts tried above the pages bound (within the budget): a page more costs
@@ -65,9 +65,12 @@ def plan_family(
     seed: int = 0,
     max_pages: int | None = None,
     read_target: float = 1.1,
+    give_up_above: float | None = None,
     greedy_share: float = 0.25,
 ) -> PackResult | None:
-    """The least-objective layout the greedy finds within the page budget.
+    """The best layout the greedy starts and the descent find within the page budget:
+    the least objective among those whose mean over the models of pages read / bound
+    is at most `read_target`, or among all when none is.
 
     Parameters
     ----------
@@ -76,17 +79,26 @@ def plan_family(
     read_weight : float, default 1.0
         The objective's knob.
     time_limit : float, default 1.0
-        Seconds for the random starts (the deterministic ones always run).
+        Seconds in all: a quarter for random starts, then whole blocks for the best
+        plans, then the descent. The deterministic starts (two orders per page count)
+        and whole blocks for the best three of them always run.
     seed : int, default 0
         Seed of the random orders.
     max_pages : int, optional
         Page budget; default :func:`packing.read_bound.page_budget` (the target's).
+    read_target : float, default 1.1
+        The issue's per-model target (0: the objective alone ranks the layouts).
+    give_up_above : float, optional
+        Stop after the deterministic starts, returning None, when none of them has an
+        objective at most this (a layout to beat, with a margin).
+    greedy_share : float, default 0.25
+        Share of `time_limit` for the random starts.
 
     Returns
     -------
     PackResult or None
-        The best layout scored by :func:`packing.score`, or None when the problem has
-        no models or no blocks.
+        The best layout scored by :func:`packing.score`; None when the problem has no
+        models or no blocks, no plan fitted in whole blocks, or it gave up.
     """
     if not problem.n_models or not problem.n_blocks:
         return None
@@ -100,26 +112,39 @@ def plan_family(
         amounts = _Greedy(family, n_pages).run(order, spread, rng)
         plans.setdefault(amounts.tobytes(), (family.relaxed_rank(amounts, read_target), amounts))
 
+    found: list[PackResult] = []
+    realized: set[bytes] = set()
+
+    def make(key: bytes, amounts: np.ndarray) -> None:
+        realized.add(key)
+        try:
+            page_of = _realize(family, amounts, budget)
+        except InvalidProblemError:  # whole blocks did not fit the cut layout
+            return
+        found.append(score(problem, page_of, read_weight=read_weight))
+
+    def by_rank() -> list[tuple[bytes, np.ndarray]]:
+        items = sorted(plans.items(), key=lambda item: item[1][0])
+        return [(key, amounts) for key, (_, amounts) in items if key not in realized]
+
     counts = range(lowest, max(min(budget, lowest + _EXTRA_PAGES), lowest) + 1)
     for n_pages in counts:
         for key in ("rate", "size"):
             attempt(n_pages, family.order(key))
+    for key, amounts in by_rank()[:_MIN_TRIES]:
+        make(key, amounts)
+    if give_up_above is not None and min((r.cost for r in found), default=np.inf) > give_up_above:
+        return None  # the family's shape is not one these layouts suit
     rng = random.Random(seed)
     phase = time.perf_counter() + time_limit * greedy_share
     while time.perf_counter() < phase:
         attempt(rng.choice(counts), family.order("random", rng), rng.choice(_SPREAD), rng)
     # whole blocks for the plans that look best by pages and model reads
-    found: list[PackResult] = []
     phase = time.perf_counter() + (deadline - time.perf_counter()) / 2
-    for tried, (_, amounts) in enumerate(sorted(plans.values(), key=lambda item: item[0])):
-        # past the time, stop once one layout is made (or a few failed to fit)
-        if time.perf_counter() >= phase and (found or tried >= _MIN_TRIES):
+    for key, amounts in by_rank():
+        if time.perf_counter() >= phase:
             break
-        try:
-            page_of = _realize(family, amounts, budget)
-        except InvalidProblemError:  # whole blocks did not fit the cut layout
-            continue
-        found.append(score(problem, page_of, read_weight=read_weight))
+        make(key, amounts)
     if not found:
         return None
 
