@@ -20,15 +20,23 @@ This module builds such layouts directly:
 * *Whole blocks* (:func:`_realize`): each set's sharing groups (blocks read by the same
   tensors) go whole, largest first, to the page whose share of that set they fill most
   tightly; only groups that fit no share whole are cut.
-* *Many starts*: page counts from the pages bound to the target's budget, and orders
-  of sibling sets (by model rate, by size, at random) until the time is up; every
-  layout is scored exactly by :func:`packing.score` (the objective of
-  :mod:`packing.objective`) and the least kept.
+* *Many starts*: page counts from the pages bound to the target's budget (at most 4
+  above the bound), siblings ordered by the models' rates and by size, then random
+  orders (and a random chance of spreading a set rather than giving it a page) for a
+  quarter of the time; the plans that look best by pages and model reads are made of
+  whole blocks and scored exactly by :func:`packing.score` (the objective of
+  :mod:`packing.objective`).
+* *Descent* (:func:`_descend`): pieces (one sharing group's blocks on one page) move
+  to the page where the objective falls most, best layouts first, until time is up.
 
-A local search over the relaxation (moves, evacuations and swaps of a set's pieces,
-scored by pages, model reads and one tensor read per cut) was tried here and dropped:
-its layouts scored worse once made of whole blocks than the greedy's (measured in
-``docs/packing.md``).
+Layouts whose mean over the models of pages read / bound is within `read_target` (the
+issue's 1.1) rank first, then by objective: on that family the least objective found
+sometimes stores a page fewer and misses the target.
+
+Dropped after measuring (``docs/packing.md``): a local search over the cut layout
+(moves, evacuations and swaps of a set's pieces), whose layouts scored worse once made of
+whole blocks than the greedy's; CP-SAT on the cut layout from the greedy's, better on
+some seeds and worse on others.
 """
 
 from __future__ import annotations
