@@ -192,7 +192,8 @@ def _family_layout(
     seconds = options.family_time_limit
     if seconds <= 0 or options.time_limit <= 0 or not problem.n_models or not problem.n_blocks:
         return None
-    if model_set_count(problem) * page_budget(problem) > options.family_max_cells:
+    budget = page_budget(problem)
+    if budget > options.family_max_cells or model_set_count(problem) * budget > options.family_max_cells:
         return None
     current = score(problem, page_of, read_weight=read_weight)
     found = plan_family(

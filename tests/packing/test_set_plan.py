@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tensorstore_packing import EncodedSizes, TwoStageOptions, generate, pack, page_budget, score
-from tensorstore_packing.set_plan import _descend, _Family, _Greedy, _realize, plan_family
+from tensorstore_packing import EncodedSizes, TwoStageOptions, generate, pack, page_budget, plan_family, score
+from tensorstore_packing.read_bound import _aggregate, model_set_count
+from tensorstore_packing.set_plan import _descend, _Family, _Greedy, _realize
 from tests.packing.helpers import check_result, problems
 
 
@@ -30,6 +31,8 @@ def small_family():
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=problems())
 def test_family_layouts_are_valid_and_within_the_page_target(problem):
+    if problem.n_models:  # the bit-mask count agrees with the sets the plan works on
+        assert model_set_count(problem) == len(_aggregate(problem, exact=False)[0])
     found = plan_family(problem, time_limit=0.02)
     if not problem.n_models or not problem.n_blocks:
         assert found is None
