@@ -31,6 +31,7 @@ from tensorstore_packing.objective import DEFAULT_READ_WEIGHT
 from tensorstore_packing.problem import DEFAULT_ALIGNMENT, PackingProblem
 from tensorstore_packing.read_bound import ReadsBound, model_reads_bound, page_budget, realize
 from tensorstore_packing.result import ModelReads, PackResult, SolverReport, score
+from tensorstore_packing.set_plan import plan_family
 from tensorstore_packing.two_stage import TwoStageOptions
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "pack",
     "page_budget",
     "pages_lower_bound",
+    "plan_family",
     "realize",
     "score",
 ]

@@ -50,12 +50,14 @@ def compare(
     encoded: bool = False,
     reads_bound: float | None = None,
     plan_time_limit: float = 0.0,
+    family_time_limit: float = TwoStageOptions().family_time_limit,
 ) -> dict[str, object]:
     """Run every algorithm on one generated instance (``encoded``: blocks of
     :meth:`EncodedSizes.typical` sizes, each delta read with its reference);
     ``reads_bound``: also bound the per-model reads within the page target, with CP-SAT
     for that many seconds (the relaxation: a lower bound); ``plan_time_limit``: seconds
-    of Two-Stage's model-set plan (:class:`TwoStageOptions`).
+    of Two-Stage's model-set plan, ``family_time_limit`` of its family layout
+    (:class:`TwoStageOptions`).
 
     Returns
     -------
@@ -67,7 +69,9 @@ def compare(
         block_bytes=block_bytes, page_bytes=page_bytes, encoded=EncodedSizes.typical() if encoded else None,
     )
     problem = instance.problem
-    options = TwoStageOptions(time_limit=time_limit, plan_time_limit=plan_time_limit)
+    options = TwoStageOptions(
+        time_limit=time_limit, plan_time_limit=plan_time_limit, family_time_limit=family_time_limit
+    )
     packed = [pack(problem, name, read_weight=read_weight, options=options) for name in algorithms]
     results = [r.summary() for r in packed]
     bound = None
@@ -141,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="encoded blocks: sizes drawn from the codec's measured output, deltas read with their references")
     parser.add_argument("--reads-bound", type=float, metavar="SECONDS",
                         help="also bound the pages read per model within the page target (CP-SAT seconds)")
+    parser.add_argument("--family-time", type=float, default=TwoStageOptions().family_time_limit, metavar="SECONDS",
+                        help="two-stage: seconds for the family layout (default %(default)s; 0: none)")
     parser.add_argument("--plan-time", type=float, default=0.0, metavar="SECONDS",
                         help="two-stage: seconds for the model-set plan (default 0: none)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -151,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--reads-bound must be a positive number of seconds")
     if not args.plan_time >= 0:
         parser.error("--plan-time must be >= 0 seconds")
+    if not args.family_time >= 0:
+        parser.error("--family-time must be >= 0 seconds")
     report = compare(
         args.blocks,
         seed=args.seed,
@@ -165,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         encoded=args.encoded,
         reads_bound=args.reads_bound,
         plan_time_limit=args.plan_time,
+        family_time_limit=args.family_time,
     )
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0

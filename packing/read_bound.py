@@ -429,7 +429,13 @@ def _improve_whole(
 
 def model_set_count(problem: PackingProblem) -> int:
     """Distinct model sets (the models reading a block) among the blocks."""
-    return len(_aggregate(problem, exact=False)[0])
+    if problem.n_models > 63:
+        return len(_aggregate(problem, exact=False)[0])
+    # each block's set as a bit mask: exact, and fast where blocks are millions
+    models, blocks = model_block_pairs(problem, problem.model_ptr, problem.model_tensors)
+    masks = np.zeros(problem.n_blocks, dtype=np.uint64)
+    np.bitwise_or.at(masks, blocks, np.left_shift(np.uint64(1), models.astype(np.uint64)))
+    return int(np.unique(masks).size)
 
 
 def _set_of_blocks(problem: PackingProblem, sets: list[tuple[int, ...]]) -> np.ndarray:

@@ -13,7 +13,7 @@ from tensorstore_packing import ALGORITHMS, TwoStageOptions, pack
 from tensorstore_packing.cpsat import ClusterModel, cluster_cost, solve_cluster
 from tensorstore_packing.fit import best_fit_decreasing, next_fit
 
-FAST_CP = TwoStageOptions(time_limit=0.5, cluster_time_limit=0.1, num_workers=1)
+FAST_CP = TwoStageOptions(time_limit=0.5, cluster_time_limit=0.1, num_workers=1, family_time_limit=0.1)
 
 
 @pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a != "two-stage"])
