@@ -20,7 +20,7 @@ import lmdb
 
 from tensorstore_index.exact import block_digest
 
-from . import codec, dtypes
+from . import codec, contentcodes, dtypes
 from .digests import same_bytes, strong_digest
 
 from .catalog import (
@@ -89,6 +89,10 @@ class BlockWriter:
         self._min_open_room = pages.page_size // OPEN_ROOM_FRACTION
         self._current: int | None = None
         self._scratch = bytearray()  # where a block is copied to be hashed when no page has room
+        # Content codes of the new blocks, written with them (``contentcodes``): ids from
+        # here on are this transaction's.
+        self._first_new_id = state.next_block_id
+        self._codes = contentcodes.CodeLog()
 
     # -- references -----------------------------------------------------------------
 
@@ -124,6 +128,7 @@ class BlockWriter:
             self.reference_id(block_id)
             self._confirm(block_id, copy)  # after: it reads the record reference_id cached
             return block_id
+        self._codes.note(self.state.next_block_id, self.domain, dtype_code, copy)  # the id placing gives it
         if spot is not None:
             return self._place_at(spot[0], spot[1], at, n, dtype_code, digest, key)
         return self._place(copy, dtype_code, digest, key)
@@ -158,12 +163,19 @@ class BlockWriter:
                 refs = self._references(candidates[i], len(data), dtype_code)
                 new.append((i, key, refs))
                 jobs.append(codec.Job(data, [(self.stored_bytes(self.block(r)), self.block(r).encoding) for r in refs]))
-        for (i, key, refs), (encoding, payload, which) in zip(new, codec.choose_many(jobs, layout)):
+        try:
+            chosen = codec.choose_many(jobs, layout)
+        except ValueError as exc:  # a reference's stored payload does not decode
+            raise CorruptionError(f"a stored block does not decode ({exc}); nothing was stored: "
+                                  "`tensorstore verify STORE` names the models that hold it") from None
+        for (i, key, refs), (encoding, payload, which) in zip(new, chosen):
             data = blocks[i]
             stored = data if encoding == codec.RAW else payload
             ref = refs[which] if encoding == codec.DELTA else 0
             strong = b"" if encoding == codec.RAW else strong_digest(data)
             ids[i] = self._place(stored, dtype_code, digests[i], key, len(data), encoding, ref, strong)
+            if encoding != codec.DELTA:
+                self._codes.note(ids[i], self.domain, dtype_code, data)
         for i, block_id in enumerate(ids):
             if block_id < 0:
                 ids[i] = ids[-1 - block_id]
@@ -412,6 +424,7 @@ class BlockWriter:
                 txn.put(key, id_key(block_id), db=dbs["hashes"])
         for block_id, b in self._blocks.items():
             txn.put(id_key(block_id), encode_block(b), db=dbs["blocks"])
+        self._codes.flush(txn, dbs, self._first_new_id, self._blocks.keys(), list(self._removed.values()))
         open_ = dict(self._open)  # open pages this transaction did not touch
         for page_id, room in self._room.items():
             open_.pop(page_id, None)
