@@ -1,0 +1,418 @@
+"""Content codes kept in the store (tensorstore.contentcodes): written with the blocks they
+describe, gone with them, filed so that every code within 6 bits is found, made once for a
+store written before codes were kept, and checked by verify."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import lmdb
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import tensorstore as ts
+from tensorstore import catalog as cat
+from tensorstore import contentcodes as cc
+
+GEOMETRY = dict(page_size="64KiB", block_bytes="4KiB")
+
+
+def _model(seed: int, rows: int = 96) -> dict[str, np.ndarray]:
+    r = np.random.default_rng(seed)
+    return {
+        "embed": (r.standard_normal((rows, 64)) * 0.05).astype(np.float32),
+        "w": (r.standard_normal((64, 64)) * 0.05).astype(np.float16),
+        "bias": r.standard_normal(64).astype(np.float32),  # 256 bytes: coded
+        "scale": np.ones(8, np.float32),  # 32 bytes: below MIN_CODED_BYTES, never coded
+        "steps": np.arange(512, dtype=np.int64),  # not a float: never coded
+    }
+
+
+def _tuned(model: dict[str, np.ndarray], seed: int, prefix: str | None = None) -> dict[str, np.ndarray]:
+    r = np.random.default_rng(seed)
+    out = {}
+    for k, v in model.items():
+        if v.dtype.kind == "f":
+            v = (v.astype(np.float32) * (1 + 1e-3 * r.standard_normal(v.shape))).astype(v.dtype)
+        out[k if prefix is None else f"{prefix}/{k}"] = v
+    return out
+
+
+def codes(store) -> dict[int, tuple[tuple, int]]:
+    """Every kept code: block id -> (class, code)."""
+    with store.env.read() as txn, txn.cursor(db=store.env.dbs[cc.CODES_DB]) as cur:
+        return {cat.ID.unpack(bytes(k))[0]: cc.decode_code(cat.ID.unpack(bytes(k))[0], v) for k, v in cur}
+
+
+def coded_blocks(store) -> set[int]:
+    """The blocks that must carry a code: live, not deltas, float, at least MIN_CODED_BYTES."""
+    with store.env.read() as txn, txn.cursor(db=store.env.dbs["blocks"]) as cur:
+        out = set()
+        for k, v in cur:
+            b = cat.decode_block(cat.ID.unpack(bytes(k))[0], v)
+            if cc.coded(b):
+                out.add(b.block_id)
+        return out
+
+
+def index_entries(store) -> int:
+    with store.env.read() as txn:
+        return txn.stat(store.env.dbs[cc.INDEX_DB])["entries"]
+
+
+def assert_consistent(store) -> None:
+    kept = codes(store)
+    assert set(kept) == coded_blocks(store)
+    assert index_entries(store) == len(cc.CHUNKS) * len(kept)
+    report = store.verify()
+    assert report.ok, report.problems
+
+
+def test_codes_are_written_with_their_blocks_and_go_with_them(store_path):
+    with ts.open(store_path, "w", **GEOMETRY) as s:
+        s.add_model("a", _model(1))
+        assert_consistent(s)
+        first = codes(s)
+        # the classes that are never coded really have blocks in the store
+        rows = s.catalog()["blocks"].to_pylist()
+        assert {r["tensor"] for r in rows if r["block_id"] not in first} >= {"scale", "steps"}
+        assert {r["tensor"] for r in rows if r["block_id"] in first} == {"embed", "w", "bias"}
+        s.add_model("b", _tuned(_model(1), 2, "x"))  # renamed: deltas by content, not coded
+        assert any(r["encoding"] == "delta" for r in s.catalog()["blocks"].to_pylist() if r["model"] == "b")
+        assert_consistent(s)
+        s.add_model("c", _model(3))
+        assert_consistent(s)
+        c_blocks = {r["block_id"] for r in s.catalog()["blocks"].to_pylist() if r["model"] == "c"}
+        assert c_blocks & set(codes(s))
+        s.delete_model("c")
+        assert not (c_blocks & set(codes(s)))  # its blocks' codes went with them
+        assert_consistent(s)
+        s.delete_model("a")  # "b"'s deltas keep a's blocks alive: their codes stay
+        assert set(codes(s)) == set(first)
+        assert_consistent(s)
+        s.delete_model("b")
+        assert codes(s) == {} and index_entries(s) == 0
+        assert_consistent(s)
+
+
+def test_replacing_a_model_moves_the_codes_to_its_new_blocks(store_path):
+    with ts.open(store_path, "w", **GEOMETRY) as s:
+        s.add_model("a", _model(1))
+        old = set(codes(s))
+        s.add_model("a", _model(2), replace=True)
+        assert not (old & set(codes(s))) and codes(s)
+        assert_consistent(s)
+
+
+def test_compact_drops_the_codes_of_blocks_it_makes_deltas(store_path):
+    with ts.open(store_path, "w", codec="raw", **GEOMETRY) as s:
+        s.add_model("base", _model(1))
+        s.add_model("tuned", _tuned(_model(1), 2))
+        before = set(codes(s))
+        assert before == coded_blocks(s)  # raw blocks are coded too
+    with ts.open(store_path, "r+", **GEOMETRY) as s:
+        report = s.compact(time_limit=2)
+        assert report.encodings_after["delta"] > 0
+        after = set(codes(s))
+        assert after < before
+        assert_consistent(s)
+
+
+def test_a_crash_inside_an_add_rolls_back_blocks_and_codes_together(store_path):
+    """An add that fails after its blocks were placed (a late error inside the
+    transaction) leaves neither blocks nor codes."""
+    with ts.open(store_path, "w", **GEOMETRY) as s:
+        s.add_model("a", _model(1))
+        before = codes(s)
+        with pytest.raises(ts.InvalidArgumentError):
+            s.add_model("b", _model(2), files={"../escape": b"x"})  # rejected before the transaction
+        model = _model(3)
+        model["bad"] = np.zeros((2, 2), dtype=object)
+        with pytest.raises(ts.InvalidTensorError):
+            s.add_model("c", model)
+        assert codes(s) == before
+        assert_consistent(s)
+
+
+# -- the multi-index hash finds exactly the codes within 6 bits --------------------------
+
+
+def _flip(code: int, bits: list[int]) -> int:
+    for b in bits:
+        code ^= 1 << b
+    return code
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), flips=st.lists(st.integers(0, 9), min_size=1, max_size=30))
+def test_search_finds_every_code_within_six_bits_and_no_other(tmp_path, seed, flips):
+    rng = np.random.default_rng(seed)
+    query = int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2))
+    # codes at chosen distances from the query (bits anywhere), and unrelated ones
+    stored = [_flip(query, rng.choice(64, size=d, replace=False).tolist()) for d in flips]
+    stored += [int(x) for x in rng.integers(0, 2**63, size=20, dtype=np.int64)]
+    cls = (0, cc.FLOAT_DTYPES and next(iter(cc.FLOAT_DTYPES)), 4096)
+    env = lmdb.open(tempfile.mkdtemp(dir=tmp_path), max_dbs=3, map_size=1 << 26)  # one per example
+    dbs = {cc.CODES_DB: env.open_db(cc.CODES_DB.encode()),
+           cc.INDEX_DB: env.open_db(cc.INDEX_DB.encode(), dupsort=True, dupfixed=True)}
+    with env.begin(write=True) as txn:
+        for i, code in enumerate(stored, start=1):
+            cc.put(txn, dbs, i, cls, code)
+    with env.begin() as txn:
+        (got,) = cc.search(txn, dbs, cls, np.array([query], dtype=np.uint64), 6, k=len(stored))
+        (nearest,) = cc.search(txn, dbs, cls, np.array([query], dtype=np.uint64), 6, k=3)
+        (other,) = cc.search(txn, dbs, (1,) + cls[1:], np.array([query], dtype=np.uint64), 6, k=3)
+    env.close()
+    dist = {i: bin(code ^ query).count("1") for i, code in enumerate(stored, start=1)}
+    want = sorted((d, i) for i, d in dist.items() if d <= 6)
+    assert got == [i for _, i in want]  # all of them, nearest first, then oldest
+    assert nearest == got[:3]
+    assert other == []  # another class (domain) shares nothing
+
+
+def test_search_refuses_a_radius_the_pieces_cannot_guarantee():
+    with pytest.raises(ValueError, match="max_distance"):
+        cc.search(None, {}, (0, 0, 0), np.zeros(1, np.uint64), 7, 3)
+
+
+# -- stores written before codes were kept --------------------------------------------------
+
+
+def make_legacy(path) -> None:
+    """Turn a store into what a format-4 library left: no code tables, no marker."""
+    env = lmdb.open(str(path), max_dbs=16, map_size=1 << 34)
+    with env.begin(write=True) as txn:
+        meta = env.open_db(b"meta", txn=txn)
+        for name, flags in ((cc.CODES_DB, {}), (cc.INDEX_DB, {"dupsort": True, "dupfixed": True})):
+            txn.drop(env.open_db(name.encode(), txn=txn, **flags), delete=True)
+        txn.delete(cc.MARKER_KEY, db=meta)
+        fmt = json.loads(bytes(txn.get(b"format", db=meta)))
+        txn.put(b"format", json.dumps(fmt | {"version": 4}).encode(), db=meta)
+    env.close()
+
+
+def _family(store) -> dict[str, dict]:
+    base = _model(1, rows=256)
+    models = {"base": base, "other": _model(7, rows=256)}
+    for name, model in models.items():
+        store.add_model(name, model)
+    return models
+
+
+def test_a_store_without_codes_is_coded_once_by_the_first_add_that_looks_up(store_path):
+    with ts.open(store_path, "w", **GEOMETRY) as s:
+        models = _family(s)
+        want = coded_blocks(s)
+    make_legacy(store_path)
+    with ts.open(store_path, "r", **GEOMETRY) as s:  # read-only: readable, verifies, no tables
+        assert cc.CODES_DB not in s.env.dbs
+        assert s.verify().ok and s.load_model("base")["embed"].tobytes() == models["base"]["embed"].tobytes()
+    with ts.open(store_path, "a", content_refs=False, **GEOMETRY) as s:
+        assert cc.pending(s)
+        s.add_model("c", _model(3))  # content refs off: no backfill, but new blocks get codes
+        assert cc.pending(s) and set(codes(s)) == coded_blocks(s) - want
+        assert s.verify().ok  # the old blocks lie in the marker's range: not yet a problem
+    with ts.open(store_path, "a", **GEOMETRY) as s:
+        s.add_model("tuned", _tuned(models["base"], 5, "renamed"))
+        assert not cc.pending(s)
+        assert_consistent(s)
+        tuned = [r for r in s.catalog()["blocks"].to_pylist() if r["model"] == "tuned"]
+        deltas = [r for r in tuned if r["encoding"] == "delta"]
+        assert len(deltas) >= 0.8 * len([r for r in tuned if r["tensor"] != "renamed/steps"])
+
+
+def test_backfill_resumes_after_a_kill_and_every_step_leaves_a_store_that_verifies(store_path):
+    with ts.open(store_path, "w", **GEOMETRY) as s:
+        for i in range(6):
+            s.add_model(f"m{i}", _model(10 + i, rows=512))
+        want = coded_blocks(s)
+    make_legacy(store_path)
+    script = textwrap.dedent(
+        """
+        import sys, time, tensorstore as ts
+        from tensorstore import contentcodes as cc
+        put = cc.put
+        cc.put = lambda *a: (time.sleep(0.003), put(*a))  # a slow disk: kills land mid-backfill
+        with ts.open(sys.argv[1], "a") as s:
+            print("ready", flush=True)
+            cc.backfill(s, step_blocks=3)
+            print("done", flush=True)
+        """
+    )
+    starts = []
+    for attempt in range(40):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(store_path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.05 + 0.05 * (attempt % 4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        with ts.open(store_path, "r") as s:
+            report = s.verify()
+            assert report.ok, report.problems
+            with s.env.read() as txn:
+                m = cc.read_marker(txn, s.env.dbs)
+            if m is not None:
+                starts.append(m.todo_start)
+                kept = set(codes(s))
+                # coded: exactly the eligible blocks below the marker's start
+                assert kept == {i for i in want if i < m.todo_start or i >= m.todo_end}
+                if m.complete:
+                    break
+    assert starts == sorted(starts)  # never goes back
+    assert len(set(starts)) >= 3  # killed mid-way several times, resumed each time
+    with ts.open(store_path, "a") as s:
+        cc.backfill(s)
+        assert not cc.pending(s) and set(codes(s)) == want
+        assert_consistent(s)
+
+
+def test_codes_of_another_projection_are_made_again(store_path):
+    with ts.open(store_path, "w", **GEOMETRY) as s:
+        models = _family(s)
+        with s.env.read() as txn:
+            m = cc.read_marker(txn, s.env.dbs)
+        s.env.write(lambda txn: cc.write_marker(txn, s.env.dbs, cc.Marker("0" * 16, m.todo_start, m.todo_end)))
+        assert cc.pending(s)
+        s.add_model("tuned", _tuned(models["base"], 5, "renamed"))
+        assert not cc.pending(s)
+        assert_consistent(s)
+        assert any(r["encoding"] == "delta" for r in s.catalog()["blocks"].to_pylist() if r["model"] == "tuned")
+
+
+# -- verify ------------------------------------------------------------------------------------
+
+
+def _tamper(path, change) -> None:
+    env = lmdb.open(str(path), max_dbs=16, map_size=1 << 34)
+    with env.begin(write=True) as txn:
+        dbs = {cc.CODES_DB: env.open_db(cc.CODES_DB.encode(), txn=txn),
+               cc.INDEX_DB: env.open_db(cc.INDEX_DB.encode(), txn=txn, dupsort=True, dupfixed=True)}
+        change(txn, dbs)
+    env.close()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("drop", "has no content code"),
+    ("dangling", "not stored (a dangling code)"),
+    ("unfiled", "missing from the content index"),
+    ("garbled", "failed its checksum"),
+])
+def test_verify_names_a_missing_dangling_or_damaged_code(store_path, damage, message):
+    with ts.open(store_path, "w", **GEOMETRY) as s:
+        s.add_model("a", _model(1))
+        victim, (cls, code) = next(iter(codes(s).items()))
+
+    def change(txn, dbs):
+        if damage == "drop":
+            cc.delete(txn, dbs, victim)
+        elif damage == "dangling":
+            cc.put(txn, dbs, 10**9, cls, code ^ 1)
+        elif damage == "unfiled":
+            key = cc._index_keys(cls, code)[3]
+            txn.delete(key, cc._entry(code, victim), db=dbs[cc.INDEX_DB])
+        else:
+            value = bytearray(txn.get(cat.id_key(victim), db=dbs[cc.CODES_DB]))
+            value[0] ^= 0xFF
+            txn.put(cat.id_key(victim), bytes(value), db=dbs[cc.CODES_DB])
+
+    _tamper(store_path, change)
+    with ts.open(store_path, "r") as s:
+        report = s.verify()
+    assert not report.ok and any(message in p for p in report.problems), report.problems
+
+
+def test_a_damaged_index_entry_costs_a_proposal_not_the_add(store_path):
+    """An index entry naming a block that is gone is skipped by the lookup."""
+    with ts.open(store_path, "w", **GEOMETRY) as s:
+        base = _model(1)
+        s.add_model("base", base)
+        victim, (cls, code) = next((i, v) for i, v in codes(s).items() if v[0][2] == 4096)
+
+    _tamper(store_path, lambda txn, dbs: cc.put(txn, dbs, 10**9, cls, code))  # nearest of all: distance 0
+    with ts.open(store_path, "a") as s:
+        s.add_model("tuned", _tuned(base, 2, "x"))
+        assert any(r["encoding"] == "delta" for r in s.catalog()["blocks"].to_pylist() if r["model"] == "tuned")
+        assert 10**9 not in {r["ref_block"] for r in s.catalog()["blocks"].to_pylist()}
+
+
+# -- random sequences of adds, replaces, deletes --------------------------------------------
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.tuples(st.sampled_from(["add", "tuned", "renamed", "delete"]), st.integers(0, 3),
+                              st.integers(0, 4)), min_size=1, max_size=8),
+       codec=st.sampled_from(["auto", "raw"]))
+def test_any_sequence_of_changes_keeps_codes_and_blocks_in_step(tmp_path_factory, ops, codec):
+    path = tmp_path_factory.mktemp("codes") / "store"
+    with ts.open(path, "w", codec=codec, **GEOMETRY) as s:
+        for op, slot, seed in ops:
+            name = f"m{slot}"
+            if op == "delete":
+                if name in s:
+                    s.delete_model(name)
+                continue
+            model = _model(seed, rows=64 + 32 * seed)
+            if op != "add":
+                model = _tuned(model, seed + 100, "r" if op == "renamed" else None)
+            s.add_model(name, model, replace=True)
+        assert_consistent(s)
+
+
+# -- SIGKILL mid-write ---------------------------------------------------------------------------
+
+WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np, tensorstore as ts
+    path, seed = sys.argv[1], int(sys.argv[2])
+    rng = np.random.default_rng(seed)
+
+    def model(k):
+        r = np.random.default_rng(k % 5)
+        base = {"embed": (r.standard_normal((384, 64)) * 0.05).astype(np.float32),
+                "w": (r.standard_normal((64, 64)) * 0.05).astype(np.float16)}
+        t = np.random.default_rng(k)
+        tuned = {key: (v.astype(np.float32) * (1 + 1e-3 * t.standard_normal(v.shape))).astype(v.dtype)
+                 for key, v in base.items()}
+        return {f"v{k}/{key}": v for key, v in tuned.items()} if k >= 5 else base
+
+    with ts.open(path, "a", page_size="64KiB", block_bytes="4KiB") as s:
+        print("ready", flush=True)
+        while True:
+            k = int(rng.integers(0, 20))
+            name = f"m{k}"
+            op = rng.integers(0, 10)
+            if op == 9:
+                s.compact(time_limit=0.5)
+            elif op < 6 or name not in s:
+                s.add_model(name, model(k), replace=True)
+            else:
+                s.delete_model(name)
+    """
+)
+
+
+def test_sigkill_mid_write_never_leaves_a_code_without_its_block_or_a_block_without_its_code(tmp_path):
+    kills = int(os.environ.get("TS_KILL_POINTS", "10"))
+    path = tmp_path / "store"
+    rng = np.random.default_rng(99)
+    seen_deltas = False
+    for i in range(kills):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(i)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.05, 1.2)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        with ts.open(path, "r") as s:
+            assert_consistent(s)
+            seen_deltas |= s.stats().encodings["delta"] > 0
+    assert seen_deltas  # the writer got far enough to store renamed fine-tunes as deltas
