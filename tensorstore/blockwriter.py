@@ -92,7 +92,7 @@ class BlockWriter:
         # Content codes of the new blocks, written with them (``contentcodes``): ids from
         # here on are this transaction's.
         self._first_new_id = state.next_block_id
-        self._codes = contentcodes.CodeLog()
+        self.code_log = contentcodes.CodeLog()
 
     # -- references -----------------------------------------------------------------
 
@@ -128,7 +128,7 @@ class BlockWriter:
             self.reference_id(block_id)
             self._confirm(block_id, copy)  # after: it reads the record reference_id cached
             return block_id
-        self._codes.note(self.state.next_block_id, self.domain, dtype_code, copy)  # the id placing gives it
+        self.code_log.note(self.state.next_block_id, self.domain, dtype_code, copy)  # the id placing gives it
         if spot is not None:
             return self._place_at(spot[0], spot[1], at, n, dtype_code, digest, key)
         return self._place(copy, dtype_code, digest, key)
@@ -175,7 +175,7 @@ class BlockWriter:
             strong = b"" if encoding == codec.RAW else strong_digest(data)
             ids[i] = self._place(stored, dtype_code, digests[i], key, len(data), encoding, ref, strong)
             if encoding != codec.DELTA:
-                self._codes.note(ids[i], self.domain, dtype_code, data)
+                self.code_log.note(ids[i], self.domain, dtype_code, data, digests[i])
         for i, block_id in enumerate(ids):
             if block_id < 0:
                 ids[i] = ids[-1 - block_id]
@@ -424,7 +424,7 @@ class BlockWriter:
                 txn.put(key, id_key(block_id), db=dbs["hashes"])
         for block_id, b in self._blocks.items():
             txn.put(id_key(block_id), encode_block(b), db=dbs["blocks"])
-        self._codes.flush(txn, dbs, self._first_new_id, self._blocks.keys(), list(self._removed.values()))
+        self.code_log.flush(txn, dbs, self._first_new_id, self._blocks.keys(), list(self._removed.values()))
         open_ = dict(self._open)  # open pages this transaction did not touch
         for page_id, room in self._room.items():
             open_.pop(page_id, None)

@@ -14,11 +14,13 @@ Two databases hold them:
 ``contentcodes``   block id (u64)                     -> class, code (sealed with XXH3)
 ``contentindex``   class, chunk number, chunk bits    -> code, block id (many per key)
 
-``contentindex`` is a multi-index hash: the code is cut into :data:`CHUNKS` (7 pieces of
-9-10 bits) and the block is filed under each piece. Two codes within 6 bits differ in at
-most 6 of the 7 pieces, so they agree exactly on one (pigeonhole): the blocks within 6
-bits of a query are among those filed under the query's 7 pieces, read with 7 key
-lookups (one LMDB call) and checked by popcount. A class is (dedup domain, dtype, block
+``contentindex`` is a multi-index hash (:data:`LAYOUT`): the code is cut into 7 pieces of
+9-10 bits and the block is filed under each piece's bits. Two codes within 6 bits differ
+in at most 6 of the 7 pieces, so they agree exactly on one (pigeonhole): the blocks within
+6 bits of a query are among those filed under its 7 pieces, read with one LMDB call of 7
+keys, the entries under them checked by popcount. A class's codes are spread over 512
+values per piece, so a lookup reads about 7/512 of them (about 1,400 entries, 22 KB, in a
+class of 100,000 coded blocks; ``docs/benchmarks.md`` measures what that costs). A class is (dedup domain, dtype, block
 length): only blocks of the same class can be a delta's reference.
 
 ``meta[b"contentcodes"]`` (:class:`Marker`) names the projection the codes were made with
@@ -52,9 +54,48 @@ MARKER_KEY = b"contentcodes"
 #: Elements a block is represented by (sampled with a power-of-two stride, zero-padded).
 VECTOR_DIM = 1024
 NBITS = 64
-#: Bit widths of the pieces a code is filed under: 7 pieces, so any code within 6 bits
-#: of another agrees with it exactly on one of them.
-CHUNKS = (10, 9, 9, 9, 9, 9, 9)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How codes are filed: ``pieces`` (bit widths, summing to 64), and how many bits of
+    a piece a lookup flips (``radius``). A code within ``len(pieces) * (radius + 1) - 1``
+    bits of a query (:attr:`reach`) is within ``radius`` bits of it on one piece at least
+    (pigeonhole), so a lookup reads, per piece, the key of the query's bits and of every
+    value within ``radius`` bits of them."""
+
+    pieces: tuple[int, ...]
+    radius: int
+
+    def __post_init__(self) -> None:
+        if sum(self.pieces) != NBITS or not all(1 <= w <= 16 for w in self.pieces) or self.radius not in (0, 1):
+            raise ValueError(f"pieces {self.pieces} must be 1-16 bits each, {NBITS} in all; radius 0 or 1")
+
+    @property
+    def reach(self) -> int:
+        return len(self.pieces) * (self.radius + 1) - 1
+
+    @property
+    def shifts(self) -> tuple[int, ...]:
+        return tuple(NBITS - sum(self.pieces[: i + 1]) for i in range(len(self.pieces)))
+
+    def probes(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(piece number, XOR mask)`` of each key a lookup reads, in order."""
+        numbers, masks = [], []
+        for i, width in enumerate(self.pieces):
+            flips = [0] + ([1 << b for b in range(width)] if self.radius else [])
+            numbers += [i] * len(flips)
+            masks += flips
+        return np.array(numbers, dtype=np.uint8), np.array(masks, dtype=np.uint16)
+
+
+#: The store's layout: 7 pieces of 9-10 bits read exactly (7 keys a lookup, each holding
+#: 1/512 of a class's codes on average: about 1,400 entries read in a class of 100,000
+#: codes). Measured against 4 pieces of 16 bits probed within 1 bit (68 keys, 1/65,536
+#: each), which reads fewer entries but spends more on its 68 B-tree descents up to
+#: 10^5 codes: ``docs/benchmarks.md``, Content references.
+LAYOUT = Layout((10, 9, 9, 9, 9, 9, 9), 0)
+PIECES = LAYOUT.pieces
 #: Blocks below this many bytes are not coded: a delta of a few dozen bytes saves nothing
 #: worth a lookup, and the sign code of a handful of elements says little (every positive
 #: scalar has the same code), so such codes would crowd one bucket per class.
@@ -67,8 +108,11 @@ _BATCH = 256  # blocks projected at once
 
 _CLASS = struct.Struct(">IBI")  # domain, dtype code, decoded bytes
 _CODE = struct.Struct(">IBIQ")  # class, code
-_ENTRY = np.dtype([("key", "V12"), ("code", ">u8"), ("id", ">u8")])  # a getmulti record
-_SHIFTS = tuple(NBITS - sum(CHUNKS[: i + 1]) for i in range(len(CHUNKS)))
+MAX_FOUND = LAYOUT.reach
+_KEY_BYTES = _CLASS.size + 3  # class, piece number (u8), piece bits (u16)
+_KEY = np.dtype([("cls", f"V{_CLASS.size}"), ("piece", "u1"), ("bits", ">u2")])
+_ENTRY_BYTES = 16  # code, block id: little-endian u64s
+_RECORD = np.dtype([("key", f"V{_KEY_BYTES}"), ("code", "<u8"), ("id", "<u8")])  # a getmulti record
 
 Class = tuple[int, int, int]  # (dedup domain, dtype code, bytes)
 
@@ -94,51 +138,69 @@ _projection = None
 _fingerprint: str | None = None
 
 
-def _lsh():
-    """The fixed projection (``tensorstore_index.LSHIndex`` with seed 0: the one the
-    near-duplicate pass uses), made once per process."""
+def _matrix() -> np.ndarray:
+    """The fixed projection, ``(VECTOR_DIM, NBITS)`` float32: the random orthonormal
+    directions of ``tensorstore_index.LSHIndex`` with seed 0 (the near-duplicate pass's),
+    taken out of FAISS once per process and applied with numpy (a third of FAISS's time
+    for a batch of 256 here: it is on every new block's path)."""
     global _projection, _fingerprint
     with _projection_lock:
         if _projection is None:
+            import faiss
             import tensorstore_index as index
 
-            lsh = index.LSHIndex(VECTOR_DIM, nbits=NBITS, seed=0, keep_vectors=False)
+            rotation = index.LSHIndex(VECTOR_DIM, nbits=NBITS, seed=0, keep_vectors=False)._projection
+            a = faiss.vector_to_array(rotation.A).reshape(rotation.d_out, rotation.d_in)
+            matrix = np.ascontiguousarray(a.T, dtype=np.float32)
             probe = np.sin(np.outer(np.arange(1, 9), np.arange(VECTOR_DIM)) * 0.37).astype(np.float32)
-            _fingerprint = hashlib.blake2b(lsh.encode(probe).tobytes(), digest_size=8).hexdigest()
-            _projection = lsh
+            _fingerprint = hashlib.blake2b(np.packbits(probe @ matrix > 0, axis=1).tobytes(), digest_size=8).hexdigest()
+            _projection = matrix
         return _projection
 
 
 def fingerprint() -> str:
     """What names this process's projection: equal fingerprints, comparable codes."""
-    _lsh()
+    _matrix()
     return _fingerprint
+
+
+def _stride(n: int) -> int:
+    stride = 1
+    while -(-n // stride) > VECTOR_DIM:
+        stride *= 2
+    return stride
+
+
+def _sample_into(row: np.ndarray, data, dtype: np.dtype) -> None:
+    """Every ``s``-th element of ``data`` into ``row`` (float32, zeroed past them)."""
+    n = len(data) // dtype.itemsize
+    stride = _stride(n)
+    width = -(-n // stride)
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 past float32's range: inf, zeroed later
+        row[:width] = np.frombuffer(data, dtype=dtype, count=n)[::stride]
+    row[width:] = 0
 
 
 def vectors(blocks: list, dtype_code: int) -> np.ndarray:
     """The LSH vectors of blocks (bytes-like) of one class: every ``s``-th element (``s``
     a power of two), as float32, zero-padded to :data:`VECTOR_DIM`."""
     dtype = FLOAT_DTYPES[dtype_code]
-    n = len(blocks[0]) // dtype.itemsize
-    stride = 1
-    while -(-n // stride) > VECTOR_DIM:
-        stride *= 2
-    out = np.zeros((len(blocks), VECTOR_DIM), dtype=np.float32)
-    width = -(-n // stride)
-    with np.errstate(over="ignore", invalid="ignore"):  # float64 past float32's range: inf, zeroed below
-        for row, data in enumerate(blocks):
-            out[row, :width] = np.frombuffer(data, dtype=dtype, count=n)[::stride]
-    # A non-finite value would turn every projection NaN; as zero it only blurs the
-    # proposal, and the codec's byte count decides anyway.
-    np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    out = np.empty((len(blocks), VECTOR_DIM), dtype=np.float32)
+    for row, data in enumerate(blocks):
+        _sample_into(out[row], data, dtype)
     return out
 
 
 def project(vecs: np.ndarray) -> np.ndarray:
-    """64-bit codes (uint64) of :func:`vectors` rows."""
+    """64-bit codes (uint64) of :func:`vectors` rows: bit ``63 - j`` is the sign of the
+    projection on direction ``j``."""
     if not len(vecs):
         return np.zeros(0, dtype=np.uint64)
-    return _lsh().encode(vecs).view(">u8").ravel().astype(np.uint64)
+    # A non-finite value would turn every projection NaN; as zero it only blurs the
+    # proposal, and the codec's byte count decides anyway.
+    np.nan_to_num(vecs, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    bits = np.packbits(vecs @ _matrix() > 0, axis=1)
+    return bits.view(">u8").ravel().astype(np.uint64)
 
 
 def codes_of(blocks: list, dtype_code: int) -> np.ndarray:
@@ -156,16 +218,30 @@ def popcount(x: np.ndarray) -> np.ndarray:
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
-def _index_keys(cls: Class, code: int) -> list[bytes]:
+def _index_keys(cls: Class, code: int, layout: Layout = LAYOUT) -> list[bytes]:
+    """The keys a code is filed under: one per piece, its exact bits."""
     head = _CLASS.pack(*cls)
-    keys = []
-    for i, (width, shift) in enumerate(zip(CHUNKS, _SHIFTS)):
-        keys.append(head + bytes((i,)) + ((code >> shift) & ((1 << width) - 1)).to_bytes(2, "big"))
-    return keys
+    return [head + bytes((i,)) + ((code >> shift) & ((1 << width) - 1)).to_bytes(2, "big")
+            for i, (width, shift) in enumerate(zip(layout.pieces, layout.shifts))]
+
+
+def probe_keys(cls: Class, codes: np.ndarray, layout: Layout = LAYOUT) -> list[list[bytes]]:
+    """For each query code, the keys a lookup reads (built for all queries at once)."""
+    numbers, masks = layout.probes()
+    codes = np.asarray(codes, dtype=np.uint64)
+    bits = np.stack([(codes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+                     for width, shift in zip(layout.pieces, layout.shifts)], axis=1).astype(np.uint16)
+    keys = np.empty((len(codes), len(numbers)), dtype=_KEY)
+    keys["cls"] = _CLASS.pack(*cls)
+    keys["piece"] = numbers
+    keys["bits"] = bits[:, numbers] ^ masks
+    raw, n, size = keys.tobytes(), len(numbers), _KEY_BYTES
+    flat = [raw[i : i + size] for i in range(0, len(raw), size)]
+    return [flat[j * n : (j + 1) * n] for j in range(len(codes))]
 
 
 def _entry(code: int, block_id: int) -> bytes:
-    return code.to_bytes(8, "big") + block_id.to_bytes(8, "big")
+    return code.to_bytes(8, "little") + block_id.to_bytes(8, "little")
 
 
 def _seal(payload: bytes) -> bytes:
@@ -191,10 +267,21 @@ def available(dbs: dict) -> bool:
 
 
 def put(txn: lmdb.Transaction, dbs: dict, block_id: int, cls: Class, code: int) -> None:
-    txn.put(cat.id_key(block_id), _seal(_CODE.pack(*cls, code)), db=dbs[CODES_DB])
-    entry = _entry(code, block_id)
-    for key in _index_keys(cls, code):
-        txn.put(key, entry, db=dbs[INDEX_DB])
+    put_many(txn, dbs, [(block_id, cls, code)])
+
+
+def put_many(txn: lmdb.Transaction, dbs: dict, codes: list[tuple[int, Class, int]], layout: Layout = LAYOUT) -> None:
+    """Keep ``(block id, class, code)`` triples: the records, and the index entries in key
+    order (one LMDB call; neighbouring keys share B-tree pages)."""
+    entries = []
+    with txn.cursor(db=dbs[CODES_DB]) as cur:
+        for block_id, cls, code in codes:
+            cur.put(cat.id_key(block_id), _seal(_CODE.pack(*cls, code)))
+            entry = _entry(code, block_id)
+            entries += [(key, entry) for key in _index_keys(cls, code, layout)]
+    entries.sort()
+    with txn.cursor(db=dbs[INDEX_DB]) as cur:
+        cur.putmulti(entries, dupdata=True)
 
 
 def delete(txn: lmdb.Transaction, dbs: dict, block_id: int) -> bool:
@@ -211,27 +298,35 @@ def delete(txn: lmdb.Transaction, dbs: dict, block_id: int) -> bool:
     return True
 
 
+def has_class(txn: lmdb.Transaction, dbs: dict, cls: Class) -> bool:
+    """Whether any block of class ``cls`` is coded (one B-tree descent)."""
+    head = _CLASS.pack(*cls)
+    with txn.cursor(db=dbs[INDEX_DB]) as cur:
+        return cur.set_range(head) and bytes(cur.key()).startswith(head)
+
+
 def search(txn: lmdb.Transaction, dbs: dict, cls: Class, codes: np.ndarray, max_distance: int,
-           k: int) -> list[list[int]]:
+           k: int, layout: Layout = LAYOUT, read: list | None = None) -> list[list[int]]:
     """For each query code of class ``cls``: the ids of up to ``k`` coded blocks within
-    ``max_distance`` bits (at most 6: the pieces guarantee no more), nearest first (then
-    oldest). One LMDB call of 7 keys per query; the cost is the entries filed under them."""
-    if max_distance >= len(CHUNKS):
-        raise ValueError(f"max_distance {max_distance} exceeds what {len(CHUNKS)} pieces find")
+    ``max_distance`` bits (at most the layout's reach, :data:`MAX_FOUND`: the pieces
+    guarantee no more), nearest first (then oldest). One LMDB call per query, of the keys
+    of its pieces; the cost beyond it is the entries filed under them (their count per
+    query is appended to ``read`` if given)."""
+    if max_distance > layout.reach:
+        raise ValueError(f"max_distance {max_distance} exceeds the {layout.reach} bits the content index finds")
     out: list[list[int]] = []
     with txn.cursor(db=dbs[INDEX_DB]) as cur:
-        for q in codes.tolist():
-            found = cur.getmulti(_index_keys(cls, q), dupdata=True, dupfixed_bytes=16, keyfixed=True)
-            entries = np.frombuffer(found, dtype=_ENTRY)
-            if not len(entries):
+        for q, keys in zip(codes.tolist(), probe_keys(cls, codes, layout)):
+            found = cur.getmulti(keys, dupdata=True, dupfixed_bytes=_ENTRY_BYTES, keyfixed=True)
+            entries = np.frombuffer(found, dtype=_RECORD)
+            if read is not None:
+                read.append(len(entries))
+            hit = np.flatnonzero(popcount(entries["code"] ^ np.uint64(q)) <= max_distance) if len(entries) else ()
+            if len(hit):
+                near = {(bin(c ^ q).count("1"), i) for c, i in zip(entries["code"][hit].tolist(), entries["id"][hit].tolist())}
+                out.append([i for _, i in sorted(near)][:k])  # nearest, then oldest; a block is filed per piece
+            else:
                 out.append([])
-                continue
-            ids = entries["id"].astype(np.int64)
-            dist = popcount(entries["code"].astype(np.uint64) ^ np.uint64(q)).astype(np.int64)
-            near = dist <= max_distance
-            order = np.lexsort((ids[near], dist[near]))  # nearest, then oldest
-            picked = list(dict.fromkeys(ids[near][order].tolist()))  # a block is filed up to 7 times
-            out.append(picked[:k])
     return out
 
 
@@ -299,21 +394,29 @@ class CodeLog:
     def __init__(self) -> None:
         self._rows: dict[Class, list] = {}  # class -> [(block id, vector row)] not projected yet
         self._codes: dict[int, tuple[Class, int]] = {}  # block id -> (class, code)
+        self.known: dict[bytes, int] = {}  # content digest -> code, of blocks a lookup coded
 
-    def note(self, block_id: int, domain: int, dtype_code: int, data) -> None:
-        """A new block that is not a delta, with its decoded bytes."""
+    def note(self, block_id: int, domain: int, dtype_code: int, data, digest: bytes | None = None) -> None:
+        """A new block that is not a delta, with its decoded bytes (and its content
+        digest: a block looked up by content was coded then, and is not coded again)."""
         if not eligible(dtype_code, len(data)):
             return
         cls = (domain, dtype_code, len(data))
+        code = self.known.get(digest) if digest is not None else None
+        if code is not None:
+            self._codes[block_id] = (cls, code)
+            return
         rows = self._rows.setdefault(cls, [])
-        rows.append((block_id, vectors([data], dtype_code)[0]))  # sampled now: ``data`` may be a reused buffer
+        row = np.empty(VECTOR_DIM, dtype=np.float32)
+        _sample_into(row, data, FLOAT_DTYPES[dtype_code])  # sampled now: ``data`` may be a reused buffer
+        rows.append((block_id, row))
         if len(rows) >= _BATCH:
             self._project(cls)
 
     def _project(self, cls: Class) -> None:
         rows = self._rows.pop(cls, [])
         if rows:
-            codes = project(np.stack([r for _, r in rows]))
+            codes = project(np.stack([r for _, r in rows]))  # one matrix product a batch
             for (block_id, _), code in zip(rows, codes.tolist()):
                 self._codes[block_id] = (cls, code)
 
@@ -330,8 +433,7 @@ class CodeLog:
         current_marker(txn, dbs, first_new_id)
         for b in old:
             delete(txn, dbs, b.block_id)  # a block still to be backfilled has none: nothing to do
-        for block_id, (cls, code) in new.items():
-            put(txn, dbs, block_id, cls, code)
+        put_many(txn, dbs, [(block_id, cls, code) for block_id, (cls, code) in new.items()])
 
 
 def prune(txn: lmdb.Transaction, dbs: dict) -> int:
@@ -405,8 +507,7 @@ def backfill(store, step_blocks: int = BACKFILL_STEP_BLOCKS) -> int:
                 except (ValueError, CorruptionError) as exc:
                     raise CorruptionError(f"a stored block does not decode while its content code is made ({exc}); "
                                           "`tensorstore verify STORE` names the models that hold it") from None
-                for b, code in zip(chunk, codes_of(list(data), cls[1]).tolist()):
-                    put(txn, dbs, b.block_id, cls, code)
+                put_many(txn, dbs, [(b.block_id, cls, code) for b, code in zip(chunk, codes_of(list(data), cls[1]).tolist())])
         done = last + 1 >= m.todo_end
         write_marker(txn, dbs, Marker(m.projection, m.todo_end if done else last + 1, m.todo_end))
         return done, count
@@ -423,7 +524,7 @@ def backfill(store, step_blocks: int = BACKFILL_STEP_BLOCKS) -> int:
 
 def check(txn: lmdb.Transaction, dbs: dict, blocks: dict[int, cat.BlockRecord], problem) -> None:
     """``verify``'s part: every code names a stored, coded block of its class and is filed
-    under its 7 pieces; every coded block outside the marker's range has a code; the index
+    under each of its pieces; every coded block outside the marker's range has a code; the index
     holds nothing else."""
     if not available(dbs):
         return
@@ -458,8 +559,8 @@ def check(txn: lmdb.Transaction, dbs: dict, blocks: dict[int, cat.BlockRecord], 
             if not all(index.set_key_dup(key, entry) for key in _index_keys(cls, code)):
                 problem(f"the content code of block {block_id} is missing from the content index")
     entries = txn.stat(dbs[INDEX_DB])["entries"]
-    if entries != len(CHUNKS) * codes:
-        problem(f"the content index has {entries} entries for {codes} codes (expected {len(CHUNKS) * codes})")
+    if entries != len(PIECES) * codes:
+        problem(f"the content index has {entries} entries for {codes} codes (expected {len(PIECES) * codes})")
     for block_id, b in blocks.items():
         if coded(b) and block_id not in have and not marker.todo_start <= block_id < marker.todo_end:
             problem(f"block {block_id} has no content code")

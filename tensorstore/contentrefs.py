@@ -59,11 +59,14 @@ MAX_DISTANCE = 6
 @dataclass(frozen=True, slots=True)
 class Query:
     """A new block to find references for: the caller's ``key`` for it, its bytes (a
-    bytes-like of whole elements) and its dtype code."""
+    bytes-like of whole elements), its dtype code and its content digest (its code is
+    kept by that in the writer's code log, so a block stored after a lookup is not coded
+    twice)."""
 
     key: object
     data: object
     dtype_code: int
+    digest: bytes | None = None
 
 
 def find(writer, queries: list[Query], *, candidates: int = CANDIDATES,
@@ -94,7 +97,10 @@ def find(writer, queries: list[Query], *, candidates: int = CANDIDATES,
     out: dict[object, list[int]] = {}
     usable: dict[int, bool] = {}
     for cls, qs in wanted.items():
+        if not contentcodes.has_class(writer.txn, dbs, cls):
+            continue  # nothing to find (a base into a store without its kind): no code made twice
         codes = contentcodes.codes_of([q.data for q in qs], cls[1])
+        writer.code_log.known.update((q.digest, c) for q, c in zip(qs, codes.tolist()) if q.digest is not None)
         for q, ids in zip(qs, contentcodes.search(writer.txn, dbs, cls, codes, max_distance, candidates + 2)):
             # The index is checked against the catalog, not trusted: a damaged entry
             # costs a proposal, never the add.

@@ -516,7 +516,7 @@ class Store:
             moved = same and mine.shape != tuple(arr.shape)
             if self.content_refs and (moved or len(theirs) < len(blocks)):
                 code = DTYPE_CODES[dname]
-                queries += [Query((t, i), b, code) for i, (b, d) in enumerate(zip(blocks, digests))
+                queries += [Query((t, i), b, code, d) for i, (b, d) in enumerate(zip(blocks, digests))
                             if (moved or i >= len(theirs)) and writer._lookup(cat.hash_key(writer.domain, d)) is None]
         near = contentrefs.find(writer, queries) if queries else {}
         records = []

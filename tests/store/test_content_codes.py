@@ -71,7 +71,7 @@ def index_entries(store) -> int:
 def assert_consistent(store) -> None:
     kept = codes(store)
     assert set(kept) == coded_blocks(store)
-    assert index_entries(store) == len(cc.CHUNKS) * len(kept)
+    assert index_entries(store) == len(cc.PIECES) * len(kept)
     report = store.verify()
     assert report.ok, report.problems
 
@@ -152,8 +152,11 @@ def _flip(code: int, bits: list[int]) -> int:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2**32 - 1), flips=st.lists(st.integers(0, 9), min_size=1, max_size=30))
-def test_search_finds_every_code_within_six_bits_and_no_other(tmp_path, seed, flips):
+@given(seed=st.integers(0, 2**32 - 1), flips=st.lists(st.integers(0, 12), min_size=1, max_size=30),
+       layout=st.sampled_from([cc.LAYOUT, cc.Layout((16, 16, 16, 16), 1), cc.Layout((8,) * 8, 0), cc.Layout((16, 16, 16, 16), 0)]),
+       data=st.data())
+def test_search_finds_every_code_within_the_reach_and_no_other(tmp_path, seed, flips, layout, data):
+    radius = data.draw(st.integers(0, layout.reach), label="radius")
     rng = np.random.default_rng(seed)
     query = int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2))
     # codes at chosen distances from the query (bits anywhere), and unrelated ones
@@ -164,23 +167,26 @@ def test_search_finds_every_code_within_six_bits_and_no_other(tmp_path, seed, fl
     dbs = {cc.CODES_DB: env.open_db(cc.CODES_DB.encode()),
            cc.INDEX_DB: env.open_db(cc.INDEX_DB.encode(), dupsort=True, dupfixed=True)}
     with env.begin(write=True) as txn:
-        for i, code in enumerate(stored, start=1):
-            cc.put(txn, dbs, i, cls, code)
+        cc.put_many(txn, dbs, [(i, cls, code) for i, code in enumerate(stored, start=1)], layout)
     with env.begin() as txn:
-        (got,) = cc.search(txn, dbs, cls, np.array([query], dtype=np.uint64), 6, k=len(stored))
-        (nearest,) = cc.search(txn, dbs, cls, np.array([query], dtype=np.uint64), 6, k=3)
-        (other,) = cc.search(txn, dbs, (1,) + cls[1:], np.array([query], dtype=np.uint64), 6, k=3)
+        q = np.array([query], dtype=np.uint64)
+        (got,) = cc.search(txn, dbs, cls, q, radius, k=len(stored), layout=layout)
+        (nearest,) = cc.search(txn, dbs, cls, q, radius, k=3, layout=layout)
+        (other,) = cc.search(txn, dbs, (1,) + cls[1:], q, radius, k=3, layout=layout)
     env.close()
     dist = {i: bin(code ^ query).count("1") for i, code in enumerate(stored, start=1)}
-    want = sorted((d, i) for i, d in dist.items() if d <= 6)
+    want = sorted((d, i) for i, d in dist.items() if d <= radius)
     assert got == [i for _, i in want]  # all of them, nearest first, then oldest
     assert nearest == got[:3]
     assert other == []  # another class (domain) shares nothing
 
 
 def test_search_refuses_a_radius_the_pieces_cannot_guarantee():
+    assert cc.MAX_FOUND == 6 and cc.Layout((16, 16, 16, 16), 1).reach == 7
+    with pytest.raises(ValueError, match="pieces"):
+        cc.Layout((32, 32), 0)
     with pytest.raises(ValueError, match="max_distance"):
-        cc.search(None, {}, (0, 0, 0), np.zeros(1, np.uint64), 7, 3)
+        cc.search(None, {}, (0, 0, 0), np.zeros(1, np.uint64), cc.MAX_FOUND + 1, 3)
 
 
 # -- stores written before codes were kept --------------------------------------------------
@@ -239,8 +245,8 @@ def test_backfill_resumes_after_a_kill_and_every_step_leaves_a_store_that_verifi
         """
         import sys, time, tensorstore as ts
         from tensorstore import contentcodes as cc
-        put = cc.put
-        cc.put = lambda *a: (time.sleep(0.003), put(*a))  # a slow disk: kills land mid-backfill
+        put = cc.put_many
+        cc.put_many = lambda *a: (time.sleep(0.01), put(*a))  # a slow disk: kills land mid-backfill
         with ts.open(sys.argv[1], "a") as s:
             print("ready", flush=True)
             cc.backfill(s, step_blocks=3)
