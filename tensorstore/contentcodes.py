@@ -37,7 +37,7 @@ import hashlib
 import json
 import struct
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lmdb
 import numpy as np
@@ -66,18 +66,16 @@ class Layout:
 
     pieces: tuple[int, ...]
     radius: int
+    shifts: tuple[int, ...] = field(init=False, repr=False, compare=False)  # of each piece, from the low bit
 
     def __post_init__(self) -> None:
         if sum(self.pieces) != NBITS or not all(1 <= w <= 16 for w in self.pieces) or self.radius not in (0, 1):
             raise ValueError(f"pieces {self.pieces} must be 1-16 bits each, {NBITS} in all; radius 0 or 1")
+        object.__setattr__(self, "shifts", tuple(NBITS - sum(self.pieces[: i + 1]) for i in range(len(self.pieces))))
 
     @property
     def reach(self) -> int:
         return len(self.pieces) * (self.radius + 1) - 1
-
-    @property
-    def shifts(self) -> tuple[int, ...]:
-        return tuple(NBITS - sum(self.pieces[: i + 1]) for i in range(len(self.pieces)))
 
     def probes(self) -> tuple[np.ndarray, np.ndarray]:
         """``(piece number, XOR mask)`` of each key a lookup reads, in order."""
@@ -225,9 +223,11 @@ def _index_keys(cls: Class, code: int, layout: Layout = LAYOUT) -> list[bytes]:
             for i, (width, shift) in enumerate(zip(layout.pieces, layout.shifts))]
 
 
-def probe_keys(cls: Class, codes: np.ndarray, layout: Layout = LAYOUT) -> list[list[bytes]]:
-    """For each query code, the keys a lookup reads (built for all queries at once)."""
-    numbers, masks = layout.probes()
+def probe_keys(cls: Class, codes: np.ndarray, layout: Layout = LAYOUT, filing: bool = False) -> list[list[bytes]]:
+    """For each query code, the keys a lookup reads (built for all queries at once); with
+    ``filing``, the keys the code is filed under (its pieces' own bits)."""
+    numbers, masks = layout.probes() if not filing else (np.arange(len(layout.pieces), dtype=np.uint8),
+                                                           np.zeros(len(layout.pieces), dtype=np.uint16))
     codes = np.asarray(codes, dtype=np.uint64)
     bits = np.stack([(codes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
                      for width, shift in zip(layout.pieces, layout.shifts)], axis=1).astype(np.uint16)
@@ -274,11 +274,16 @@ def put_many(txn: lmdb.Transaction, dbs: dict, codes: list[tuple[int, Class, int
     """Keep ``(block id, class, code)`` triples: the records, and the index entries in key
     order (one LMDB call; neighbouring keys share B-tree pages)."""
     entries = []
+    by_class: dict[Class, list[tuple[int, int]]] = {}
     with txn.cursor(db=dbs[CODES_DB]) as cur:
         for block_id, cls, code in codes:
             cur.put(cat.id_key(block_id), _seal(_CODE.pack(*cls, code)))
+            by_class.setdefault(cls, []).append((block_id, code))
+    for cls, pairs in by_class.items():
+        keys = probe_keys(cls, np.array([c for _, c in pairs], dtype=np.uint64), layout, filing=True)
+        for (block_id, code), filed in zip(pairs, keys):
             entry = _entry(code, block_id)
-            entries += [(key, entry) for key in _index_keys(cls, code, layout)]
+            entries += [(key, entry) for key in filed]
     entries.sort()
     with txn.cursor(db=dbs[INDEX_DB]) as cur:
         cur.putmulti(entries, dupdata=True)
