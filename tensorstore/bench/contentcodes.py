@@ -150,7 +150,7 @@ LAYOUTS = {"7 pieces of 9-10 bits, exact (the store's)": contentcodes.LAYOUT,
 
 def _layouts(tmp: Path, sizes: tuple[int, ...], repeat: int) -> list[dict]:
     """Both index layouts on a bare LMDB holding ``n`` random codes of one class: the µs
-    and entries of a lookup (256 queries, each 4 bits from a stored code)."""
+    and entries of a lookup (256 queries, each 3 bits from a stored code)."""
     out = []
     r = np.random.default_rng(3)
     cls = (0, 1, BLOCK)

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 
 import lmdb
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
+
+from reliability_common import raw_env, worker
 
 import tensorstore as ts
 from tensorstore import catalog as cat
@@ -194,7 +192,7 @@ def test_search_refuses_a_radius_the_pieces_cannot_guarantee():
 
 def make_legacy(path) -> None:
     """Turn a store into what a format-4 library left: no code tables, no marker."""
-    env = lmdb.open(str(path), max_dbs=16, map_size=1 << 34)
+    env = raw_env(path)
     with env.begin(write=True) as txn:
         meta = env.open_db(b"meta", txn=txn)
         for name, flags in ((cc.CODES_DB, {}), (cc.INDEX_DB, {"dupsort": True, "dupfixed": True})):
@@ -241,26 +239,12 @@ def test_backfill_resumes_after_a_kill_and_every_step_leaves_a_store_that_verifi
             s.add_model(f"m{i}", _model(10 + i, rows=512))
         want = coded_blocks(s)
     make_legacy(store_path)
-    script = textwrap.dedent(
-        """
-        import sys, time, tensorstore as ts
-        from tensorstore import contentcodes as cc
-        put = cc.put_many
-        cc.put_many = lambda *a: (time.sleep(0.01), put(*a))  # a slow disk: kills land mid-backfill
-        with ts.open(sys.argv[1], "a") as s:
-            print("ready", flush=True)
-            cc.backfill(s, step_blocks=3)
-            print("done", flush=True)
-        """
-    )
     starts = []
     for attempt in range(40):
-        proc = subprocess.Popen([sys.executable, "-c", script, str(store_path)], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
+        w = worker("slow_backfill", store_path, 3, 0.01)  # kills land mid-backfill
+        w.expect("ready")
         time.sleep(0.05 + 0.05 * (attempt % 4))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
+        w.kill()
         with ts.open(store_path, "r") as s:
             report = s.verify()
             assert report.ok, report.problems
@@ -298,7 +282,7 @@ def test_codes_of_another_projection_are_made_again(store_path):
 
 
 def _tamper(path, change) -> None:
-    env = lmdb.open(str(path), max_dbs=16, map_size=1 << 34)
+    env = raw_env(path)
     with env.begin(write=True) as txn:
         dbs = {cc.CODES_DB: env.open_db(cc.CODES_DB.encode(), txn=txn),
                cc.INDEX_DB: env.open_db(cc.INDEX_DB.encode(), txn=txn, dupsort=True, dupfixed=True)}
@@ -375,36 +359,6 @@ def test_any_sequence_of_changes_keeps_codes_and_blocks_in_step(tmp_path_factory
 
 # -- SIGKILL mid-write ---------------------------------------------------------------------------
 
-WRITER = textwrap.dedent(
-    """
-    import sys, numpy as np, tensorstore as ts
-    path, seed = sys.argv[1], int(sys.argv[2])
-    rng = np.random.default_rng(seed)
-
-    def model(k):
-        r = np.random.default_rng(k % 5)
-        base = {"embed": (r.standard_normal((384, 64)) * 0.05).astype(np.float32),
-                "w": (r.standard_normal((64, 64)) * 0.05).astype(np.float16)}
-        t = np.random.default_rng(k)
-        tuned = {key: (v.astype(np.float32) * (1 + 1e-3 * t.standard_normal(v.shape))).astype(v.dtype)
-                 for key, v in base.items()}
-        return {f"v{k}/{key}": v for key, v in tuned.items()} if k >= 5 else base
-
-    with ts.open(path, "a", page_size="64KiB", block_bytes="4KiB") as s:
-        print("ready", flush=True)
-        while True:
-            k = int(rng.integers(0, 20))
-            name = f"m{k}"
-            op = rng.integers(0, 10)
-            if op == 9:
-                s.compact(time_limit=0.5)
-            elif op < 6 or name not in s:
-                s.add_model(name, model(k), replace=True)
-            else:
-                s.delete_model(name)
-    """
-)
-
 
 def test_sigkill_mid_write_never_leaves_a_code_without_its_block_or_a_block_without_its_code(tmp_path):
     kills = int(os.environ.get("TS_KILL_POINTS", "10"))
@@ -412,12 +366,10 @@ def test_sigkill_mid_write_never_leaves_a_code_without_its_block_or_a_block_with
     rng = np.random.default_rng(99)
     seen_deltas = False
     for i in range(kills):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(i)], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
+        w = worker("content_writer", path, i)  # adds, replaces, deletes, compacts until killed
+        w.expect("ready")
         time.sleep(float(rng.uniform(0.05, 1.2)))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
+        w.kill()
         with ts.open(path, "r") as s:
             assert_consistent(s)
             seen_deltas |= s.stats().encodings["delta"] > 0
