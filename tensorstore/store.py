@@ -779,7 +779,7 @@ class Store:
 
         For a store written with ``codec="raw"`` or by a version without encodings, or
         one whose models arrived before their parents. One transaction: a crash leaves
-        the store as it was. ``algorithm``, ``read_weight`` and ``time_limit`` are
+        the store as it was; the content codes of blocks it makes deltas go in it too. ``algorithm``, ``read_weight`` and ``time_limit`` are
         :meth:`repack`'s.
         """
         from .compact import compact
