@@ -8,6 +8,8 @@ projections of its sampled elements (:func:`codes_of`), computed from the decode
 when the block is written, in the same write transaction as the block
 (:class:`CodeLog`, kept by :class:`tensorstore.blockwriter.BlockWriter`), and deleted in
 the transaction that frees the block or turns it into a delta (``compact``: :func:`prune`).
+The index entries of a deleted code stay behind, stale, until a lookup meets them or
+``compact`` runs (:func:`delete` says why).
 
 Two databases hold them:
 
@@ -290,17 +292,33 @@ def put_many(txn: lmdb.Transaction, dbs: dict, codes: list[tuple[int, Class, int
 
 
 def delete(txn: lmdb.Transaction, dbs: dict, block_id: int) -> bool:
-    """Remove a block's code and its index entries; False if it had none."""
+    """Remove a block's code; False if it had none.
+
+    Its index entries stay, *stale* (an entry whose block has no code record): deleting
+    them would touch one random B-tree page per piece, and a delete must fit in what
+    little room a full disk leaves (``tests/reliability/test_full_disk.py`` frees space by
+    deleting models). Block ids are never reused, so a stale entry can never name another
+    block; a lookup skips it and deletes it (:func:`drop_stale`), and ``compact`` deletes
+    them all (:func:`prune`)."""
     key = cat.id_key(block_id)
-    value = txn.get(key, db=dbs[CODES_DB])
-    if value is None:
+    if txn.get(key, db=dbs[CODES_DB]) is None:
         return False
-    cls, code = decode_code(block_id, value)
-    entry = _entry(code, block_id)
-    for k in _index_keys(cls, code):
-        txn.delete(k, entry, db=dbs[INDEX_DB])
     txn.delete(key, db=dbs[CODES_DB])
     return True
+
+
+def drop_stale(txn: lmdb.Transaction, dbs: dict, cls: Class, stale: list[tuple[int, int]]) -> None:
+    """Delete the index entries of ``(block id, code)`` pairs of class ``cls`` that have
+    no code record any more."""
+    for block_id, code in stale:
+        entry = _entry(code, block_id)
+        for k in _index_keys(cls, code):
+            txn.delete(k, entry, db=dbs[INDEX_DB])
+
+
+def is_coded(txn: lmdb.Transaction, dbs: dict, block_id: int) -> bool:
+    """Whether block ``block_id`` has a code record (its index entries are not stale)."""
+    return txn.get(cat.id_key(block_id), db=dbs[CODES_DB]) is not None
 
 
 def has_class(txn: lmdb.Transaction, dbs: dict, cls: Class) -> bool:
@@ -312,14 +330,21 @@ def has_class(txn: lmdb.Transaction, dbs: dict, cls: Class) -> bool:
 
 def search(txn: lmdb.Transaction, dbs: dict, cls: Class, codes: np.ndarray, max_distance: int,
            k: int, layout: Layout = LAYOUT, read: list | None = None) -> list[list[int]]:
-    """For each query code of class ``cls``: the ids of up to ``k`` coded blocks within
+    """For each query code of class ``cls``: the ids of up to ``k`` indexed blocks within
     ``max_distance`` bits (at most the layout's reach, :data:`MAX_FOUND`: the pieces
-    guarantee no more), nearest first (then oldest). One LMDB call per query, of the keys
-    of its pieces; the cost beyond it is the entries filed under them (their count per
-    query is appended to ``read`` if given)."""
+    guarantee no more), nearest first (then oldest); stale entries included (the caller
+    checks: :func:`is_coded`). One LMDB call per query, of the keys of its pieces; the
+    cost beyond it is the entries filed under them (their count per query is appended to
+    ``read`` if given)."""
+    return [[i for _, i, _ in hits] for hits in near(txn, dbs, cls, codes, max_distance, k, layout, read)]
+
+
+def near(txn: lmdb.Transaction, dbs: dict, cls: Class, codes: np.ndarray, max_distance: int,
+         k: int, layout: Layout = LAYOUT, read: list | None = None) -> list[list[tuple[int, int, int]]]:
+    """:func:`search` with each hit as ``(distance, block id, code)``."""
     if max_distance > layout.reach:
         raise ValueError(f"max_distance {max_distance} exceeds the {layout.reach} bits the content index finds")
-    out: list[list[int]] = []
+    out: list[list[tuple[int, int, int]]] = []
     with txn.cursor(db=dbs[INDEX_DB]) as cur:
         for q, keys in zip(codes.tolist(), probe_keys(cls, codes, layout)):
             found = cur.getmulti(keys, dupdata=True, dupfixed_bytes=_ENTRY_BYTES, keyfixed=True)
@@ -328,8 +353,8 @@ def search(txn: lmdb.Transaction, dbs: dict, cls: Class, codes: np.ndarray, max_
                 read.append(len(entries))
             hit = np.flatnonzero(popcount(entries["code"] ^ np.uint64(q)) <= max_distance) if len(entries) else ()
             if len(hit):
-                near = {(bin(c ^ q).count("1"), i) for c, i in zip(entries["code"][hit].tolist(), entries["id"][hit].tolist())}
-                out.append([i for _, i in sorted(near)][:k])  # nearest, then oldest; a block is filed per piece
+                found = {(bin(c ^ q).count("1"), i, c) for c, i in zip(entries["code"][hit].tolist(), entries["id"][hit].tolist())}
+                out.append(sorted(found)[:k])  # nearest, then oldest; a block is filed per piece
             else:
                 out.append([])
     return out
@@ -443,7 +468,7 @@ class CodeLog:
 
 def prune(txn: lmdb.Transaction, dbs: dict) -> int:
     """Delete the codes of blocks that left the store or became deltas (after ``compact``,
-    which re-encodes in place); return how many went."""
+    which re-encodes in place), and every stale index entry; return how many codes went."""
     if not available(dbs):
         return 0
     gone = []
@@ -455,6 +480,14 @@ def prune(txn: lmdb.Transaction, dbs: dict) -> int:
                 gone.append(block_id)
     for block_id in gone:
         delete(txn, dbs, block_id)
+    stale = []
+    with txn.cursor(db=dbs[INDEX_DB]) as cur:
+        for k, v in cur.iternext(keys=True, values=True):
+            block_id = int.from_bytes(bytes(v)[8:], "little")
+            if not is_coded(txn, dbs, block_id):
+                stale.append((bytes(k), bytes(v)))
+    for k, v in stale:
+        txn.delete(k, v, db=dbs[INDEX_DB])
     return len(gone)
 
 
@@ -529,8 +562,9 @@ def backfill(store, step_blocks: int = BACKFILL_STEP_BLOCKS) -> int:
 
 def check(txn: lmdb.Transaction, dbs: dict, blocks: dict[int, cat.BlockRecord], problem) -> None:
     """``verify``'s part: every code names a stored, coded block of its class and is filed
-    under each of its pieces; every coded block outside the marker's range has a code; the index
-    holds nothing else."""
+    under each of its pieces; every coded block outside the marker's range has a code.
+    The index may hold more: stale entries of blocks whose code was deleted (``delete``),
+    which no lookup proposes."""
     if not available(dbs):
         return
     codes = txn.stat(dbs[CODES_DB])["entries"]
@@ -564,8 +598,8 @@ def check(txn: lmdb.Transaction, dbs: dict, blocks: dict[int, cat.BlockRecord], 
             if not all(index.set_key_dup(key, entry) for key in _index_keys(cls, code)):
                 problem(f"the content code of block {block_id} is missing from the content index")
     entries = txn.stat(dbs[INDEX_DB])["entries"]
-    if entries != len(PIECES) * codes:
-        problem(f"the content index has {entries} entries for {codes} codes (expected {len(PIECES) * codes})")
+    if entries < len(PIECES) * codes:  # more is allowed: the stale entries of freed blocks (``delete``)
+        problem(f"the content index has {entries} entries for {codes} codes (at least {len(PIECES) * codes} expected)")
     for block_id, b in blocks.items():
         if coded(b) and block_id not in have and not marker.todo_start <= block_id < marker.todo_end:
             problem(f"block {block_id} has no content code")

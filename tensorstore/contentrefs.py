@@ -54,6 +54,9 @@ CANDIDATES = 3
 #: blocks of a layer 24-33 apart, word-embedding blocks 9-31 (their rows share a mean).
 #: At most 6: the content index finds every code within 6 bits (7 pieces), no further.
 MAX_DISTANCE = 6
+#: Index hits examined per block for its CANDIDATES: stale entries (of freed blocks) and
+#: blocks that became deltas are skipped past.
+_EXAMINED = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +104,25 @@ def find(writer, queries: list[Query], *, candidates: int = CANDIDATES,
             continue  # nothing to find (a base into a store without its kind): no code made twice
         codes = contentcodes.codes_of([q.data for q in qs], cls[1])
         writer.code_log.known.update((q.digest, c) for q, c in zip(qs, codes.tolist()) if q.digest is not None)
-        for q, ids in zip(qs, contentcodes.search(writer.txn, dbs, cls, codes, max_distance, candidates + 2)):
-            # The index is checked against the catalog, not trusted: a damaged entry
-            # costs a proposal, never the add.
-            ids = [i for i in ids if usable.setdefault(i, _usable(writer, i, cls))][:candidates]
+        stale: dict[int, int] = {}
+        for q, hits in zip(qs, contentcodes.near(writer.txn, dbs, cls, codes, max_distance, _EXAMINED)):
+            ids = []
+            for _, i, code in hits:
+                if i not in usable:
+                    if not contentcodes.is_coded(writer.txn, dbs, i):
+                        stale[i] = code  # its block was freed: the entry goes now
+                        usable[i] = False
+                    else:
+                        # The index is checked against the catalog, not trusted: a damaged
+                        # entry costs a proposal, never the add.
+                        usable[i] = _usable(writer, i, cls)
+                if usable[i]:
+                    ids.append(i)
+                    if len(ids) == candidates:
+                        break
             if ids:
                 out[q.key] = ids
+        contentcodes.drop_stale(writer.txn, dbs, cls, list(stale.items()))
     return out
 
 

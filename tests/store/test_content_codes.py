@@ -66,10 +66,25 @@ def index_entries(store) -> int:
         return txn.stat(store.env.dbs[cc.INDEX_DB])["entries"]
 
 
+def stale_entries(store) -> set[int]:
+    """Ids of the index entries whose block has no code record (freed since)."""
+    kept = codes(store)
+    with store.env.read() as txn, txn.cursor(db=store.env.dbs[cc.INDEX_DB]) as cur:
+        ids = {int.from_bytes(bytes(v)[8:], "little") for v in cur.iternext(keys=False, values=True)}
+    return ids - set(kept)
+
+
 def assert_consistent(store) -> None:
     kept = codes(store)
     assert set(kept) == coded_blocks(store)
-    assert index_entries(store) == len(cc.PIECES) * len(kept)
+    stale = stale_entries(store)
+    assert not (stale & coded_blocks(store))  # a stale entry never names a block that is coded
+    with store.env.read() as txn, txn.cursor(db=store.env.dbs[cc.INDEX_DB]) as cur:
+        per_id: dict[int, int] = {}
+        for v in cur.iternext(keys=False, values=True):
+            i = int.from_bytes(bytes(v)[8:], "little")
+            per_id[i] = per_id.get(i, 0) + 1
+    assert all(per_id.get(i) == len(cc.PIECES) for i in kept)  # every code filed under each piece
     report = store.verify()
     assert report.ok, report.problems
 
@@ -97,7 +112,23 @@ def test_codes_are_written_with_their_blocks_and_go_with_them(store_path):
         assert set(codes(s)) == set(first)
         assert_consistent(s)
         s.delete_model("b")
-        assert codes(s) == {} and index_entries(s) == 0
+        assert codes(s) == {} and index_entries(s) > 0  # the entries are stale, left to lookups
+        assert_consistent(s)
+        s.compact(time_limit=1)  # ... and to compact
+        assert index_entries(s) == 0
+        assert_consistent(s)
+
+
+def test_a_lookup_deletes_the_stale_entries_it_meets_and_never_proposes_them(store_path):
+    with ts.open(store_path, "w", **GEOMETRY) as s:
+        base = _model(1, rows=256)
+        s.add_model("base", base)
+        first = set(codes(s))
+        s.delete_model("base")
+        assert stale_entries(s) == first  # freed: code records gone, index entries not
+        s.add_model("tuned", _tuned(base, 2, "renamed"))  # its lookups land on the stale entries
+        assert stale_entries(s) == set()
+        assert not [r for r in s.catalog()["blocks"].to_pylist() if r["encoding"] == "delta"]  # nothing to refer to
         assert_consistent(s)
 
 
