@@ -176,7 +176,10 @@ def _sample_into(row: np.ndarray, data, dtype: np.dtype) -> None:
     n = len(data) // dtype.itemsize
     stride = _stride(n)
     width = -(-n // stride)
-    with np.errstate(over="ignore", invalid="ignore"):  # float64 past float32's range: inf, zeroed later
+    if dtype.itemsize > 4:
+        with np.errstate(over="ignore", invalid="ignore"):  # float64 past float32's range: inf, zeroed later
+            row[:width] = np.frombuffer(data, dtype=dtype, count=n)[::stride]
+    else:  # no cast can overflow (and errstate costs as much as the copy)
         row[:width] = np.frombuffer(data, dtype=dtype, count=n)[::stride]
     row[width:] = 0
 
@@ -196,10 +199,15 @@ def project(vecs: np.ndarray) -> np.ndarray:
     projection on direction ``j``."""
     if not len(vecs):
         return np.zeros(0, dtype=np.uint64)
-    # A non-finite value would turn every projection NaN; as zero it only blurs the
-    # proposal, and the codec's byte count decides anyway.
-    np.nan_to_num(vecs, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    bits = np.packbits(vecs @ _matrix() > 0, axis=1)
+    matrix = _matrix()
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are redone below
+        projected = vecs @ matrix
+    bad = ~np.isfinite(projected).all(axis=1)
+    if bad.any():
+        # A non-finite value turns every projection of its row NaN; as zero it only blurs
+        # the proposal, and the codec's byte count decides anyway.
+        projected[bad] = np.nan_to_num(vecs[bad], nan=0.0, posinf=0.0, neginf=0.0) @ matrix
+    bits = np.packbits(projected > 0, axis=1)
     return bits.view(">u8").ravel().astype(np.uint64)
 
 
