@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 
 .PHONY: demo test bench clean
 
-$(VENV)/.base: pyproject.toml
+$(VENV)/.base: pyproject.toml tensorstore/_codec_kernel.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .

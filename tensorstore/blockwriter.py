@@ -14,13 +14,15 @@ the order they were added. ``repack`` replaces this with a layout chosen for rea
 
 from __future__ import annotations
 
-from dataclasses import replace
+import contextvars
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 
 import lmdb
 
 from tensorstore_index.exact import block_digest
 
-from . import codec, contentcodes, dtypes
+from . import codec, contentcodes, dtypes, threads
 from .digests import same_bytes, strong_digest
 
 from .catalog import (
@@ -49,6 +51,28 @@ MIN_HOLE_ROOM = 256
 
 def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
+
+
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """A run's new blocks being encoded on other threads (``BlockWriter.encode_ahead``):
+    the references each was offered, by index in the run, and the encodings to come."""
+
+    planned: dict[int, list[int]]
+    chosen: Future
+
+
+def _encoded_with_digests(jobs: list[codec.Job], layout: codec.Layout) -> list[tuple[int, bytes | None, int, bytes]]:
+    """``codec.choose_many`` of ``jobs``, each with the BLAKE3 digest of an encoded block
+    (b"" for a raw one): BLAKE3 lets go of the GIL, so it too runs on every core."""
+    try:
+        chosen = codec.choose_many(jobs, layout)
+    except ValueError as exc:  # a reference's stored payload does not decode
+        raise CorruptionError(f"a stored block does not decode ({exc}); nothing was stored: "
+                              "`tensorstore verify STORE` names the models that hold it") from None
+    encoded = [j.data for j, (encoding, _, _) in zip(jobs, chosen) if encoding != codec.RAW]
+    strongs = iter(threads.spread(strong_digest, encoded))
+    return [(e, payload, which, b"" if e == codec.RAW else next(strongs)) for e, payload, which in chosen]
 
 
 class _DirtyPage:
@@ -133,20 +157,41 @@ class BlockWriter:
             return self._place_at(spot[0], spot[1], at, n, dtype_code, digest, key)
         return self._place(copy, dtype_code, digest, key)
 
+    def encode_ahead(self, blocks: list, digests: list[bytes], dtype_code: int, layout: codec.Layout,
+                     candidates: list[list[int]]) -> Ahead:
+        """Start choosing the encodings of the blocks of one run of a tensor that are new
+        to this transaction so far, on other threads (``reference_encoded`` of the same
+        arguments places them). The caller meanwhile places the run before: a block that
+        run places turns out present, and its encoding is not used. References go as
+        copies, since pages in memory are written back and reused meanwhile."""
+        planned: dict[int, list[int]] = {}
+        jobs: list[codec.Job] = []
+        seen: set[bytes] = set()
+        for i, (data, digest) in enumerate(zip(blocks, digests)):
+            key = hash_key(self.domain, digest)
+            if key in seen or self._lookup(key) is not None:
+                continue
+            seen.add(key)
+            refs = self._references(candidates[i], len(data), dtype_code)
+            planned[i] = refs
+            jobs.append(codec.Job(data, [(self.stored_bytes(self.block(r)), self.block(r).encoding) for r in refs]))
+        return Ahead(planned, threads.submit(contextvars.copy_context().run, _encoded_with_digests, jobs, layout))
+
     def reference_encoded(
-        self, blocks: list, digests: list[bytes], dtype_code: int, layout: codec.Layout, candidates: list[list[int]]
+        self, blocks: list, digests: list[bytes], dtype_code: int, layout: codec.Layout, candidates: list[list[int]],
+        ahead: Ahead | None = None,
     ) -> list[int]:
         """Return the ids of the blocks of one run of a tensor, storing the new ones in
         the smallest encoding (``codec.choose``).
 
         ``digests`` are the blocks' content digests; ``candidates[i]`` the ids of stored
         blocks that block ``i`` may be a delta of (a delta's own reference stands in for
-        it: a reference is never itself a delta). New blocks are encoded in parallel.
+        it: a reference is never itself a delta). New blocks are encoded in parallel, or
+        were by ``ahead`` (``encode_ahead`` of the same arguments).
         """
         ids: list[int] = [0] * len(blocks)
         first: dict[bytes, int] = {}  # key -> the first new block with it, in this call
         new: list[tuple[int, bytes, list[int]]] = []
-        jobs: list[codec.Job] = []
         for i, (data, digest) in enumerate(zip(blocks, digests)):
             key = hash_key(self.domain, digest)
             block_id = self._lookup(key)
@@ -160,19 +205,20 @@ class BlockWriter:
                 ids[i] = -1 - first[key]  # a copy of a block placed below
             else:
                 first[key] = i
-                refs = self._references(candidates[i], len(data), dtype_code)
-                new.append((i, key, refs))
-                jobs.append(codec.Job(data, [(self.stored_bytes(self.block(r)), self.block(r).encoding) for r in refs]))
-        try:
-            chosen = codec.choose_many(jobs, layout)
-        except ValueError as exc:  # a reference's stored payload does not decode
-            raise CorruptionError(f"a stored block does not decode ({exc}); nothing was stored: "
-                                  "`tensorstore verify STORE` names the models that hold it") from None
-        for (i, key, refs), (encoding, payload, which) in zip(new, chosen):
+                new.append((i, key, self._references(candidates[i], len(data), dtype_code)))
+        done = {} if ahead is None else dict(zip(ahead.planned, ahead.chosen.result()))
+        # What was not planned ahead with the same references (a block freed meanwhile) is
+        # encoded now.
+        late = [(i, refs) for i, _, refs in new if ahead is None or ahead.planned.get(i) != refs]
+        if late:
+            jobs = [codec.Job(blocks[i], [(self.stored_bytes(self.block(r)), self.block(r).encoding) for r in refs])
+                    for i, refs in late]
+            done.update(zip((i for i, _ in late), _encoded_with_digests(jobs, layout)))
+        for i, key, refs in new:
+            encoding, payload, which, strong = done[i]
             data = blocks[i]
             stored = data if encoding == codec.RAW else payload
             ref = refs[which] if encoding == codec.DELTA else 0
-            strong = b"" if encoding == codec.RAW else strong_digest(data)
             ids[i] = self._place(stored, dtype_code, digests[i], key, len(data), encoding, ref, strong)
             if encoding != codec.DELTA:
                 self.code_log.note(ids[i], self.domain, dtype_code, data, digests[i])

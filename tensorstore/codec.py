@@ -37,16 +37,30 @@ the sparse-embedding family this keeps a block-wise delta within about 2% of one
 the whole tensor (``docs/benchmarks.md``, Encodings).
 
 This module knows bytes and dtypes' widths; it knows nothing of pages, blocks or models.
-It encodes and decodes in the calling thread (the section "many blocks at once" says why).
+Its numpy code below is the specification. Where the package was built with a C compiler,
+``_codec_kernel.c`` does the same work (the tests hold both to the same bytes and the same
+errors) in one call a block that lets go of the GIL, 2-3x faster on one core, and batches
+of blocks are spread over threads (``choose_many``, ``decode_many``). ``KERNEL`` is the
+kernel, or None where numpy does the work.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import zstdframes
+from . import threads, zstdframes
+
+try:  # the same work in C, one GIL-free call a block (_codec_kernel.c): built at install
+    from . import _codec_kernel as KERNEL
+except ImportError:  # pragma: no cover - installed where nothing compiled it
+    KERNEL = None
+if KERNEL is not None and (zstdframes.functions() is None or sys.byteorder != "little"):
+    KERNEL = None  # pragma: no cover - python-zstandard without cffi, or a big-endian machine
+if KERNEL is not None:
+    KERNEL.set_zstd(*zstdframes.functions())
 
 RAW, PACKED, DELTA = 0, 1, 2
 NAMES = ("raw", "packed", "delta")
@@ -169,10 +183,19 @@ def encode(data, layout: Layout, ref=None) -> bytes:
     A length that is not a multiple of the element width (never from the store) keeps
     its last bytes as a raw tail.
     """
+    if ref is not None and len(ref) != len(data):
+        raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {len(data)} bytes)")
+    return _encoded(data, layout, ref, RAW)
+
+
+def _encoded(data, layout: Layout, ref, encoding: int) -> bytes:
+    """``encode`` against a reference as stored (``RAW`` or ``PACKED`` bytes), or packed."""
+    if KERNEL is not None:
+        return KERNEL.encode(data, layout.width, layout.is_float, ref, encoding == PACKED, *zstdframes.contexts())
     if ref is None:
         return _pack(*_split(data, layout))
-    if len(ref) != len(data):
-        raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {len(data)} bytes)")
+    if encoding == PACKED:
+        ref = _unpacked(ref, len(data), layout, np.empty(len(data), dtype=np.uint8))
     return _DIFF + _pack(*_difference(data, ref, layout))
 
 
@@ -266,6 +289,13 @@ def decode(payload, n: int, layout: Layout, ref=None, out: np.ndarray | None = N
     Raises ``ValueError`` when the payload does not decode to exactly ``n`` bytes.
     """
     out = np.empty(n, dtype=np.uint8) if out is None else out
+    if KERNEL is not None:
+        if len(out) != n:
+            raise ValueError(f"the output holds {len(out)} bytes where {n} are needed")
+        stored = ref_payload if ref_payload is not None else ref
+        KERNEL.decode(payload, out, layout.width, layout.is_float, stored, ref_payload is not None,
+                      zstdframes.contexts()[1])
+        return out
     if (ref is not None or ref_payload is not None) and payload[:1] == _DIFF:
         return _add_difference(memoryview(payload)[1:], n, layout, ref, out, ref_payload)
     planes, tail = _unpack(payload, n, layout)
@@ -328,14 +358,13 @@ def _choose(data, layout: Layout, refs: list[tuple[object, int]]) -> tuple[int, 
     for i, (ref, encoding) in enumerate(refs):
         if len(ref) != n and encoding == RAW:
             raise ValueError(f"a delta reference must be as long as the block ({len(ref)} != {n} bytes)")
-        raw = ref if encoding == RAW else _unpacked(ref, n, layout, np.empty(n, dtype=np.uint8))
-        z = _DIFF + _pack(*_difference(data, raw, layout))
+        z = _encoded(data, layout, ref, encoding)
         if len(z) <= limit:
             best, payload, which, limit = DELTA, z, i, len(z)
     # Packing keeps 0.8-0.9 of trained float32 weights: a delta under three quarters of the
     # block will beat it, so skip the attempt (it would cost as much time again).
     if best != DELTA or limit > 0.75 * n:
-        z = _pack(*_split(data, layout))
+        z = _encoded(data, layout, None, RAW)
         if len(z) <= limit:
             best, payload, which = PACKED, z, -1
     return best, payload, which
@@ -343,11 +372,10 @@ def _choose(data, layout: Layout, refs: list[tuple[object, int]]) -> tuple[int, 
 
 # -- many blocks at once --------------------------------------------------------------
 #
-# In the calling thread. zstd calls through cffi let go of the GIL (``zstdframes``), but a
-# block's work is many short calls with numpy copies between them, and on two threads the
-# GIL went back and forth more than the work overlapped: ``python -m
-# tensorstore.bench.codec_speed`` decodes a delta in 168-178 us in one thread against
-# 278-302 on two, and chooses one in 234-248 against 274-397 (docs/benchmarks.md).
+# With the C kernel a block is one call that lets go of the GIL, so blocks are spread over
+# threads (``threads.spread``). Without it they stay in the calling thread: numpy's dozen
+# short calls a block passed the GIL back and forth more than the work overlapped
+# (``python -m tensorstore.bench.codec_speed``, docs/benchmarks.md).
 
 @dataclass(frozen=True, slots=True)
 class Job:
@@ -372,8 +400,12 @@ def choose_many(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None
 
 
 def choose_jobs(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None, int]]:
-    """``choose`` for each job, one after another (a task of ``choose_many`` elsewhere)."""
-    return [_choose(j.data, layout, j.refs) for j in jobs]
+    """``choose`` for each job (a task of ``choose_many`` elsewhere)."""
+    done = threads.spread(lambda j: _choose(j.data, layout, j.refs), jobs, threads=None if KERNEL else 1)
+    for result in done:
+        if isinstance(result, BaseException):
+            raise result
+    return done
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,14 +422,38 @@ class DecodeJob:
 
 
 def decode_many(jobs: list[DecodeJob]) -> None:
-    """Decode each job into its ``out``, in this thread. Raises ``ValueError`` naming the
-    first job that does not decode."""
+    """Decode each job into its ``out``. Raises ``ValueError`` naming the first job that
+    does not decode."""
+    if KERNEL is None:
+        for job in jobs:
+            try:
+                _decode_job(job)
+            except ValueError as exc:
+                raise ValueError(f"{job.what}: {exc}") from None
+        return
     for job in jobs:
-        raw_ref = packed_ref = None
-        if job.ref is not None:
-            stored, encoding = job.ref
-            raw_ref, packed_ref = (stored, None) if encoding == RAW else (None, stored)
-        try:
-            decode(job.payload, len(job.out), job.layout, raw_ref, job.out, packed_ref)
-        except ValueError as exc:
-            raise ValueError(f"{job.what}: {exc}") from None
+        if len(job.out) != job.out.nbytes:
+            raise ValueError(f"{job.what}: the output must be a uint8 array")
+    # Each thread decodes its share in one kernel call: no GIL between blocks.
+    args = [(j.payload, j.out, j.layout.width, j.layout.is_float, None if j.ref is None else j.ref[0],
+             j.ref is not None and j.ref[1] == PACKED) for j in jobs]
+    k = max(1, min(threads.default_threads(), len(jobs) // 4))
+    shares = threads.spread(lambda i: KERNEL.decode_all(args[i::k], zstdframes.contexts()[1]), list(range(k)),
+                            threads=k, least=1)
+    failures = []
+    for i, result in enumerate(shares):
+        if isinstance(result, BaseException):
+            raise result
+        if result is not None:
+            failures.append((i + k * result[0], result[1]))
+    if failures:
+        at, message = min(failures)
+        raise ValueError(f"{jobs[at].what}: {message}")
+
+
+def _decode_job(job: DecodeJob) -> None:
+    raw_ref = packed_ref = None
+    if job.ref is not None:
+        stored, encoding = job.ref
+        raw_ref, packed_ref = (stored, None) if encoding == RAW else (None, stored)
+    decode(job.payload, len(job.out), job.layout, raw_ref, job.out, packed_ref)

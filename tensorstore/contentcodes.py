@@ -8,8 +8,8 @@ projections of its sampled elements (:func:`codes_of`), computed from the decode
 when the block is written, in the same write transaction as the block
 (:class:`CodeLog`, kept by :class:`tensorstore.blockwriter.BlockWriter`), and deleted in
 the transaction that frees the block or turns it into a delta (``compact``: :func:`prune`).
-The index entries of a deleted code stay behind, stale, until a lookup meets them or
-``compact`` runs (:func:`delete` says why).
+A delete that finds a full disk leaves the index entries of its codes behind, stale,
+until a lookup meets them or ``compact`` runs (:func:`delete` says why).
 
 Two databases hold them:
 
@@ -299,25 +299,29 @@ def put_many(txn: lmdb.Transaction, dbs: dict, codes: list[tuple[int, Class, int
         cur.putmulti(entries, dupdata=True)
 
 
-def delete(txn: lmdb.Transaction, dbs: dict, block_id: int) -> bool:
-    """Remove a block's code; False if it had none.
+def delete(txn: lmdb.Transaction, dbs: dict, block_id: int, keep_entries: bool = False) -> bool:
+    """Remove a block's code and its index entries; False if it had none.
 
-    Its index entries stay, *stale* (an entry whose block has no code record): deleting
-    them would touch one random B-tree page per piece, and a delete must fit in what
-    little room a full disk leaves (``tests/reliability/test_full_disk.py`` frees space by
-    deleting models). Block ids are never reused, so a stale entry can never name another
-    block; a lookup skips it and deletes it (:func:`drop_stale`), and ``compact`` deletes
-    them all (:func:`prune`)."""
+    With ``keep_entries`` the index entries stay, *stale* (an entry whose block has no
+    code record): deleting them touches a random B-tree page per piece, more than a
+    delete on a full disk may have room for (``Store.delete_model`` retries so, and
+    ``tests/reliability/test_full_disk.py`` frees space by deleting models). Block ids are
+    never reused, so a stale entry can never name another block; a lookup skips it and
+    deletes it (:func:`drop_stale`), and ``compact`` deletes them all (:func:`prune`)."""
     key = cat.id_key(block_id)
-    if txn.get(key, db=dbs[CODES_DB]) is None:
+    value = txn.get(key, db=dbs[CODES_DB])
+    if value is None:
         return False
+    if not keep_entries:
+        cls, code = decode_code(block_id, value)
+        drop_stale(txn, dbs, cls, [(block_id, code)])
     txn.delete(key, db=dbs[CODES_DB])
     return True
 
 
 def drop_stale(txn: lmdb.Transaction, dbs: dict, cls: Class, stale: list[tuple[int, int]]) -> None:
-    """Delete the index entries of ``(block id, code)`` pairs of class ``cls`` that have
-    no code record any more."""
+    """Delete the index entries of ``(block id, code)`` pairs of class ``cls`` (whose
+    code records are gone, or going)."""
     for block_id, code in stale:
         entry = _entry(code, block_id)
         for k in _index_keys(cls, code):
@@ -433,6 +437,7 @@ class CodeLog:
         self._rows: dict[Class, list] = {}  # class -> [(block id, vector row)] not projected yet
         self._codes: dict[int, tuple[Class, int]] = {}  # block id -> (class, code)
         self.known: dict[bytes, int] = {}  # content digest -> code, of blocks a lookup coded
+        self.keep_entries = False  # freed codes leave their index entries stale (``delete``)
 
     def note(self, block_id: int, domain: int, dtype_code: int, data, digest: bytes | None = None) -> None:
         """A new block that is not a delta, with its decoded bytes (and its content
@@ -470,7 +475,7 @@ class CodeLog:
             return
         current_marker(txn, dbs, first_new_id)
         for b in old:
-            delete(txn, dbs, b.block_id)  # a block still to be backfilled has none: nothing to do
+            delete(txn, dbs, b.block_id, self.keep_entries)  # a block still to be backfilled has none
         put_many(txn, dbs, [(block_id, cls, code) for block_id, (cls, code) in new.items()])
 
 

@@ -65,6 +65,25 @@ def _dctx():
     return d
 
 
+def functions() -> tuple[int, int, int, int] | None:
+    """The addresses of ZSTD_decompressDCtx, ZSTD_compress2, ZSTD_isError and
+    ZSTD_getErrorName in the cffi binding's libzstd (for ``codec``'s C kernel), or None
+    without it."""
+    if _lib is None:
+        return None
+    names = ("ZSTD_decompressDCtx", "ZSTD_compress2", "ZSTD_isError", "ZSTD_getErrorName")
+    return tuple(int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, name))) for name in names)
+
+
+def contexts() -> tuple[int, int]:
+    """This thread's compression and decompression contexts, as addresses (what
+    ``functions`` take)."""
+    pair = getattr(_local, "addresses", None)
+    if pair is None:
+        pair = _local.addresses = (int(_ffi.cast("uintptr_t", _cctx())), int(_ffi.cast("uintptr_t", _dctx())))
+    return pair
+
+
 def _zc() -> zstandard.ZstdCompressor:
     c = getattr(_local, "zc", None)
     if c is None:

@@ -3,11 +3,12 @@
 ``python -m tensorstore.bench.codec_speed [--family DIR] [--blocks N]``: 64 KiB blocks of
 the MiniLM family's base and of its full fine-tune ``minilm-full-spam-s9`` (the cached
 family, ``docs/corpus.md``). Prints the bytes of the fine-tune's deltas (differences, and
-the XORs of format 3) and, per block, the minimum over runs of: a delta against its packed
-reference decoded (in one thread, on two threads, and the XOR delta in one), the zstd
-frames of that decode alone (in a loop, and in zstd's batch call on C threads), the planes
-put back into elements, a delta chosen against its packed reference as ingest does (one
-thread, two), and a block packed. Figures in ``docs/benchmarks.md`` (Encoded blocks).
+the XORs of format 3) and, per block, the minimum over runs of: the zstd frames of a
+delta's decode alone (in a loop, and in zstd's batch call on C threads), four planes put
+back into elements by numpy, then, with the C kernel (``codec.KERNEL``) and with numpy
+alone: a delta against its packed reference decoded (one thread, two threads), an XOR
+delta decoded (one thread), a delta chosen against its packed reference as ingest does
+(one thread, two), and a block packed. Figures in ``docs/benchmarks.md`` (Encoded blocks).
 """
 
 from __future__ import annotations
@@ -93,20 +94,31 @@ def measure(family: Path, blocks: int = 300) -> dict:
     us = 1e6 / n
     res = {
         "blocks": n,
+        "kernel": codec.KERNEL is not None,
         "delta_bytes": sum(len(d) for d, _ in pairs),
         "xor_delta_bytes": sum(map(len, xors)),
-        "decode_delta_one_thread_us": _best(lambda: [decode_one(k) for k in range(n)]) * us,
-        "decode_delta_two_threads_us": _best(lambda: halves(decode_one)) * us,
-        "decode_xor_delta_one_thread_us": _best(lambda: [decode_xor(k) for k in range(n)]) * us,
         "zstd_frames_loop_us": _best(lambda: [zstdframes.decompress_into(f, p) for f, p in zip(frames, places)]) * us,
         "zstd_frames_batch_two_threads_us": _best(
             lambda: batch.multi_decompress_to_buffer(with_magic, decompressed_sizes=sizes, threads=2)) * us,
-        "interleave_us": _best(lambda: [interleave() for _ in range(n)]) * us,
-        "choose_delta_one_thread_us": _best(lambda: [choose_one(k) for k in range(n)], 3) * us,
-        "choose_delta_two_threads_us": _best(lambda: halves(choose_one), 3) * us,
-        "pack_one_thread_us": _best(lambda: [codec.encode(b.data, layout) for b in raw], 3) * us,
-        "load_average": os.getloadavg()[0],
+        "interleave_numpy_us": _best(lambda: [interleave() for _ in range(n)]) * us,
     }
+    kernel = codec.KERNEL
+    try:  # the C kernel's rows, then numpy's (the fallback where nothing compiled the kernel)
+        for path, setting in (("kernel", kernel), ("numpy", None)):
+            if path == "kernel" and kernel is None:
+                continue
+            codec.KERNEL = setting
+            res |= {
+                f"decode_delta_one_thread_{path}_us": _best(lambda: [decode_one(k) for k in range(n)]) * us,
+                f"decode_delta_two_threads_{path}_us": _best(lambda: halves(decode_one)) * us,
+                f"decode_xor_delta_one_thread_{path}_us": _best(lambda: [decode_xor(k) for k in range(n)]) * us,
+                f"choose_delta_one_thread_{path}_us": _best(lambda: [choose_one(k) for k in range(n)], 3) * us,
+                f"choose_delta_two_threads_{path}_us": _best(lambda: halves(choose_one), 3) * us,
+                f"pack_one_thread_{path}_us": _best(lambda: [codec.encode(b.data, layout) for b in raw], 3) * us,
+            }
+    finally:
+        codec.KERNEL = kernel
+    res["load_average"] = os.getloadavg()[0]
     two.shutdown()
     return res
 

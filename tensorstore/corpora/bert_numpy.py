@@ -9,11 +9,12 @@ modules). Everything stays float32; the result matches torch's to about 1e-7.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from ..threads import default_threads
 
 LAYER_NORM_EPS = 1e-12  # BERT's, not torch's default 1e-5
 HEAD_DIM = 32  # MiniLM-L6: 384 hidden / 12 heads
@@ -114,15 +115,6 @@ def encode_batch(tensors: dict[str, np.ndarray], input_ids: np.ndarray, attentio
         x = _layer(tensors, i, x, pad_bias)
     pooled = (x * mask[:, :, None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
     return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), np.float32(1e-12))
-
-
-def default_threads() -> int:
-    """``OMP_NUM_THREADS`` where it is set to a positive integer, else the number of cores."""
-    try:
-        n = int(os.environ.get("OMP_NUM_THREADS", ""))
-    except ValueError:
-        n = 0
-    return n if n > 0 else (os.cpu_count() or 1)
 
 
 def encode(

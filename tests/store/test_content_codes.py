@@ -112,23 +112,42 @@ def test_codes_are_written_with_their_blocks_and_go_with_them(store_path):
         assert set(codes(s)) == set(first)
         assert_consistent(s)
         s.delete_model("b")
-        assert codes(s) == {} and index_entries(s) > 0  # the entries are stale, left to lookups
-        assert_consistent(s)
-        s.compact(time_limit=1)  # ... and to compact
-        assert index_entries(s) == 0
+        assert codes(s) == {} and index_entries(s) == 0
         assert_consistent(s)
 
 
-def test_a_lookup_deletes_the_stale_entries_it_meets_and_never_proposes_them(store_path):
+def _leaving_entries_stale(monkeypatch) -> None:
+    """Deletes as on a full disk (``Store.delete_model``'s retry): codes go, entries stay."""
+    delete = cc.delete
+    monkeypatch.setattr(cc, "delete", lambda txn, dbs, block_id, keep_entries=False: delete(txn, dbs, block_id, True))
+
+
+def test_a_lookup_deletes_the_stale_entries_it_meets_and_never_proposes_them(store_path, monkeypatch):
     with ts.open(store_path, "w", **GEOMETRY) as s:
         base = _model(1, rows=256)
         s.add_model("base", base)
         first = set(codes(s))
+        _leaving_entries_stale(monkeypatch)
         s.delete_model("base")
+        monkeypatch.undo()
         assert stale_entries(s) == first  # freed: code records gone, index entries not
+        assert_consistent(s)  # verify allows them
         s.add_model("tuned", _tuned(base, 2, "renamed"))  # its lookups land on the stale entries
         assert stale_entries(s) == set()
         assert not [r for r in s.catalog()["blocks"].to_pylist() if r["encoding"] == "delta"]  # nothing to refer to
+        assert_consistent(s)
+
+
+def test_compact_deletes_every_stale_entry(store_path, monkeypatch):
+    with ts.open(store_path, "w", **GEOMETRY) as s:
+        s.add_model("keep", _model(2))
+        s.add_model("gone", _model(3))
+        _leaving_entries_stale(monkeypatch)
+        s.delete_model("gone")
+        monkeypatch.undo()
+        assert stale_entries(s)
+        s.compact(time_limit=1)
+        assert not stale_entries(s) and index_entries(s) == len(cc.PIECES) * len(codes(s))
         assert_consistent(s)
 
 

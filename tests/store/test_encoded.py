@@ -8,7 +8,7 @@ import json
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from support import DTYPES, bits, rewrite_block_bytes, snapshot, tensors
 
 import tensorstore as ts
@@ -111,6 +111,32 @@ def test_a_fine_tune_round_trips_through_deltas(tmp_path_factory, model, seed):
         assert store.verify().ok
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(model=st.dictionaries(st.text(min_size=1, max_size=8).filter(str.isprintable), tensors(), min_size=1, max_size=3),
+       copies=st.integers(0, 2), run=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_runs_of_any_length_store_the_same_blocks(tmp_path_factory, monkeypatch, model, copies, run, seed):
+    """Runs of 1-3 blocks (every run planned while the one before is placed) against one
+    run per tensor: the same distinct blocks, the same encoded bytes, the same models."""
+    from tensorstore import store as store_module
+
+    model = dict(model) | {f"{k}#copy{c}": v.copy() for c in range(copies) for k, v in model.items()}
+    rng = np.random.default_rng(seed)
+    tuned = {k: _tuned(v, rng) for k, v in model.items()}
+    seen = []
+    for batch in (run, 10**6):
+        monkeypatch.setattr(store_module, "_ENCODE_BATCH", batch)
+        path = tmp_path_factory.mktemp("runs") / "store"
+        with ts.open(path, "w", page_size="16KiB", block_bytes="256B") as s:
+            s.add_model("base", model)
+            s.add_model("tuned", tuned)
+            st_ = s.stats()
+            seen.append((st_.unique_blocks, st_.encoded_bytes, dict(st_.encodings)))
+            for name, want in (("base", model), ("tuned", tuned)):
+                got = s.load_model(name)
+                assert {k: bits(v) for k, v in got.items()} == {k: bits(v) for k, v in want.items()}
+    assert seen[0] == seen[1]
+
+
 def _family(seed: int = 0, rows: int = 256):
     rng = np.random.default_rng(seed)
     base = {
@@ -136,6 +162,29 @@ def test_a_fine_tune_is_stored_as_deltas_of_its_base_found_by_itself(store):
     # the fine-tune's new bytes cost well under its size
     assert after.encoded_bytes - before.encoded_bytes < 0.7 * tuned["embed"].nbytes
     assert after.encodings["delta"] == len(embed)
+
+
+def test_blocks_repeated_across_runs_are_stored_once(store):
+    """Each run of blocks is encoded on other threads while the run before it is placed,
+    so a run is planned before the blocks just ahead of it are stored: a block that
+    repeats one of them must still be shared, not stored again, and so must a delta's
+    copies. Runs are 256 blocks; a tensor of 600 blocks of 1 KiB spans three."""
+    rng = np.random.default_rng(5)
+    rows = rng.standard_normal((600, 256)).astype(np.float32)
+    rows[300] = rows[10]  # the second run repeats a block of the first
+    rows[599] = rows[298]  # the third repeats one of the second
+    tied = {"a": rows, "b": rows.copy(), "c": rows[:3].copy()}  # whole tensors repeated, runs apart
+    with ts.open(store.path.parent / "runs", "w", page_size="64KiB", block_bytes="1KiB") as s:
+        s.add_model("m", tied)
+        assert s.stats().unique_blocks == 598
+        tuned = {k: v + np.float32(1e-4) for k, v in tied.items()}
+        s.add_model("tuned", tuned)
+        assert s.stats().unique_blocks == 2 * 598
+        assert s.stats().encodings["delta"] == 598
+        for name, model in (("m", tied), ("tuned", tuned)):
+            back = s.load_model(name)
+            assert {k: bits(v) for k, v in back.items()} == {k: bits(v) for k, v in model.items()}
+        assert s.verify().ok
 
 
 def test_base_names_the_parent(store):

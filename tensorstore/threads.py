@@ -1,0 +1,85 @@
+"""How many threads the store's own parallel work uses, and one way to spread it.
+
+Work that lets go of the GIL (the codec's C kernel, zstd, BLAS) runs on as many threads as
+``OMP_NUM_THREADS`` says where it is set to a positive integer, as torch's and BLAS's pools
+do (a Ray worker of one CPU sets it to 1), else one per core this process may run on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0  # a forked child makes a new pool: the parent's threads do not exist in it
+
+
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` where it is set to a positive integer, else the number of cores
+    this process may run on."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        n = 0
+    if n > 0:
+        return n
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _helpers(n: int) -> ThreadPoolExecutor:
+    """The process-wide pool, with at least ``n`` threads."""
+    global _pool, _pool_pid
+    with _lock:
+        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < n:
+            if _pool is not None and _pool_pid == os.getpid():
+                _pool.shutdown(wait=False)
+            _pool, _pool_pid = ThreadPoolExecutor(n, thread_name_prefix="tensorstore"), os.getpid()
+        return _pool
+
+
+def submit(fn: Callable[..., R], *args) -> Future:
+    """``fn(*args)`` on one of the process's threads."""
+    return _helpers(max(default_threads(), 2)).submit(fn, *args)
+
+
+def spread(fn: Callable[[T], R], items: Sequence[T], threads: int | None = None, least: int = 4) -> list[R | BaseException]:
+    """``fn`` of each item, in the items' order, on ``threads`` threads (this one among
+    them; ``default_threads()`` if None), each taking every ``threads``-th item.
+
+    Worth it only where ``fn`` lets go of the GIL for most of its time: fewer than
+    ``least`` items per thread run here alone. An exception is returned in its item's
+    place rather than raised, so that the caller can name the first item that failed.
+    """
+    k = max(1, min(threads or default_threads(), len(items) // max(least, 1)))
+
+    def run(share: Sequence[T]) -> list[R | BaseException]:
+        done: list[R | BaseException] = []
+        for item in share:
+            try:
+                done.append(fn(item))
+            except Exception as exc:  # noqa: BLE001 - handed back in the item's place
+                done.append(exc)
+        return done
+
+    if k == 1:
+        return run(items)
+    pool = _helpers(max(k - 1, default_threads()))
+    futures = [pool.submit(run, items[i::k]) for i in range(1, k)]
+    shares = [run(items[0::k])]
+    for i, f in enumerate(futures, 1):
+        # A share no pool thread has started (other callers keep them busy) runs here.
+        shares.append(run(items[i::k]) if f.cancel() else f.result())
+    out: list[R | BaseException] = [None] * len(items)  # type: ignore[list-item]
+    for i, share in enumerate(shares):
+        out[i::k] = share
+    return out
