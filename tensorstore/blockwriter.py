@@ -22,7 +22,7 @@ import lmdb
 
 from tensorstore_index.exact import block_digest
 
-from . import codec, dtypes, threads
+from . import codec, contentcodes, dtypes, threads
 from .digests import same_bytes, strong_digest
 
 from .catalog import (
@@ -65,7 +65,11 @@ class Ahead:
 def _encoded_with_digests(jobs: list[codec.Job], layout: codec.Layout) -> list[tuple[int, bytes | None, int, bytes]]:
     """``codec.choose_many`` of ``jobs``, each with the BLAKE3 digest of an encoded block
     (b"" for a raw one): BLAKE3 lets go of the GIL, so it too runs on every core."""
-    chosen = codec.choose_many(jobs, layout)
+    try:
+        chosen = codec.choose_many(jobs, layout)
+    except ValueError as exc:  # a reference's stored payload does not decode
+        raise CorruptionError(f"a stored block does not decode ({exc}); nothing was stored: "
+                              "`tensorstore verify STORE` names the models that hold it") from None
     encoded = [j.data for j, (encoding, _, _) in zip(jobs, chosen) if encoding != codec.RAW]
     strongs = iter(threads.spread(strong_digest, encoded))
     return [(e, payload, which, b"" if e == codec.RAW else next(strongs)) for e, payload, which in chosen]
@@ -109,6 +113,10 @@ class BlockWriter:
         self._min_open_room = pages.page_size // OPEN_ROOM_FRACTION
         self._current: int | None = None
         self._scratch = bytearray()  # where a block is copied to be hashed when no page has room
+        # Content codes of the new blocks, written with them (``contentcodes``): ids from
+        # here on are this transaction's.
+        self._first_new_id = state.next_block_id
+        self.code_log = contentcodes.CodeLog()
 
     # -- references -----------------------------------------------------------------
 
@@ -144,6 +152,7 @@ class BlockWriter:
             self.reference_id(block_id)
             self._confirm(block_id, copy)  # after: it reads the record reference_id cached
             return block_id
+        self.code_log.note(self.state.next_block_id, self.domain, dtype_code, copy)  # the id placing gives it
         if spot is not None:
             return self._place_at(spot[0], spot[1], at, n, dtype_code, digest, key)
         return self._place(copy, dtype_code, digest, key)
@@ -211,6 +220,8 @@ class BlockWriter:
             stored = data if encoding == codec.RAW else payload
             ref = refs[which] if encoding == codec.DELTA else 0
             ids[i] = self._place(stored, dtype_code, digests[i], key, len(data), encoding, ref, strong)
+            if encoding != codec.DELTA:
+                self.code_log.note(ids[i], self.domain, dtype_code, data, digests[i])
         for i, block_id in enumerate(ids):
             if block_id < 0:
                 ids[i] = ids[-1 - block_id]
@@ -459,6 +470,7 @@ class BlockWriter:
                 txn.put(key, id_key(block_id), db=dbs["hashes"])
         for block_id, b in self._blocks.items():
             txn.put(id_key(block_id), encode_block(b), db=dbs["blocks"])
+        self.code_log.flush(txn, dbs, self._first_new_id, self._blocks.keys(), list(self._removed.values()))
         open_ = dict(self._open)  # open pages this transaction did not touch
         for page_id, room in self._room.items():
             open_.pop(page_id, None)

@@ -10,6 +10,9 @@ Tables (one LMDB database each) and their keys:
 ``pagemeta``  page id (u64)        -> bytes used and live in the page, ids of its blocks
 ``meta``      a few fixed keys      -> store format, id counters, running totals, open pages
 
+and, kept by :mod:`tensorstore.contentcodes`, ``contentcodes`` (block id -> its LSH code)
+and ``contentindex`` (the codes' multi-index hash, for delta references found by content).
+
 Every record ends with the XXH3-64 checksum of the rest and decodes through one function
 here; a record that fails its checksum or does not decode raises ``CorruptionError``: the
 catalog is input like any other and is never trusted blindly.
@@ -31,12 +34,15 @@ from .errors import CorruptionError
 FORMAT_NAME = "tensorstore"
 # 2: encoded blocks (block records gain encoding, stored length, reference); 3: encoded
 # blocks' records may carry a BLAKE3 digest (``BlockRecord.strong``); 4: a delta may be an
-# arithmetic difference (``codec``), which code for format 3 cannot decode.
-FORMAT_VERSION = 4
+# arithmetic difference (``codec``), which code for format 3 cannot decode; 5: every block
+# that may be a reference found by content keeps its code (``contentcodes``), which code
+# for format 4 would not keep up to date when it writes.
+FORMAT_VERSION = 5
 # A format-1 store is a format-2 store whose blocks are all raw; a format-2 store is a
 # format-3 store none of whose records carries a BLAKE3 digest; a format-3 store is a
-# format-4 store whose deltas are all XORs.
-READABLE_VERSIONS = (1, 2, 3, 4)
+# format-4 store whose deltas are all XORs; a format-4 store is a format-5 store none of
+# whose blocks is coded yet (its content-code marker says so once a writer has opened it).
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 ID = struct.Struct(">Q")  # big-endian ids: LMDB key order is id order
 
 

@@ -151,7 +151,8 @@ def _parser() -> argparse.ArgumentParser:
                         "tolerance: the near-dup pass's bytes, accuracy and evaluations at every tolerance level up to --tolerance; "
                         "members: per member, what the store's per-block encoding adds against the per-tensor ZipLLM-style baseline; "
                         "contentrefs: delta references by content against by position only, on minilm, minilm-renamed, "
-                        "minilm-vocab and minilm-vocab-rows, or on the one corpus --corpus names other than digits")
+                        "minilm-vocab and minilm-vocab-rows, or on the one corpus --corpus names other than digits "
+                        "(--corpus scaling: the lookup's cost at 10^3-10^5 stored blocks)")
     b.add_argument("--corpus", default="digits",
                    help="digits (default), minilm, embedding (the sparse-embedding family), embedding-quick (its "
                         "synthetic stand-in), minilm-renamed, minilm-vocab, minilm-vocab-rows (minilm with tensors "

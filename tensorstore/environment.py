@@ -37,7 +37,11 @@ _MIN_MAP = (1 << 40) if sys.maxsize > 2**32 else (1 << 30)
 _SMALLEST_MAP = 64 << 20  # the reservation halves down to this when address space is limited
 # Databases a store made before they existed lacks: created on the first read-write open;
 # a read-only handle of such a store sees them as absent (``dbs`` has no key for them).
-OPTIONAL_DB_NAMES = ("files",)
+OPTIONAL_DB_NAMES = ("files", "contentcodes", "contentindex")
+# LMDB flags of databases that are not plain key -> value maps (they must be given at every
+# open): the content-code index keeps many fixed-size entries under one key
+# (:mod:`tensorstore.contentcodes`).
+DB_FLAGS = {"contentindex": {"dupsort": True, "dupfixed": True}}
 _MIN_LMDB_PAGE = 4096  # a data file shorter than its two meta pages is no LMDB file
 _MAX_GROW_ATTEMPTS = 16
 _CREATING_WAIT = 10.0  # seconds to wait for another process to finish creating a store
@@ -116,7 +120,7 @@ class Environment:
             dbs = {n: self.env.open_db(n.encode(), create=False) for n in DB_NAMES}
             for n in OPTIONAL_DB_NAMES:
                 try:
-                    dbs[n] = self.env.open_db(n.encode(), create=False)
+                    dbs[n] = self.env.open_db(n.encode(), create=False, **DB_FLAGS.get(n, {}))
                 except lmdb.NotFoundError:
                     pass
             return dbs
@@ -124,7 +128,8 @@ class Environment:
         # database, eight commits for a new store. Handles opened in a write transaction
         # stay valid once it commits; if it aborts, none was created and none is kept.
         with self.env.begin(write=True) as txn:
-            return {n: self.env.open_db(n.encode(), txn=txn, create=True) for n in DB_NAMES + OPTIONAL_DB_NAMES}
+            return {n: self.env.open_db(n.encode(), txn=txn, create=True, **DB_FLAGS.get(n, {}))
+                    for n in DB_NAMES + OPTIONAL_DB_NAMES}
 
     def _open_lmdb(self, data: Path, size: int, readonly: bool, create: bool) -> lmdb.Environment:
         reserve = max(_MIN_MAP, 2 * size)

@@ -24,7 +24,8 @@ from tensorstore_index.exact import block_digest
 
 from . import catalog as cat
 from . import codec, dtypes, modelfiles, sharedcache
-from .contentrefs import ContentIndex, Query
+from . import contentcodes, contentrefs
+from .contentrefs import Query
 from .blockwriter import BlockWriter
 from .catalog import ModelRecord, StoreState, TensorRecord, id_key
 from .chunking import as_bytes, block_spans, block_step, canonical
@@ -41,6 +42,7 @@ from .errors import (
     NotAStoreError,
     ReadOnlyError,
     StoreClosedError,
+    StoreFullError,
     StoreExistsError,
     StoreNotFoundError,
     TensorNotFoundError,
@@ -82,7 +84,7 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
     codec: str = "auto",
     remote: str | None = None,
     verify: bool | str = True,
-    content_refs: bool = False,
+    content_refs: bool = True,
 ) -> "Store":
     """Open (or create) the store at ``path``.
 
@@ -123,9 +125,10 @@ def open(  # noqa: A001 - the module-level verb users expect: ts.open(path)
         With ``codec="auto"``, let a new block with no reference by position (a renamed
         tensor, rows moved by an insertion) be stored as a delta against the nearest
         stored block by content, found in an LSH index (:mod:`tensorstore.contentrefs`).
-        Default False (references by position only): an add that looks blocks up reads
-        every stored block of their dtype and length that this handle has not coded yet,
-        so its cost grows with the store (codes are not kept in the store yet).
+        Default True; ``False``: references by position only. A lookup reads the codes
+        the store keeps for its blocks (:mod:`tensorstore.contentcodes`), so its cost
+        does not grow with the store; a store written before codes were kept has its
+        blocks coded once, in resumable steps, by the first add with this on.
     remote : str, optional
         A remote's URL (:mod:`tensorstore.remote`): a model not in the store is pulled
         from it on its first ``load_model`` or ``load_tensor`` (read-through), then served
@@ -230,8 +233,7 @@ class Store:
         self.shared_cache = None  # a SharedCache when opened with shared_cache
         self._ident: bytes | None = None
         self.codec = "auto"  # how this handle writes new blocks (``open``'s ``codec``)
-        self.content_refs = False  # references found by content too (``open``'s ``content_refs``)
-        self._content_index: ContentIndex | None = None  # kept between ingests: stored blocks coded once
+        self.content_refs = True  # references found by content too (``open``'s ``content_refs``)
         self.remote: str | None = None  # pulled from on a load of a missing model (``open``'s ``remote``)
 
     def _attach_cache(self, cache_bytes: int) -> None:
@@ -442,6 +444,8 @@ class Store:
         extra = _check_files(files)
         total = sum(a.nbytes for _, a in arrays)
         key = name.encode()
+        if self.codec == "auto" and self.content_refs and contentcodes.pending(self):
+            contentcodes.backfill(self)  # a store written before codes were kept: once
 
         def add(txn: lmdb.Transaction) -> None:
             old = txn.get(key, db=env.dbs["models"])
@@ -513,9 +517,9 @@ class Store:
             moved = same and mine.shape != tuple(arr.shape)
             if self.content_refs and (moved or len(theirs) < len(blocks)):
                 code = DTYPE_CODES[dname]
-                queries += [Query((t, i), b, code) for i, (b, d) in enumerate(zip(blocks, digests))
+                queries += [Query((t, i), b, code, d) for i, (b, d) in enumerate(zip(blocks, digests))
                             if (moved or i >= len(theirs)) and writer._lookup(cat.hash_key(writer.domain, d)) is None]
-        near = self._content_refs_index().find(writer, queries) if queries else {}
+        near = contentrefs.find(writer, queries) if queries else {}
         runs = []  # (tensor, arguments of reference_encoded), in order
         for t, (tname, arr, dname, step, blocks, digests) in enumerate(chunked):
             theirs = positional[t]
@@ -535,12 +539,6 @@ class Store:
             bar.update(sum(len(b) for b in args[0]))
         return [TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids[t], dtype=np.uint64))
                 for t, (tname, arr, dname, step, _, _) in enumerate(chunked)]
-
-    def _content_refs_index(self) -> ContentIndex:
-        with self._plans_lock:
-            if self._content_index is None:
-                self._content_index = ContentIndex()
-            return self._content_index
 
     def _parent(self, txn: lmdb.Transaction, base: str | None, domain: str, writer: BlockWriter, chunked) -> ModelRecord | None:
         """The model a new one is stored as deltas against: ``base`` if given; else the
@@ -580,10 +578,11 @@ class Store:
         env = self.writable_env()
         key = _name_key(name)
 
-        def delete(txn: lmdb.Transaction) -> None:
+        def delete(txn: lmdb.Transaction, keep_code_entries: bool = False) -> None:
             record = self.record(txn, name)
             state = self.state(txn)
             writer = BlockWriter(txn, env.dbs, self.page_file, state)
+            writer.code_log.keep_entries = keep_code_entries
             for t in record.tensors:
                 for block_id in t.block_ids:
                     writer.release(int(block_id))
@@ -596,7 +595,13 @@ class Store:
             state.logical_bytes -= record.logical_bytes
             self.put_state(txn, state)
 
-        env.write(delete)
+        try:
+            env.write(delete)
+        except StoreFullError:
+            # Deleting is how a full disk is given room again, and the freed codes' index
+            # entries alone touch a page of the content index per piece: leave them stale
+            # (``contentcodes.delete``) and try once more.
+            env.write(lambda txn: delete(txn, keep_code_entries=True))
 
     # -- models out -----------------------------------------------------------------
 
@@ -788,14 +793,20 @@ class Store:
 
         For a store written with ``codec="raw"`` or by a version without encodings, or
         one whose models arrived before their parents. One transaction: a crash leaves
-        the store as it was. ``algorithm``, ``read_weight`` and ``time_limit`` are
+        the store as it was; the content codes of blocks it makes deltas go in it too. ``algorithm``, ``read_weight`` and ``time_limit`` are
         :meth:`repack`'s.
         """
         from .compact import compact
 
         env = self.writable_env()
         weight, algorithm = self._pack_options(algorithm, read_weight, time_limit)
-        return env.write(lambda txn: compact(self, txn, algorithm, weight, time_limit), expect_bytes=2 * self.stats().stored_bytes)
+
+        def run(txn: lmdb.Transaction):
+            report = compact(self, txn, algorithm, weight, time_limit)
+            contentcodes.prune(txn, env.dbs)  # blocks made deltas are references no more
+            return report
+
+        return env.write(run, expect_bytes=2 * self.stats().stored_bytes)
 
     @staticmethod
     def _pack_options(algorithm: str, read_weight: float | None, time_limit: float) -> tuple[float, str]:

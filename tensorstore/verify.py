@@ -4,7 +4,9 @@ Reads one snapshot and recomputes from scratch what the store keeps as running s
 page checksums, each block's content digest against its bytes, that every block lies
 inside its page without overlapping another, reference counts against the models that
 hold them, the totals behind ``stats()``, and the files kept with models (each belongs to
-a model and matches the length and digest its model's manifest records).
+a model and matches the length and digest its model's manifest records), and the content
+codes (each names a stored block that may be a reference, is filed in the content index,
+and every such block has one: :func:`tensorstore.contentcodes.check`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import lmdb
 from tensorstore_index.exact import block_digest
 
 from . import catalog as cat
-from . import codec, dtypes, modelfiles
+from . import codec, contentcodes, dtypes, modelfiles
 from .digests import strong_digest
 from .catalog import id_key
 from .dtypes import DTYPES
@@ -135,6 +137,7 @@ def _verify(store, txn: lmdb.Transaction) -> VerifyReport:
         if b.refs != refs.get(block_id, 0):
             problem(f"block {block_id} counts {b.refs} references; models and deltas hold {refs.get(block_id, 0)}")
     _check_contents(blocks, payloads, users, problem)
+    contentcodes.check(txn, dbs, blocks, problem)
     if store.env.dbs.get("files") is not None:
         _check_files(txn, store.env.dbs["files"], names, all_models, problem)
 

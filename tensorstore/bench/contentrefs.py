@@ -64,10 +64,21 @@ def run(corpus: str, workdir: str | None, repeat: int) -> dict:
 
 
 def main(corpora: list[str], workdir: str | None, repeat: int) -> list[dict]:
-    return [run(corpus, workdir, repeat) for corpus in corpora]
+    """Each corpus's comparison; ``scaling`` (not a corpus) is the lookup's cost against
+    the store's size (:mod:`tensorstore.bench.contentcodes`)."""
+    from . import contentcodes
+
+    return [contentcodes.run(workdir, repeat) if corpus == "scaling" else run(corpus, workdir, repeat)
+            for corpus in corpora]
 
 
 def table(results: list[dict]) -> str:
+    from . import contentcodes
+
+    scaling = [contentcodes.table(r) for r in results if r["corpus"] == "scaling"]
+    results = [r for r in results if r["corpus"] != "scaling"]
+    if not results:
+        return "\n\n".join(scaling)
     lines = ["| corpus | logical MB | position only: MB (raw/packed/delta) | + content: MB (raw/packed/delta) | "
              "ZipLLM-style MB | content / ZipLLM-style | ingest s, position only / + content | root ingest s, position only / + content |",
              "|---|---|---|---|---|---|---|---|"]
@@ -81,4 +92,4 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {r['corpus']} | {r['logical_bytes'] / 1e6:.1f} | {enc(p)} | {enc(c)} | {r['zipllm_bytes'] / 1e6:.2f} | "
                      f"{c['encoded_bytes'] / r['zipllm_bytes']:.3f} | {p['ingest_s']:.2f} / {c['ingest_s']:.2f} | "
                      f"{p['root_ingest_s']:.2f} / {c['root_ingest_s']:.2f} |")
-    return "\n".join(lines)
+    return "\n\n".join(["\n".join(lines)] + scaling)

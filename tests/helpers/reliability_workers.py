@@ -267,7 +267,55 @@ def open_and_load_all(path: str, mode: str) -> dict:
         return {"result": type(exc).__name__, "message": str(exc)}
 
 
+def content_writer(path: str, seed: int) -> dict:
+    """Adds, replaces, deletes and compacts forever (until killed): bases and fine-tunes of
+    them re-exported under other names, so blocks are stored as deltas of references found
+    by content and their codes come and go."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def model(k: int) -> dict:
+        r = np.random.default_rng(k % 5)
+        base = {"embed": (r.standard_normal((384, 64)) * 0.05).astype(np.float32),
+                "w": (r.standard_normal((64, 64)) * 0.05).astype(np.float16)}
+        if k < 5:
+            return base
+        t = np.random.default_rng(k)
+        return {f"v{k}/{key}": (v.astype(np.float32) * (1 + 1e-3 * t.standard_normal(v.shape))).astype(v.dtype)
+                for key, v in base.items()}
+
+    with ts.open(path, "a", page_size="64KiB", block_bytes="4KiB") as s:
+        print("ready", flush=True)
+        while True:
+            k = int(rng.integers(0, 20))
+            name = f"m{k}"
+            op = rng.integers(0, 10)
+            if op < 6 or name not in s:
+                s.add_model(name, model(k), replace=True)
+            elif op == 9:
+                s.compact(time_limit=0.5)  # turns blocks into deltas: their codes must go
+            elif op == 8:
+                s.dedup([name], tolerance=0.05)  # replaced blocks are freed with their codes
+            else:
+                s.delete_model(name)
+
+
+def slow_backfill(path: str, step_blocks: int, delay: float) -> dict:
+    """Codes a store written without codes, ``step_blocks`` a step, each step's writes
+    held back ``delay`` seconds (a slow disk), so that a kill lands mid-way."""
+    from tensorstore import contentcodes
+
+    put = contentcodes.put_many
+    contentcodes.put_many = lambda *a: (time.sleep(delay), put(*a))
+    with ts.open(path, "a") as s:
+        print("ready", flush=True)
+        return {"coded": contentcodes.backfill(s, step_blocks=step_blocks)}
+
+
 ROLES = {
+    "content_writer": lambda a: content_writer(a[0], int(a[1])),
+    "slow_backfill": lambda a: slow_backfill(a[0], int(a[1]), float(a[2])),
     "reader": lambda a: reader(a[0], a[1], int(a[2])),
     "view_reader": lambda a: view_reader(a[0], int(a[1])),
     "writer": lambda a: writer(a[0], int(a[1]), int(a[2])),

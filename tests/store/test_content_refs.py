@@ -209,10 +209,15 @@ def test_vectors_sample_every_block_length_into_one_dimension(n, dtype, seed):
     assert np.array_equal(v[0, :width], data[::stride].astype(np.float32)) and not v[0, width:].any()
 
 
-def test_content_references_are_off_by_default(store_path):
+def test_content_references_are_on_by_default_and_can_be_turned_off(tmp_path):
     rng = np.random.default_rng(8)
     base = _base(rng)
-    with ts.open(store_path, "w", **GEOMETRY) as s:
-        s.add_model("base", base)
-        s.add_model("tuned", _renamed(_fine_tune(base, rng), "t"))
-        assert not [r for r in _blocks(s, "tuned") if r["encoding"] == "delta"]
+    tuned = _renamed(_fine_tune(base, rng), "t")
+    deltas, new = {}, len(_renamed(base, "t")["t/embed"].tobytes()) // 4096
+    for flag in (None, False):
+        options = {} if flag is None else {"content_refs": flag}
+        with ts.open(tmp_path / f"s{flag}", "w", **options, **GEOMETRY) as s:
+            s.add_model("base", base)
+            s.add_model("tuned", tuned)
+            deltas[flag] = sum(r["encoding"] == "delta" for r in _blocks(s, "tuned"))
+    assert deltas[False] == 0 and deltas[None] >= 0.8 * new
