@@ -14,9 +14,7 @@ the order they were added. ``repack`` replaces this with a layout chosen for rea
 
 from __future__ import annotations
 
-import contextvars
-from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import lmdb
 
@@ -51,15 +49,6 @@ MIN_HOLE_ROOM = 256
 
 def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
-
-
-@dataclass(frozen=True, slots=True)
-class Ahead:
-    """A run's new blocks being encoded on other threads (``BlockWriter.encode_ahead``):
-    the references each was offered, by index in the run, and the encodings to come."""
-
-    planned: dict[int, list[int]]
-    chosen: Future
 
 
 def _encoded_with_digests(jobs: list[codec.Job], layout: codec.Layout) -> list[tuple[int, bytes | None, int, bytes]]:
@@ -157,47 +146,27 @@ class BlockWriter:
             return self._place_at(spot[0], spot[1], at, n, dtype_code, digest, key)
         return self._place(copy, dtype_code, digest, key)
 
-    def encode_ahead(self, blocks: list, digests: list[bytes], dtype_code: int, layout: codec.Layout,
-                     candidates: list[list[int]]) -> Ahead:
-        """Start choosing the encodings of the blocks of one run of a tensor that are new
-        to this transaction so far, on other threads (``reference_encoded`` of the same
-        arguments places them). The caller meanwhile places the run before: a block that
-        run places turns out present, and its encoding is not used. References go as
-        copies, since pages in memory are written back and reused meanwhile."""
-        planned: dict[int, list[int]] = {}
-        jobs: list[codec.Job] = []
-        seen: set[bytes] = set()
-        for i, (data, digest) in enumerate(zip(blocks, digests)):
-            key = hash_key(self.domain, digest)
-            if key in seen or self._lookup(key) is not None:
-                continue
-            seen.add(key)
-            refs = self._references(candidates[i], len(data), dtype_code)
-            planned[i] = refs
-            jobs.append(codec.Job(data, [(self.stored_bytes(self.block(r)), self.block(r).encoding) for r in refs]))
-        return Ahead(planned, threads.submit(contextvars.copy_context().run, _encoded_with_digests, jobs, layout))
-
     def reference_encoded(
-        self, blocks: list, digests: list[bytes], dtype_code: int, layout: codec.Layout, candidates: list[list[int]],
-        ahead: Ahead | None = None,
+        self, blocks: list, digests: list[bytes], dtype_code: int, layout: codec.Layout, candidates: list[list[int]]
     ) -> list[int]:
         """Return the ids of the blocks of one run of a tensor, storing the new ones in
         the smallest encoding (``codec.choose``).
 
         ``digests`` are the blocks' content digests; ``candidates[i]`` the ids of stored
         blocks that block ``i`` may be a delta of (a delta's own reference stands in for
-        it: a reference is never itself a delta). New blocks are encoded in parallel, or
-        were by ``ahead`` (``encode_ahead`` of the same arguments).
+        it: a reference is never itself a delta). New blocks are encoded, and blocks found
+        stored confirmed, on every core.
         """
         ids: list[int] = [0] * len(blocks)
         first: dict[bytes, int] = {}  # key -> the first new block with it, in this call
         new: list[tuple[int, bytes, list[int]]] = []
+        found: list[tuple[int, object]] = []
         for i, (data, digest) in enumerate(zip(blocks, digests)):
             key = hash_key(self.domain, digest)
             block_id = self._lookup(key)
             if block_id is not None:
                 self.reference_id(block_id)
-                self._confirm(block_id, data)
+                found.append((block_id, data))
                 ids[i] = block_id
             elif key in first:
                 if not same_bytes(blocks[first[key]], data):
@@ -206,16 +175,10 @@ class BlockWriter:
             else:
                 first[key] = i
                 new.append((i, key, self._references(candidates[i], len(data), dtype_code)))
-        done = {} if ahead is None else dict(zip(ahead.planned, ahead.chosen.result()))
-        # What was not planned ahead with the same references (a block freed meanwhile) is
-        # encoded now.
-        late = [(i, refs) for i, _, refs in new if ahead is None or ahead.planned.get(i) != refs]
-        if late:
-            jobs = [codec.Job(blocks[i], [(self.stored_bytes(self.block(r)), self.block(r).encoding) for r in refs])
-                    for i, refs in late]
-            done.update(zip((i for i, _ in late), _encoded_with_digests(jobs, layout)))
-        for i, key, refs in new:
-            encoding, payload, which, strong = done[i]
+        self._confirm_all(found)
+        jobs = [codec.Job(blocks[i], [(self.stored_bytes(self.block(r)), self.block(r).encoding) for r in refs])
+                for i, _, refs in new]
+        for (i, key, refs), (encoding, payload, which, strong) in zip(new, _encoded_with_digests(jobs, layout)):
             data = blocks[i]
             stored = data if encoding == codec.RAW else payload
             ref = refs[which] if encoding == codec.DELTA else 0
@@ -265,6 +228,19 @@ class BlockWriter:
             same = same_bytes(self._decoded(b), data)
         if not same:
             raise HashCollisionError(_collision(f"stored block {block_id}"))
+
+    def _confirm_all(self, found: list[tuple[int, object]]) -> None:
+        """``_confirm`` of each ``(block id, data)``, the BLAKE3 digests on every core."""
+        strong = [(block_id, data) for block_id, data in found if self.block(block_id).encoding != codec.RAW
+                  and self.block(block_id).strong]
+        digests = threads.spread(strong_digest, [data for _, data in strong])
+        for (block_id, _), digest in zip(strong, digests):
+            if digest != self.block(block_id).strong:
+                raise HashCollisionError(_collision(f"stored block {block_id}"))
+        checked = {block_id for block_id, _ in strong}
+        for block_id, data in found:
+            if block_id not in checked:
+                self._confirm(block_id, data)
 
     def _decoded(self, b: BlockRecord):
         ref = ref_payload = None

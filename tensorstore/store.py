@@ -520,25 +520,19 @@ class Store:
                 queries += [Query((t, i), b, code, d) for i, (b, d) in enumerate(zip(blocks, digests))
                             if (moved or i >= len(theirs)) and writer._lookup(cat.hash_key(writer.domain, d)) is None]
         near = contentrefs.find(writer, queries) if queries else {}
-        runs = []  # (tensor, arguments of reference_encoded), in order
+        records = []
         for t, (tname, arr, dname, step, blocks, digests) in enumerate(chunked):
             theirs = positional[t]
             candidates = [theirs[i : i + 1] + near.get((t, i), []) for i in range(len(blocks))]
             code, layout = DTYPE_CODES[dname], dtypes.layout(dname)
+            ids: list[int] = []
             for k in range(0, len(blocks), _ENCODE_BATCH):
                 batch = slice(k, k + _ENCODE_BATCH)
-                runs.append((t, (blocks[batch], digests[batch], code, layout, candidates[batch])))
-        # Each run is encoded on other threads while this one places the run before it.
-        ids: list[list[int]] = [[] for _ in chunked]
-        ahead = writer.encode_ahead(*runs[0][1]) if runs else None
-        for r, (t, args) in enumerate(runs):
-            coming = writer.encode_ahead(*runs[r + 1][1]) if r + 1 < len(runs) else None
-            with _naming_tensor(chunked[t][0]):
-                ids[t] += writer.reference_encoded(*args, ahead=ahead)
-            ahead = coming
-            bar.update(sum(len(b) for b in args[0]))
-        return [TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids[t], dtype=np.uint64))
-                for t, (tname, arr, dname, step, _, _) in enumerate(chunked)]
+                with _naming_tensor(tname):
+                    ids += writer.reference_encoded(blocks[batch], digests[batch], code, layout, candidates[batch])
+                bar.update(sum(len(b) for b in blocks[batch]))
+            records.append(TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids, dtype=np.uint64)))
+        return records
 
     def _parent(self, txn: lmdb.Transaction, base: str | None, domain: str, writer: BlockWriter, chunked) -> ModelRecord | None:
         """The model a new one is stored as deltas against: ``base`` if given; else the

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -47,11 +47,6 @@ def _helpers(n: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def submit(fn: Callable[..., R], *args) -> Future:
-    """``fn(*args)`` on one of the process's threads."""
-    return _helpers(max(default_threads(), 2)).submit(fn, *args)
-
-
 def spread(fn: Callable[[T], R], items: Sequence[T], threads: int | None = None, least: int = 4) -> list[R | BaseException]:
     """``fn`` of each item, in the items' order, on ``threads`` threads (this one among
     them; ``default_threads()`` if None), each taking every ``threads``-th item.
@@ -73,7 +68,7 @@ def spread(fn: Callable[[T], R], items: Sequence[T], threads: int | None = None,
 
     if k == 1:
         return run(items)
-    pool = _helpers(max(k - 1, default_threads()))
+    pool = _helpers(k - 1)
     futures = [pool.submit(run, items[i::k]) for i in range(1, k)]
     shares = [run(items[0::k])]
     for i, f in enumerate(futures, 1):

@@ -115,8 +115,8 @@ def test_a_fine_tune_round_trips_through_deltas(tmp_path_factory, model, seed):
 @given(model=st.dictionaries(st.text(min_size=1, max_size=8).filter(str.isprintable), tensors(), min_size=1, max_size=3),
        copies=st.integers(0, 2), run=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
 def test_runs_of_any_length_store_the_same_blocks(tmp_path_factory, monkeypatch, model, copies, run, seed):
-    """Runs of 1-3 blocks (every run planned while the one before is placed) against one
-    run per tensor: the same distinct blocks, the same encoded bytes, the same models."""
+    """Runs of 1-3 blocks against one run per tensor: the same distinct blocks, the same
+    encoded bytes, the same models."""
     from tensorstore import store as store_module
 
     model = dict(model) | {f"{k}#copy{c}": v.copy() for c in range(copies) for k, v in model.items()}
@@ -165,10 +165,9 @@ def test_a_fine_tune_is_stored_as_deltas_of_its_base_found_by_itself(store):
 
 
 def test_blocks_repeated_across_runs_are_stored_once(store):
-    """Each run of blocks is encoded on other threads while the run before it is placed,
-    so a run is planned before the blocks just ahead of it are stored: a block that
-    repeats one of them must still be shared, not stored again, and so must a delta's
-    copies. Runs are 256 blocks; a tensor of 600 blocks of 1 KiB spans three."""
+    """A block that repeats one of an earlier run of the same add (runs are 256 blocks;
+    a tensor of 600 blocks of 1 KiB spans three) is shared, not stored again, and so
+    are a delta's copies."""
     rng = np.random.default_rng(5)
     rows = rng.standard_normal((600, 256)).astype(np.float32)
     rows[300] = rows[10]  # the second run repeats a block of the first
