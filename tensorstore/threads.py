@@ -19,6 +19,7 @@ R = TypeVar("R")
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0  # a forked child makes a new pool: the parent's threads do not exist in it
+_pool_size = 0
 
 
 def default_threads() -> int:
@@ -38,12 +39,12 @@ def default_threads() -> int:
 
 def _helpers(n: int) -> ThreadPoolExecutor:
     """The process-wide pool, with at least ``n`` threads."""
-    global _pool, _pool_pid
+    global _pool, _pool_pid, _pool_size
     with _lock:
-        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < n:
+        if _pool is None or _pool_pid != os.getpid() or _pool_size < n:
             if _pool is not None and _pool_pid == os.getpid():
-                _pool.shutdown(wait=False)
-            _pool, _pool_pid = ThreadPoolExecutor(n, thread_name_prefix="tensorstore"), os.getpid()
+                _pool.shutdown(wait=False)  # work already queued there still runs
+            _pool, _pool_pid, _pool_size = ThreadPoolExecutor(n, thread_name_prefix="tensorstore"), os.getpid(), n
         return _pool
 
 
