@@ -60,7 +60,7 @@ def _encoded_with_digests(jobs: list[codec.Job], layout: codec.Layout) -> list[t
         raise CorruptionError(f"a stored block does not decode ({exc}); nothing was stored: "
                               "`tensorstore verify STORE` names the models that hold it") from None
     encoded = [j.data for j, (encoding, _, _) in zip(jobs, chosen) if encoding != codec.RAW]
-    strongs = iter(threads.spread(strong_digest, encoded))
+    strongs = iter(threads.each(strong_digest, encoded))
     return [(e, payload, which, b"" if e == codec.RAW else next(strongs)) for e, payload, which in chosen]
 
 
@@ -212,35 +212,30 @@ class BlockWriter:
                 out.append(b.block_id)
         return out
 
-    def _confirm(self, block_id: int, data) -> None:
+    def _confirm(self, block_id: int, data, strong: bytes | None = None) -> None:
         """Raise ``HashCollisionError`` unless stored block ``block_id`` holds exactly
         ``data``. A MurmurHash3 match is not proof: colliding blocks can be constructed,
         and sharing one would hand another model's bytes to this one's users. A raw
         block's bytes are compared (memcmp against the mapped page); an encoded block's
-        BLAKE3 digest is (a decode would cost more than the rest of the ingest), or, for
-        a record that has none (format 2), its decoded bytes."""
+        BLAKE3 digest is (``strong`` if already taken; a decode would cost more than the
+        rest of the ingest), or, for a record that has none (format 2), its decoded bytes."""
         b = self.block(block_id)
         if b.encoding == codec.RAW:
             same = same_bytes(self.stored_view(b), data)
         elif b.strong:
-            same = strong_digest(data) == b.strong
+            same = (strong or strong_digest(data)) == b.strong
         else:
             same = same_bytes(self._decoded(b), data)
         if not same:
             raise HashCollisionError(_collision(f"stored block {block_id}"))
 
     def _confirm_all(self, found: list[tuple[int, object]]) -> None:
-        """``_confirm`` of each ``(block id, data)``, the BLAKE3 digests on every core."""
-        strong = [(block_id, data) for block_id, data in found if self.block(block_id).encoding != codec.RAW
-                  and self.block(block_id).strong]
-        digests = threads.spread(strong_digest, [data for _, data in strong])
-        for (block_id, _), digest in zip(strong, digests):
-            if digest != self.block(block_id).strong:
-                raise HashCollisionError(_collision(f"stored block {block_id}"))
-        checked = {block_id for block_id, _ in strong}
-        for block_id, data in found:
-            if block_id not in checked:
-                self._confirm(block_id, data)
+        """``_confirm`` of each ``(block id, data)``, the BLAKE3 digests taken on every core."""
+        hashed = [self.block(block_id).encoding != codec.RAW and bool(self.block(block_id).strong)
+                  for block_id, _ in found]
+        digests = iter(threads.each(strong_digest, [data for (_, data), h in zip(found, hashed) if h]))
+        for (block_id, data), h in zip(found, hashed):
+            self._confirm(block_id, data, next(digests) if h else None)
 
     def _decoded(self, b: BlockRecord):
         ref = ref_payload = None

@@ -402,11 +402,7 @@ def choose_many(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None
 
 def choose_jobs(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None, int]]:
     """``choose`` for each job (a task of ``choose_many`` elsewhere)."""
-    done = threads.spread(lambda j: _choose(j.data, layout, j.refs), jobs, threads=None if KERNEL else 1)
-    for result in done:
-        if isinstance(result, BaseException):
-            raise result
-    return done
+    return threads.each(lambda j: _choose(j.data, layout, j.refs), jobs, threads=None if KERNEL else 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,3 +79,12 @@ def spread(fn: Callable[[T], R], items: Sequence[T], threads: int | None = None,
     for i, share in enumerate(shares):
         out[i::k] = share
     return out
+
+
+def each(fn: Callable[[T], R], items: Sequence[T], threads: int | None = None) -> list[R]:
+    """``spread``, raising the first exception in the items' order, if any."""
+    done = spread(fn, items, threads)
+    for result in done:
+        if isinstance(result, BaseException):
+            raise result
+    return done  # type: ignore[return-value]
