@@ -12,6 +12,9 @@
  * module links nothing and keeps no state but those addresses and a scratch buffer per
  * thread.
  *
+ * It also hashes blocks for exact dedup (MurmurHash3, as mmh3 does) and gathers the samples
+ * of content codes (contentcodes.vectors), for the same reason.
+ *
  * Payload format (codec.py says it in full): [0x03 for a difference] varint heads (size << 2
  * | kind) for each plane, the plane bodies, the tail. Plane j holds byte j of every element
  * in memory order; float elements are rotated left by one bit first.
@@ -500,6 +503,266 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     return PyBytes_FromStringAndSize((const char *)payload, size);
 }
 
+/* codec._choose of one block: a delta against each reference, then packed unless a delta
+ * already under three quarters of the block wins; the smallest that saves at least
+ * `min_saving` of the block is copied to `best` (room for encode_block's largest payload).
+ * Sets *encoding (0 raw, 1 packed, 2 delta), *which and *size; -1 with `e` set on failure. */
+typedef struct {
+    Py_buffer data;
+    Py_ssize_t nrefs;
+    Py_buffer *refs;
+    int *ref_packed;
+    int encoding, which;
+    Py_ssize_t size, at;
+} ChooseJob;
+
+static int choose_block(ChooseJob *j, int width, int is_float, double min_saving, void *cctx, void *dctx,
+                        uint8_t *best, Err *e) {
+    size_t n = (size_t)j->data.len;
+    double limit = (double)n * (1.0 - min_saving);
+    const uint8_t *payload;
+    j->encoding = 0, j->which = -1, j->size = 0;
+    for (Py_ssize_t i = 0; i < j->nrefs; i++) {
+        Py_buffer *r = &j->refs[i];
+        Py_ssize_t size = encode_block(j->data.buf, n, width, is_float, r->buf, r->len, j->ref_packed[i], cctx, dctx,
+                                       &payload, e);
+        if (size < 0) return -1;
+        if ((double)size <= limit) {
+            memcpy(best, payload, size);
+            j->encoding = 2, j->which = (int)i, j->size = size, limit = (double)size;
+        }
+    }
+    if (j->encoding != 2 || limit > 0.75 * (double)n) {
+        Py_ssize_t size = encode_block(j->data.buf, n, width, is_float, NULL, 0, 0, cctx, dctx, &payload, e);
+        if (size < 0) return -1;
+        if ((double)size <= limit) {
+            memcpy(best, payload, size);
+            j->encoding = 1, j->which = -1, j->size = size;
+        }
+    }
+    return 0;
+}
+
+/* The payloads chosen in one choose_all call, kept until the GIL is back: one buffer per
+ * thread, grown as needed (a fresh one per call would be page faults each time). */
+static pthread_key_t chosen_key;
+
+static PyObject *py_choose_all(PyObject *self, PyObject *args) {
+    PyObject *items, *seq, *out = NULL;
+    int width, is_float;
+    double min_saving;
+    unsigned long long cctx, dctx;
+    if (ready()) return NULL;
+    if (!PyArg_ParseTuple(args, "OiidKK", &items, &width, &is_float, &min_saving, &cctx, &dctx)) return NULL;
+    if (check_width(width)) return NULL;
+    if ((seq = PySequence_Fast(items, "choose_all takes a list of (data, refs) tuples")) == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), parsed = 0, failed = -1;
+    ChooseJob *jobs = PyMem_Calloc(count ? count : 1, sizeof(ChooseJob));
+    size_t room = 0;
+    Err e;
+    if (jobs == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (; parsed < count; parsed++) {
+        ChooseJob *j = &jobs[parsed];
+        PyObject *refs, *rseq;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, parsed), "y*O", &j->data, &refs)) break;
+        if ((rseq = PySequence_Fast(refs, "a job's references are a list of (stored, packed) tuples")) == NULL) {
+            PyBuffer_Release(&j->data);
+            break;
+        }
+        Py_ssize_t k = PySequence_Fast_GET_SIZE(rseq), got = 0;
+        j->refs = PyMem_Calloc(k ? k : 1, sizeof(Py_buffer));
+        j->ref_packed = PyMem_Calloc(k ? k : 1, sizeof(int));
+        if (j->refs != NULL && j->ref_packed != NULL) {
+            for (; got < k; got++)
+                if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(rseq, got), "y*p", &j->refs[got], &j->ref_packed[got]))
+                    break;
+        } else {
+            PyErr_NoMemory();
+        }
+        j->nrefs = got;
+        Py_DECREF(rseq);
+        if (j->refs == NULL || j->ref_packed == NULL || got < k) {
+            parsed++; /* its buffers are released below */
+            break;
+        }
+        j->at = (Py_ssize_t)room;
+        room += 1 + 10 * MAX_WIDTH + (size_t)j->data.len;
+    }
+    int complete = parsed == count && !PyErr_Occurred();
+    Scratch *chosen = pthread_getspecific(chosen_key);
+    if (complete && (chosen == NULL || chosen->cap < room)) {
+        free(chosen);
+        chosen = malloc(sizeof *chosen + room);
+        pthread_setspecific(chosen_key, chosen);
+        if (chosen == NULL) {
+            PyErr_NoMemory();
+            complete = 0;
+        } else {
+            chosen->cap = room;
+        }
+    }
+    if (complete) {
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < count && failed < 0; i++)
+            if (choose_block(&jobs[i], width, is_float, min_saving, (void *)(uintptr_t)cctx, (void *)(uintptr_t)dctx,
+                             chosen->data + jobs[i].at, &e))
+                failed = i;
+        Py_END_ALLOW_THREADS
+        if (failed >= 0) {
+            PyErr_SetString(PyExc_ValueError, e.text);
+        } else if ((out = PyList_New(count)) != NULL) {
+            for (Py_ssize_t i = 0; i < count; i++) {
+                ChooseJob *j = &jobs[i];
+                PyObject *item = j->encoding == 0
+                                     ? Py_BuildValue("(iOi)", 0, Py_None, -1)
+                                     : Py_BuildValue("(iy#i)", j->encoding, chosen->data + j->at, j->size, j->which);
+                if (item == NULL) {
+                    Py_CLEAR(out);
+                    break;
+                }
+                PyList_SET_ITEM(out, i, item);
+            }
+        }
+    }
+    for (Py_ssize_t i = 0; i < parsed; i++) {
+        ChooseJob *j = &jobs[i];
+        PyBuffer_Release(&j->data);
+        for (Py_ssize_t r = 0; r < j->nrefs; r++) PyBuffer_Release(&j->refs[r]);
+        PyMem_Free(j->refs);
+        PyMem_Free(j->ref_packed);
+    }
+    PyMem_Free(jobs);
+    Py_DECREF(seq);
+    return out;
+}
+
+/* -- content digests ------------------------------------------------------------------- */
+
+/* MurmurHash3 x64-128 (Austin Appleby's, public domain), the digest of exact dedup that
+ * tensorstore_index.exact.block_digest takes with mmh3, which holds the GIL: here a list
+ * of blocks is hashed with it let go, so threads share the work. */
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static inline uint64_t fmix64(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return k;
+}
+
+static void murmur3_x64_128(const uint8_t *data, size_t len, uint32_t seed, uint8_t out[16]) {
+    const uint64_t c1 = 0x87c37b91114253d5ULL, c2 = 0x4cf5ad432745937fULL;
+    uint64_t h1 = seed, h2 = seed, k1, k2;
+    size_t blocks = len / 16;
+    for (size_t i = 0; i < blocks; i++) {
+        memcpy(&k1, data + 16 * i, 8);
+        memcpy(&k2, data + 16 * i + 8, 8);
+        k1 *= c1, k1 = rotl64(k1, 31), k1 *= c2, h1 ^= k1;
+        h1 = rotl64(h1, 27), h1 += h2, h1 = h1 * 5 + 0x52dce729;
+        k2 *= c2, k2 = rotl64(k2, 33), k2 *= c1, h2 ^= k2;
+        h2 = rotl64(h2, 31), h2 += h1, h2 = h2 * 5 + 0x38495ab5;
+    }
+    const uint8_t *tail = data + 16 * blocks;
+    size_t rest = len & 15;
+    k1 = k2 = 0;
+    for (size_t i = rest; i > 8; i--) k2 ^= (uint64_t)tail[i - 1] << (8 * (i - 9));
+    if (rest > 8) k2 *= c2, k2 = rotl64(k2, 33), k2 *= c1, h2 ^= k2;
+    for (size_t i = rest < 8 ? rest : 8; i > 0; i--) k1 ^= (uint64_t)tail[i - 1] << (8 * (i - 1));
+    if (rest > 0) k1 *= c1, k1 = rotl64(k1, 31), k1 *= c2, h1 ^= k1;
+    h1 ^= len, h2 ^= len;
+    h1 += h2, h2 += h1;
+    h1 = fmix64(h1), h2 = fmix64(h2);
+    h1 += h2, h2 += h1;
+    memcpy(out, &h1, 8);
+    memcpy(out + 8, &h2, 8);
+}
+
+static PyObject *py_murmur_all(PyObject *self, PyObject *args) {
+    PyObject *items, *seeds, *seq, *sseq = NULL, *out = NULL;
+    if (!PyArg_ParseTuple(args, "OO", &items, &seeds)) return NULL;
+    if ((seq = PySequence_Fast(items, "murmur_all takes a list of bytes-like blocks")) == NULL) return NULL;
+    Py_ssize_t m = PySequence_Fast_GET_SIZE(seq), got = 0;
+    Py_buffer *views = PyMem_Calloc(m ? m : 1, sizeof(Py_buffer));
+    uint32_t *seed = PyMem_Calloc(m ? m : 1, sizeof(uint32_t));
+    uint8_t *digests = PyMem_Malloc(16 * (m ? m : 1));
+    if (views == NULL || seed == NULL || digests == NULL) PyErr_NoMemory();
+    else if ((sseq = PySequence_Fast(seeds, "murmur_all takes a list of seeds")) != NULL) {
+        if (PySequence_Fast_GET_SIZE(sseq) != m) PyErr_SetString(PyExc_ValueError, "murmur_all: one seed a block");
+        for (Py_ssize_t i = 0; i < m && !PyErr_Occurred(); i++)
+            seed[i] = (uint32_t)PyLong_AsUnsignedLongMask(PySequence_Fast_GET_ITEM(sseq, i));
+        for (; got < m && !PyErr_Occurred(); got++)
+            if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, got), &views[got], PyBUF_SIMPLE)) break;
+    }
+    if (!PyErr_Occurred()) {
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < m; i++) murmur3_x64_128(views[i].buf, (size_t)views[i].len, seed[i], digests + 16 * i);
+        Py_END_ALLOW_THREADS
+        if ((out = PyList_New(m)) != NULL)
+            for (Py_ssize_t i = 0; i < m; i++) {
+                PyObject *d = PyBytes_FromStringAndSize((const char *)digests + 16 * i, 16);
+                if (d == NULL) {
+                    Py_CLEAR(out);
+                    break;
+                }
+                PyList_SET_ITEM(out, i, d);
+            }
+    }
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(seed);
+    PyMem_Free(digests);
+    Py_XDECREF(sseq);
+    Py_DECREF(seq);
+    return out;
+}
+
+/* -- content-code samples -------------------------------------------------------------- */
+
+/* gather: element k * stride of each block (k < count) into its row of `out`, the rest of
+ * a shorter block's row zeroed: contentcodes.vectors' sampling, before the cast to float32,
+ * for a whole list of blocks with the GIL let go once. */
+static PyObject *py_gather(PyObject *self, PyObject *args) {
+    PyObject *items, *seq;
+    Py_buffer out;
+    Py_ssize_t itemsize, stride, count;
+    if (!PyArg_ParseTuple(args, "Onnnw*", &items, &itemsize, &stride, &count, &out)) return NULL;
+    if ((seq = PySequence_Fast(items, "gather takes a list of bytes-like blocks")) == NULL) {
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_ssize_t m = PySequence_Fast_GET_SIZE(seq), got = 0, row = itemsize * count;
+    Py_buffer *views = PyMem_Calloc(m ? m : 1, sizeof(Py_buffer));
+    if (views == NULL) PyErr_NoMemory();
+    else if (itemsize < 1 || itemsize > MAX_WIDTH || stride < 1 || count < 0 || out.len != m * row)
+        PyErr_Format(PyExc_ValueError, "gather: the output must be %zd rows of %zd bytes", m, row);
+    else
+        for (; got < m; got++)
+            if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, got), &views[got], PyBUF_SIMPLE)) break;
+    if (!PyErr_Occurred()) {
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < m; i++) {
+            const uint8_t *src = views[i].buf;
+            uint8_t *dst = (uint8_t *)out.buf + i * row;
+            Py_ssize_t n = views[i].len / itemsize, k = 0;
+            for (Py_ssize_t at = 0; k < count && at < n; k++, at += stride)
+                memcpy(dst + k * itemsize, src + at * itemsize, itemsize);
+            memset(dst + k * itemsize, 0, (size_t)((count - k) * itemsize));
+        }
+        Py_END_ALLOW_THREADS
+    }
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    Py_DECREF(seq);
+    PyBuffer_Release(&out);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"set_zstd", py_set_zstd, METH_VARARGS,
      "set_zstd(decompress, compress2, is_error, error_name): addresses of libzstd's ZSTD_decompressDCtx, "
@@ -513,12 +776,23 @@ static PyMethodDef methods[] = {
     {"encode", py_encode, METH_VARARGS,
      "encode(data, width, is_float, ref, ref_packed, cctx, dctx) -> bytes: codec.encode, packed when ref is None, "
      "else the difference against ref (as stored)."},
+    {"choose_all", py_choose_all, METH_VARARGS,
+     "choose_all(jobs, width, is_float, min_saving, cctx, dctx) -> [(encoding, payload or None, which)]: "
+     "codec._choose of each (data, [(stored, packed), ...]) job, in order, with the GIL let go once. Raises "
+     "ValueError for the first job whose reference is not usable."},
+    {"murmur_all", py_murmur_all, METH_VARARGS,
+     "murmur_all(blocks, seeds) -> [bytes]: the 16-byte MurmurHash3 x64-128 digest of each block with its seed "
+     "(mmh3's mmh3_x64_128_digest), with the GIL let go once."},
+    {"gather", py_gather, METH_VARARGS,
+     "gather(blocks, itemsize, stride, count, out): element k * stride (k < count) of each block into its row of out "
+     "(count * itemsize bytes a row), the rest of a shorter block's row zeroed."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_codec_kernel", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__codec_kernel(void) {
-    if (pthread_key_create(&scratch_key, free) != 0) return PyErr_NoMemory();
+    if (pthread_key_create(&scratch_key, free) != 0 || pthread_key_create(&chosen_key, free) != 0)
+        return PyErr_NoMemory();
     return PyModule_Create(&module);
 }

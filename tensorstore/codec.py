@@ -48,6 +48,7 @@ kernel, or None where numpy does the work.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +76,10 @@ _ZSTD, _AS_IS, _ZEROS = 0, 1, 2
 # is unused), so a delta without it is the XOR of format 3 and earlier.
 _DIFF = b"\x03"
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+# Blocks a share of ``choosing`` encodes in one kernel call: about 4 ms of work, small
+# enough that the caller, once free, finds shares left to take over, large enough that a
+# pool thread seldom waits for the GIL (up to 5 ms each time while the caller runs Python).
+_SHARE = 32
 
 
 def _varint(n: int) -> bytes:
@@ -388,21 +393,75 @@ class Job:
 
 
 def choose_many(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None, int]]:
-    """``choose`` for each job, in this thread, or on the executor of
+    """``choose`` for each job, on this process's threads, or on the executor of
     ``tensorstore.executor.encoding_on`` (e.g. Ray workers)."""
+    return [r[:3] for r in choosing(jobs, layout).results()]
+
+
+def choosing(jobs: list[Job], layout: Layout, digest: Callable[[object], bytes] | None = None) -> Chosen:
+    """``choose_many``, begun, and ``digest`` of each block that is not kept raw (b"" for
+    the others, or for every block without ``digest``).
+
+    With the kernel the jobs are encoded on the pool's threads (``threads.start``), each
+    block's digest taken in the thread that encoded it, while the caller goes on with other
+    work until it asks for the ``results()``; without the kernel, or on an executor
+    elsewhere, the work is done before this returns.
+    """
     from .executor import encoding_executor, run_chunked
 
     elsewhere = encoding_executor()
     if elsewhere is not None and jobs:
         portable = [Job(bytes(j.data), [(bytes(stored), enc) for stored, enc in j.refs]) for j in jobs]
-        return run_chunked(elsewhere, choose_jobs, portable, layout)
+        chosen = run_chunked(elsewhere, choose_jobs, portable, layout)
+        return Chosen(_digested(chosen, [j.data for j in jobs], digest))
+    if KERNEL is None or not jobs:
+        return Chosen(_digested([_choose(j.data, layout, j.refs) for j in jobs], [j.data for j in jobs], digest))
+    return Chosen(_start(jobs, layout, digest))
 
-    return choose_jobs(jobs, layout)
+
+def _digested(chosen: list, blocks: list, digest: Callable[[object], bytes] | None) -> list:
+    return [(e, payload, which, digest(data) if digest is not None and e != RAW else b"")
+            for (e, payload, which), data in zip(chosen, blocks)]
 
 
 def choose_jobs(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None, int]]:
-    """``choose`` for each job (a task of ``choose_many`` elsewhere)."""
-    return threads.each(lambda j: _choose(j.data, layout, j.refs), jobs, threads=None if KERNEL else 1)
+    """``choose`` for each job, on this process's threads (a task of ``choose_many`` elsewhere)."""
+    if KERNEL is None:
+        return [_choose(j.data, layout, j.refs) for j in jobs]
+    return [r[:3] for r in Chosen(_start(jobs, layout, None)).results()]
+
+
+def _start(jobs: list[Job], layout: Layout, digest: Callable[[object], bytes] | None) -> threads.Started:
+    """The jobs handed to the pool in shares of ``_SHARE`` blocks (fewer for a short list,
+    so both cores take part), each share one kernel call that holds no GIL from its first
+    block to its last."""
+    args = [(j.data, [(stored, encoding == PACKED) for stored, encoding in j.refs]) for j in jobs]
+    step = max(1, min(_SHARE, -(-len(args) // 2)))
+
+    def share(part: list) -> list:
+        chosen = KERNEL.choose_all(part, layout.width, layout.is_float, MIN_SAVING, *zstdframes.contexts())
+        return _digested(chosen, [data for data, _ in part], digest)
+
+    return threads.start(share, [args[i : i + step] for i in range(0, len(args), step)])
+
+
+class Chosen:
+    """The encodings ``choosing`` began (a ``threads.Started`` of shares) or made."""
+
+    def __init__(self, work: threads.Started | list) -> None:
+        self._work = work
+
+    def results(self) -> list[tuple[int, bytes | None, int, bytes]]:
+        """``(encoding, payload, index of the reference, digest)`` of each job, in order.
+        Raises ``ValueError`` if a reference does not decode."""
+        if isinstance(self._work, list):
+            return self._work
+        return [r for share in self._work.results() for r in share]
+
+    def cancel(self) -> None:
+        """Drop the shares no thread has begun: their results are not wanted."""
+        if not isinstance(self._work, list):
+            self._work.cancel()
 
 
 @dataclass(frozen=True, slots=True)

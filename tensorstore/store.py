@@ -20,13 +20,13 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
-from tensorstore_index.exact import block_digest
+from .digests import block_digests
 
 from . import catalog as cat
 from . import codec, dtypes, modelfiles, sharedcache
 from . import contentcodes, contentrefs
 from .contentrefs import Query
-from .blockwriter import BlockWriter
+from .blockwriter import BlockRun, BlockWriter
 from .catalog import ModelRecord, StoreState, TensorRecord, id_key
 from .chunking import as_bytes, block_spans, block_step, canonical
 from .dedup import DEFAULT_TOLERANCE, drop_audit, run_dedup
@@ -63,9 +63,14 @@ MAX_NAME_BYTES = 256  # model names are LMDB keys (at most 511 bytes)
 MAX_TENSOR_NAME_BYTES = 4096
 MODES = ("r", "r+", "a", "w", "w-")
 CODECS = ("auto", "raw")
-# New blocks of one tensor are encoded in batches of this many: bounds the memory held by
-# copies of references and encoded payloads, while giving the encoding threads work.
-_ENCODE_BATCH = 256
+# A tensor's blocks are looked up, encoded and placed in runs of this many, and this many
+# runs are encoded ahead on the pool's threads while this thread places the run before
+# them: the adding thread's own work (lookups, placing, LMDB puts) then overlaps the
+# encoding, and the memory held by copies of references and payloads stays bounded. The
+# MiniLM base (new data) ingests at 0.29-0.35 GB/s with runs of 64, 4 ahead, against
+# 0.26-0.31 with runs of 256 and none ahead (docs/benchmarks.md, Encoded blocks, Speed).
+_ENCODE_BATCH = 64
+_RUNS_AHEAD = 4
 
 _MAX_PLANS = 64  # cached load plans per handle
 _FORMAT_KEY = b"format"
@@ -498,14 +503,17 @@ class Store:
     def _encode_into(self, txn: lmdb.Transaction, writer: BlockWriter, arrays: list[tuple[str, np.ndarray]],
                      base: str | None, domain: str, bar) -> list[TensorRecord]:
         """Chunk, hash and reference every tensor, new blocks encoded (``codec="auto"``)."""
-        chunked = []
+        chunked, every_block, classes = [], [], []
         for tname, arr in arrays:
             dname = dtype_name(arr.dtype)
-            code = DTYPE_CODES[dname]
             step = block_step(arr.shape, arr.dtype.itemsize, self.block_bytes)
             data = as_bytes(arr)
             blocks = [data[s:e] for s, e in block_spans(arr.nbytes, step)]
-            chunked.append((tname, arr, dname, step, blocks, [block_digest(b, code) for b in blocks]))
+            chunked.append((tname, arr, dname, step, blocks))
+            every_block += blocks
+            classes += [DTYPE_CODES[dname]] * len(blocks)
+        digests = iter(block_digests(every_block, classes))  # every tensor's at once, on every core
+        chunked = [(*c, [next(digests) for _ in c[4]]) for c in chunked]
         parent = self._parent(txn, base, domain, writer, chunked)
         positional, queries = [], []
         for t, (tname, arr, dname, step, blocks, digests) in enumerate(chunked):
@@ -520,19 +528,36 @@ class Store:
                 queries += [Query((t, i), b, code, d) for i, (b, d) in enumerate(zip(blocks, digests))
                             if (moved or i >= len(theirs)) and writer._lookup(cat.hash_key(writer.domain, d)) is None]
         near = contentrefs.find(writer, queries) if queries else {}
-        records = []
-        for t, (tname, arr, dname, step, blocks, digests) in enumerate(chunked):
-            theirs = positional[t]
-            candidates = [theirs[i : i + 1] + near.get((t, i), []) for i in range(len(blocks))]
-            code, layout = DTYPE_CODES[dname], dtypes.layout(dname)
-            ids: list[int] = []
-            for k in range(0, len(blocks), _ENCODE_BATCH):
-                batch = slice(k, k + _ENCODE_BATCH)
-                with _naming_tensor(tname):
-                    ids += writer.reference_encoded(blocks[batch], digests[batch], code, layout, candidates[batch])
-                bar.update(sum(len(b) for b in blocks[batch]))
-            records.append(TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids, dtype=np.uint64)))
-        return records
+        ids: list[list[int]] = [[] for _ in chunked]
+        # A run's new blocks are encoded on the pool's threads while this thread places the
+        # run before: one run is in flight besides the one being placed.
+        runs: list[tuple[int, BlockRun]] = []
+
+        def finish() -> None:
+            t, run = runs[0]
+            with _naming_tensor(chunked[t][0]):
+                ids[t] += writer.finish_encoded(run)
+            runs.pop(0)
+            bar.update(sum(len(b) for b in run.blocks))
+
+        try:
+            for t, (tname, arr, dname, step, blocks, digests) in enumerate(chunked):
+                theirs = positional[t]
+                code, layout = DTYPE_CODES[dname], dtypes.layout(dname)
+                for k in range(0, len(blocks), _ENCODE_BATCH):
+                    end = min(k + _ENCODE_BATCH, len(blocks))
+                    candidates = [theirs[i : i + 1] + near.get((t, i), []) for i in range(k, end)]
+                    with _naming_tensor(tname):
+                        runs.append((t, writer.start_encoded(blocks[k:end], digests[k:end], code, layout, candidates)))
+                    if len(runs) > _RUNS_AHEAD:
+                        finish()
+            while runs:
+                finish()
+        finally:
+            for _, run in runs:  # an error: what is still encoding is not wanted
+                run.cancel()
+        return [TensorRecord(tname, dname, tuple(arr.shape), arr.nbytes, step, np.array(ids[t], dtype=np.uint64))
+                for t, (tname, arr, dname, step, _, _) in enumerate(chunked)]
 
     def _parent(self, txn: lmdb.Transaction, base: str | None, domain: str, writer: BlockWriter, chunked) -> ModelRecord | None:
         """The model a new one is stored as deltas against: ``base`` if given; else the

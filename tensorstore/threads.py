@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,6 +48,50 @@ def _helpers(n: int) -> ThreadPoolExecutor:
         return _pool
 
 
+class Started(Generic[R]):
+    """Work that ``start`` handed to the pool, one task an item."""
+
+    def __init__(self, fn: Callable[[T], R], items: Sequence[T], futures: list[Future]) -> None:
+        self._fn, self._items, self._futures = fn, items, futures
+
+    def results(self) -> list[R]:
+        """``fn`` of each item, in the items' order: items no pool thread has begun run
+        here first, then the rest are waited for. Raises the first exception in the items'
+        order, once every item is done."""
+        done: list = [None] * len(self._items)
+        ran = []
+        for i, f in enumerate(self._futures):  # one at a time: pool threads take the others meanwhile
+            ran.append(f.cancel())
+            if ran[-1]:
+                try:
+                    done[i] = self._fn(self._items[i])
+                except Exception as exc:  # noqa: BLE001 - raised below, in the items' order
+                    done[i] = exc
+        for i, here in enumerate(ran):
+            if not here:
+                try:
+                    done[i] = self._futures[i].result()
+                except Exception as exc:  # noqa: BLE001
+                    done[i] = exc
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
+        return done
+
+    def cancel(self) -> None:
+        """Drop the items no pool thread has begun (after an error: their results are not wanted)."""
+        for f in self._futures:
+            f.cancel()
+
+
+def start(fn: Callable[[T], R], items: Sequence[T]) -> Started[R]:
+    """Hand ``fn`` of each item to the process's pool (``default_threads() - 1`` threads, at
+    least one) and return at once; ``Started.results()`` collects them. For work that lets go
+    of the GIL for most of its time, with the caller busy meanwhile: an item is a whole share."""
+    pool = _helpers(max(1, default_threads() - 1))
+    return Started(fn, items, [pool.submit(fn, item) for item in items])
+
+
 def spread(fn: Callable[[T], R], items: Sequence[T], threads: int | None = None, least: int = 4) -> list[R | BaseException]:
     """``fn`` of each item, in the items' order, on ``threads`` threads (this one among
     them; ``default_threads()`` if None), each taking every ``threads``-th item.
@@ -69,12 +113,9 @@ def spread(fn: Callable[[T], R], items: Sequence[T], threads: int | None = None,
 
     if k == 1:
         return run(items)
-    pool = _helpers(k - 1)
-    futures = [pool.submit(run, items[i::k]) for i in range(1, k)]
-    shares = [run(items[0::k])]
-    for i, f in enumerate(futures, 1):
-        # A share no pool thread has started (other callers keep them busy) runs here.
-        shares.append(run(items[i::k]) if f.cancel() else f.result())
+    _helpers(k - 1)
+    others = start(run, [items[i::k] for i in range(1, k)])
+    shares = [run(items[0::k])] + others.results()
     out: list[R | BaseException] = [None] * len(items)  # type: ignore[list-item]
     for i, share in enumerate(shares):
         out[i::k] = share

@@ -19,6 +19,11 @@ import zstandard
 # zstd level 1: levels 3 and 6 keep 0.1-0.4% fewer bytes of MiniLM weights and deltas
 # and encode 1.6-2.8x slower (docs/benchmarks.md, Encodings).
 LEVEL = 1
+# Level 1's hash table cut from 2^14 entries to zstd's least, 2^6: weight planes have few
+# long matches to find, and the small table stays in the L1 cache. Packed MiniLM planes
+# compress 23-28% faster and 0.6% smaller, deltas the same or smaller, in 16 KiB planes
+# and in whole tensors alike (docs/benchmarks.md, Encodings).
+HASH_LOG = 6
 
 try:  # python-zstandard's own cffi module: the same libzstd, built with the package
     from zstandard._cffi import ffi as _ffi, lib as _lib
@@ -43,7 +48,7 @@ def _cctx():
         # The level's parameters for an input of unknown size, set one by one: left to
         # itself, zstd picks smaller tables for a 16 KiB plane, which keep packed weights
         # about 4% larger. Frames are then byte for byte python-zstandard's.
-        level = zstandard.ZstdCompressionParameters.from_level(LEVEL)
+        level = zstandard.ZstdCompressionParameters.from_level(LEVEL, hash_log=HASH_LOG)
         for param, value in ((_lib.ZSTD_c_experimentalParam2, _MAGICLESS), (_lib.ZSTD_c_contentSizeFlag, 0),
                              (_lib.ZSTD_c_checksumFlag, 0), (_lib.ZSTD_c_dictIDFlag, 0),
                              (_lib.ZSTD_c_windowLog, level.window_log), (_lib.ZSTD_c_hashLog, level.hash_log),
@@ -88,7 +93,7 @@ def _zc() -> zstandard.ZstdCompressor:
     c = getattr(_local, "zc", None)
     if c is None:
         params = zstandard.ZstdCompressionParameters.from_level(
-            LEVEL, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=False, write_checksum=False,
+            LEVEL, hash_log=HASH_LOG, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=False, write_checksum=False,
             write_dict_id=False,
         )
         c = _local.zc = zstandard.ZstdCompressor(compression_params=params)

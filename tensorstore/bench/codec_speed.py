@@ -8,7 +8,10 @@ delta's decode alone (in a loop, and in zstd's batch call on C threads), four pl
 back into elements by numpy, then, with the C kernel (``codec.KERNEL``) and with numpy
 alone: a delta against its packed reference decoded (one thread, two threads), an XOR
 delta decoded (one thread), a delta chosen against its packed reference as ingest does
-(one thread, two), and a block packed. Figures in ``docs/benchmarks.md`` (Encoded blocks).
+(one thread, two), and a block packed; then, for the store's zstd parameters and two
+others (level 1 with the hash table zstd gives it, level 3), the bytes of the base's
+blocks packed and of the fine-tune's deltas, with the time per block of each. Figures in
+``docs/benchmarks.md`` (Encoded blocks).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import struct
+import threading
 import timeit
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,9 +122,38 @@ def measure(family: Path, blocks: int = 300) -> dict:
             }
     finally:
         codec.KERNEL = kernel
+    for label, level, hash_log in (("store", zstdframes.LEVEL, zstdframes.HASH_LOG), ("level1_own_table", 1, None),
+                                   ("level3", 3, None)):
+        with _zstd(level, hash_log):
+            res |= {
+                f"zstd_{label}_packed_bytes": sum(len(codec.encode(b.data, layout)) for b in raw),
+                f"zstd_{label}_pack_us": _best(lambda: [codec.encode(b.data, layout) for b in raw], 3) * us,
+                f"zstd_{label}_delta_bytes": sum(len(codec.encode(m.data, layout, r.data)) for m, r in zip(new, raw)),
+                f"zstd_{label}_delta_us": _best(lambda: [codec.encode(m.data, layout, r.data)
+                                                         for m, r in zip(new, raw)], 3) * us,
+            }
     res["load_average"] = os.getloadavg()[0]
     two.shutdown()
     return res
+
+
+class _zstd:
+    """zstd at ``level`` with ``hash_log`` (None: the level's own) for the ``with`` block:
+    ``zstdframes`` makes each thread's contexts from its module settings when first asked,
+    so they are dropped on the way in and out."""
+
+    def __init__(self, level: int, hash_log: int | None) -> None:
+        own = zstandard.ZstdCompressionParameters.from_level(level).hash_log
+        self.settings = (level, own if hash_log is None else hash_log)
+
+    def __enter__(self) -> None:
+        self.saved = (zstdframes.LEVEL, zstdframes.HASH_LOG)
+        zstdframes.LEVEL, zstdframes.HASH_LOG = self.settings
+        zstdframes._local = threading.local()
+
+    def __exit__(self, *exc) -> None:
+        zstdframes.LEVEL, zstdframes.HASH_LOG = self.saved
+        zstdframes._local = threading.local()
 
 
 def main() -> None:

@@ -183,3 +183,108 @@ def test_default_threads_follows_omp_num_threads(monkeypatch):
     assert threads.default_threads() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "zero")
     assert threads.default_threads() >= 1
+
+
+@needs_kernel
+@settings(max_examples=200, deadline=None)
+@given(name=st.sampled_from(sorted(STORE_DTYPES)), data=st.data())
+def test_choose_many_in_kernel_batches_chooses_what_numpy_chooses(name, data):
+    """``choose_all`` (shares of blocks in one kernel call each) against ``_choose`` block
+    by block in numpy: the same encoding, payload and reference for every block, with
+    references raw and packed, near and far, and none."""
+    lay = layout(name)
+    jobs = []
+    for _ in range(data.draw(st.integers(1, 9))):
+        n = data.draw(st.integers(0, 40)) * lay.width
+        block = data.draw(st.sampled_from([data.draw(st.binary(min_size=n, max_size=n)), bytes(n),
+                                           (bytes(range(7)) * (n // 7 + 1))[:n]]))
+        refs = []
+        for _ in range(data.draw(st.integers(0, 3))):
+            ref = data.draw(st.sampled_from([_near(block, data), data.draw(st.binary(min_size=n, max_size=n))]))
+            refs.append(data.draw(st.sampled_from([(ref, codec.RAW), (codec.encode(ref, lay), codec.PACKED)])))
+        jobs.append(codec.Job(block, refs))
+    kernel, numpy_ = _both(lambda: codec.choose_many(jobs, lay))
+    assert kernel == numpy_
+    assert kernel == [codec._choose(j.data, lay, j.refs) for j in jobs]
+
+
+@needs_kernel
+def test_choose_many_raises_what_numpy_raises_for_an_unusable_reference():
+    lay = layout("F32")
+    block = np.linspace(-1, 1, 256, dtype=np.float32).tobytes()
+    good = codec.Job(block, [(block, codec.RAW)])
+    for bad in ((block[:100], codec.RAW), (codec.encode(block, lay)[:3], codec.PACKED)):
+        jobs = [good] * 5 + [codec.Job(block, [bad])] + [good] * 5
+        kernel, numpy_ = _both(lambda: codec.choose_many(jobs, lay))
+        assert kernel == numpy_ and kernel[0] == "ValueError"
+
+
+def _hold_the_pool():
+    """Occupy every thread of the pool until the returned event is set."""
+    import threading
+
+    threads._helpers(1)
+    gate, busy = threading.Event(), threading.Semaphore(0)
+
+    def hold(_):
+        busy.release()
+        gate.wait(10)
+
+    held = [threads.start(hold, [0]) for _ in range(threads._pool_size)]
+    for _ in held:
+        assert busy.acquire(timeout=10)
+    return gate, held
+
+
+def test_started_work_comes_back_in_order_with_the_first_error_raised():
+    """``threads.start``: results in the items' order whoever ran them; items no pool
+    thread began run in the caller; the first failing item's exception, in order."""
+    import threading
+
+    def fn(x: int) -> int:
+        ran_in[x] = threading.current_thread()
+        if x in (5, 7):
+            raise KeyError(x)
+        return x * 10
+
+    ran_in = {}
+    assert threads.start(fn, list(range(5))).results() == [0, 10, 20, 30, 40]
+    assert sorted(ran_in) == list(range(5))
+    gate, held = _hold_the_pool()
+    ran_in = {}
+    started = threads.start(fn, [7, 1, 5, 2])
+    with pytest.raises(KeyError, match="7"):
+        started.results()
+    assert set(ran_in.values()) == {threading.current_thread()}  # the pool was busy throughout
+    gate.set()
+    for h in held:
+        h.results()
+
+
+def test_started_work_not_begun_is_dropped_by_cancel():
+    import time
+
+    gate, held = _hold_the_pool()
+    done = []
+    later = threads.start(done.append, list(range(5)))
+    later.cancel()
+    gate.set()
+    for h in held:
+        h.results()
+    time.sleep(0.2)
+    assert done == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(blocks=st.lists(st.binary(max_size=300), max_size=200), classes=st.data())
+def test_block_digests_are_the_index_digests(blocks, classes):
+    """``digests.block_digests`` (the kernel's MurmurHash3, in shares on threads) against
+    ``tensorstore_index.exact.block_digest`` (mmh3) for every length, tail and seed."""
+    from tensorstore_index.exact import block_digest
+
+    from tensorstore.digests import block_digests
+
+    seeds = [classes.draw(st.integers(0, 2**33)) for _ in blocks]
+    assert block_digests(blocks, seeds) == [block_digest(b, c) for b, c in zip(blocks, seeds)]
+    big = [bytes(range(256)) * 256 + b for b in blocks[:3]]  # 64 KiB and more
+    assert block_digests(big, seeds[:3]) == [block_digest(b, c) for b, c in zip(big, seeds[:3])]

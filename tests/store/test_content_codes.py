@@ -443,3 +443,30 @@ def test_a_non_finite_element_codes_as_zero_and_leaves_other_rows_alone(seed, n,
     want = cc.codes_of([zeroed.tobytes(), other.tobytes()], DTYPE_CODES[code_of[dtype]])
     # the sample may miss the bad elements; either way the code is that of the zeroed block
     assert got.tolist() == want.tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(["F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"]), count=st.integers(0, 6),
+       elements=st.integers(1, 5000), data=st.data())
+def test_vectors_gathered_by_the_kernel_are_numpys(name, count, elements, data):
+    """The C kernel's gather and one cast against numpy's sampling block by block: the
+    same float32 vectors, bit for bit, for every float dtype, any length, any bits (NaN,
+    infinities, float64 past float32's range)."""
+    from tensorstore import codec
+    from tensorstore.dtypes import DTYPE_CODES, DTYPES
+
+    if codec.KERNEL is None:
+        pytest.skip("the C kernel is not built")
+    n = elements * DTYPES[name].itemsize
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    blocks = [np.random.default_rng(seed + i).bytes(n) for i in range(count)]
+    if name == "F64" and blocks:
+        blocks[0] = np.full(elements, 1e300).tobytes()
+    kernel = cc.vectors(blocks, DTYPE_CODES[name])
+    saved, codec.KERNEL = codec.KERNEL, None
+    try:
+        numpy_ = cc.vectors(blocks, DTYPE_CODES[name])
+    finally:
+        codec.KERNEL = saved
+    assert kernel.shape == numpy_.shape == (count, cc.VECTOR_DIM)
+    assert kernel.view(np.uint32).tolist() == numpy_.view(np.uint32).tolist()

@@ -113,9 +113,10 @@ def test_a_fine_tune_round_trips_through_deltas(tmp_path_factory, model, seed):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(model=st.dictionaries(st.text(min_size=1, max_size=8).filter(str.isprintable), tensors(), min_size=1, max_size=3),
-       copies=st.integers(0, 2), run=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
-def test_runs_of_any_length_store_the_same_blocks(tmp_path_factory, monkeypatch, model, copies, run, seed):
-    """Runs of 1-3 blocks against one run per tensor: the same distinct blocks, the same
+       copies=st.integers(0, 2), run=st.integers(1, 3), ahead=st.integers(0, 5), seed=st.integers(0, 2**32 - 1))
+def test_runs_of_any_length_store_the_same_blocks(tmp_path_factory, monkeypatch, model, copies, run, ahead, seed):
+    """Runs of 1-3 blocks, 0-5 of them encoded ahead of the one being placed, against one
+    run per tensor placed as soon as it is encoded: the same distinct blocks, the same
     encoded bytes, the same models."""
     from tensorstore import store as store_module
 
@@ -123,8 +124,9 @@ def test_runs_of_any_length_store_the_same_blocks(tmp_path_factory, monkeypatch,
     rng = np.random.default_rng(seed)
     tuned = {k: _tuned(v, rng) for k, v in model.items()}
     seen = []
-    for batch in (run, 10**6):
+    for batch, runs_ahead in ((run, ahead), (10**6, 0)):
         monkeypatch.setattr(store_module, "_ENCODE_BATCH", batch)
+        monkeypatch.setattr(store_module, "_RUNS_AHEAD", runs_ahead)
         path = tmp_path_factory.mktemp("runs") / "store"
         with ts.open(path, "w", page_size="16KiB", block_bytes="256B") as s:
             s.add_model("base", model)
@@ -165,9 +167,9 @@ def test_a_fine_tune_is_stored_as_deltas_of_its_base_found_by_itself(store):
 
 
 def test_blocks_repeated_across_runs_are_stored_once(store):
-    """A block that repeats one of an earlier run of the same add (runs are 256 blocks;
-    a tensor of 600 blocks of 1 KiB spans three) is shared, not stored again, and so
-    are a delta's copies."""
+    """A block that repeats one of an earlier run of the same add (runs are 64 blocks,
+    several encoded at once; a tensor of 600 blocks of 1 KiB spans ten) is shared, not
+    stored again, and so are a delta's copies."""
     rng = np.random.default_rng(5)
     rows = rng.standard_normal((600, 256)).astype(np.float32)
     rows[300] = rows[10]  # the second run repeats a block of the first
@@ -445,3 +447,17 @@ def test_a_store_of_a_newer_format_is_refused(store_path):
     env.close()
     with pytest.raises(ts.NotAStoreError, match="format version 99.*upgrade"):
         ts.open(store_path, "r")
+
+
+def test_a_record_with_its_references_changed_keeps_every_other_field():
+    """``_with_refs`` builds the record field by field (``dataclasses.replace`` is slow):
+    it must carry every field, including ones added later."""
+    import dataclasses
+
+    from tensorstore.blockwriter import _with_refs
+    from tensorstore.catalog import BlockRecord
+
+    values = {f.name: i + 2 for i, f in enumerate(dataclasses.fields(BlockRecord))}
+    values |= {"digest": b"d" * 16, "strong": b"s" * 32}
+    b = BlockRecord(**values)
+    assert _with_refs(b, 99) == dataclasses.replace(b, refs=99)
