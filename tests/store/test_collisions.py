@@ -11,7 +11,7 @@ import json
 import lmdb
 import numpy as np
 import pytest
-from support import colliding_pair, head_only_digest
+from support import colliding_pair, head_only_digest, head_only_digests
 
 import tensorstore as ts
 from tensorstore import catalog as cat
@@ -19,7 +19,7 @@ from tensorstore import catalog as cat
 
 @pytest.fixture
 def weak_digest(monkeypatch):
-    monkeypatch.setattr("tensorstore.store.block_digest", head_only_digest)
+    monkeypatch.setattr("tensorstore.store.block_digests", head_only_digests)
     monkeypatch.setattr("tensorstore.blockwriter.block_digest", head_only_digest)
     monkeypatch.setattr("tensorstore.verify.block_digest", head_only_digest)
 
