@@ -159,8 +159,23 @@ class BlockWriter:
             return self._place_at(spot[0], spot[1], at, n, dtype_code, digest, key)
         return self._place(copy, dtype_code, digest, key)
 
+    def strongs_of_stored(self, blocks: list, digests: list[bytes]) -> list[bytes | None]:
+        """The BLAKE3 digest of each block found already stored encoded (None for the
+        others), for ``start_encoded`` to confirm them with: taken in one go on every core,
+        so that an add of data the store holds hashes in one burst, not run by run."""
+        hashed = []
+        for i, (data, digest) in enumerate(zip(blocks, digests)):
+            block_id = self._lookup(hash_key(self.domain, digest))
+            if block_id is not None and self._has_strong(self.block(block_id)):
+                hashed.append(i)
+        out: list[bytes | None] = [None] * len(blocks)
+        for i, strong in zip(hashed, threads.each(strong_digest, [blocks[i] for i in hashed])):
+            out[i] = strong
+        return out
+
     def start_encoded(
-        self, blocks: list, digests: list[bytes], dtype_code: int, layout: codec.Layout, candidates: list[list[int]]
+        self, blocks: list, digests: list[bytes], dtype_code: int, layout: codec.Layout, candidates: list[list[int]],
+        strongs: list[bytes | None] | None = None,
     ) -> BlockRun:
         """Begin one run of a tensor's blocks: share the blocks found stored (confirmed on
         every core) and start encoding the new ones, in the smallest encoding
@@ -169,17 +184,18 @@ class BlockWriter:
 
         ``digests`` are the blocks' content digests; ``candidates[i]`` the ids of stored
         blocks that block ``i`` may be a delta of (a delta's own reference stands in for
-        it: a reference is never itself a delta).
+        it: a reference is never itself a delta); ``strongs`` the BLAKE3 digests that
+        ``strongs_of_stored`` took of them, if it did.
         """
         run = BlockRun(blocks, digests, dtype_code)
         first: dict[bytes, int] = {}  # key -> the first new block with it, in this run
-        found: list[tuple[int, object]] = []
+        found: list[tuple[int, object, bytes | None]] = []
         for i, (data, digest) in enumerate(zip(blocks, digests)):
             key = hash_key(self.domain, digest)
             block_id = self._lookup(key)
             if block_id is not None:
                 self.reference_id(block_id)
-                found.append((block_id, data))
+                found.append((block_id, data, strongs[i] if strongs is not None else None))
                 run.ids[i] = block_id
             elif key in first:
                 if not same_bytes(blocks[first[key]], data):
@@ -266,15 +282,21 @@ class BlockWriter:
         if not same:
             raise HashCollisionError(_collision(f"stored block {block_id}"))
 
-    def _confirm_all(self, found: list[tuple[int, object]]) -> None:
-        """``_confirm`` of each ``(block id, data)``, the BLAKE3 digests taken on every core:
-        this thread takes its share too, so it lets go of the GIL throughout (a pool thread
-        that needs the GIL between blocks waits up to 5 ms whenever this one runs Python)."""
-        hashed = [self.block(block_id).encoding != codec.RAW and bool(self.block(block_id).strong)
-                  for block_id, _ in found]
-        digests = iter(threads.each(strong_digest, [data for (_, data), h in zip(found, hashed) if h]))
-        for (block_id, data), h in zip(found, hashed):
-            self._confirm(block_id, data, next(digests) if h else None)
+    def _confirm_all(self, found: list[tuple[int, object, bytes | None]]) -> None:
+        """``_confirm`` of each ``(block id, data, its BLAKE3 digest or None)``, the digests
+        not given taken on every core: this thread takes its share too, so it lets go of the
+        GIL throughout (a pool thread that needs the GIL between blocks waits up to 5 ms
+        whenever this one runs Python)."""
+        todo = [data for block_id, data, strong in found if strong is None and self._has_strong(self.block(block_id))]
+        taken = iter(threads.each(strong_digest, todo))
+        for block_id, data, strong in found:
+            b = self.block(block_id)
+            self._confirm(block_id, data, strong or (next(taken) if self._has_strong(b) else None))
+
+    @staticmethod
+    def _has_strong(b: BlockRecord) -> bool:
+        """Whether ``_confirm`` checks ``b`` by its BLAKE3 digest (an encoded block)."""
+        return b.encoding != codec.RAW and bool(b.strong)
 
     def _decoded(self, b: BlockRecord):
         ref = ref_payload = None

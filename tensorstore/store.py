@@ -528,6 +528,8 @@ class Store:
                 queries += [Query((t, i), b, code, d) for i, (b, d) in enumerate(zip(blocks, digests))
                             if (moved or i >= len(theirs)) and writer._lookup(cat.hash_key(writer.domain, d)) is None]
         near = contentrefs.find(writer, queries) if queries else {}
+        found = writer.strongs_of_stored(every_block, [d for c in chunked for d in c[5]])
+        strongs = iter(found)
         ids: list[list[int]] = [[] for _ in chunked]
         # A run's new blocks are encoded on the pool's threads while this thread places the
         # run before: one run is in flight besides the one being placed.
@@ -547,8 +549,10 @@ class Store:
                 for k in range(0, len(blocks), _ENCODE_BATCH):
                     end = min(k + _ENCODE_BATCH, len(blocks))
                     candidates = [theirs[i : i + 1] + near.get((t, i), []) for i in range(k, end)]
+                    taken = [next(strongs) for _ in range(k, end)]
                     with _naming_tensor(tname):
-                        runs.append((t, writer.start_encoded(blocks[k:end], digests[k:end], code, layout, candidates)))
+                        runs.append((t, writer.start_encoded(blocks[k:end], digests[k:end], code, layout, candidates,
+                                                             taken)))
                     if len(runs) > _RUNS_AHEAD:
                         finish()
             while runs:
