@@ -428,21 +428,28 @@ def choose_jobs(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None
     """``choose`` for each job, on this process's threads (a task of ``choose_many`` elsewhere)."""
     if KERNEL is None:
         return [_choose(j.data, layout, j.refs) for j in jobs]
+    if len(jobs) <= _SHARE:  # one share: handing it to a pool thread and back only adds the handoff
+        return KERNEL.choose_all(_kernel_args(jobs), layout.width, layout.is_float, MIN_SAVING, *zstdframes.contexts())
     return [r[:3] for r in Chosen(_start(jobs, layout, None)).results()]
+
+
+def _kernel_args(jobs: list[Job]) -> list:
+    return [(j.data, [(stored, encoding == PACKED) for stored, encoding in j.refs]) for j in jobs]
+
+
+def _share(part: list, layout: Layout, digest: Callable[[object], bytes] | None) -> list:
+    """One kernel call choosing the encodings of ``part`` (``_kernel_args``), then the digests."""
+    chosen = KERNEL.choose_all(part, layout.width, layout.is_float, MIN_SAVING, *zstdframes.contexts())
+    return _digested(chosen, [data for data, _ in part], digest)
 
 
 def _start(jobs: list[Job], layout: Layout, digest: Callable[[object], bytes] | None) -> threads.Started:
     """The jobs handed to the pool in shares of ``_SHARE`` blocks (fewer for a short list,
     so both cores take part), each share one kernel call that holds no GIL from its first
     block to its last."""
-    args = [(j.data, [(stored, encoding == PACKED) for stored, encoding in j.refs]) for j in jobs]
+    args = _kernel_args(jobs)
     step = max(1, min(_SHARE, -(-len(args) // 2)))
-
-    def share(part: list) -> list:
-        chosen = KERNEL.choose_all(part, layout.width, layout.is_float, MIN_SAVING, *zstdframes.contexts())
-        return _digested(chosen, [data for data, _ in part], digest)
-
-    return threads.start(share, [args[i : i + step] for i in range(0, len(args), step)])
+    return threads.start(lambda part: _share(part, layout, digest), [args[i : i + step] for i in range(0, len(args), step)])
 
 
 class Chosen:

@@ -206,6 +206,8 @@ def test_choose_many_in_kernel_batches_chooses_what_numpy_chooses(name, data):
     kernel, numpy_ = _both(lambda: codec.choose_many(jobs, lay))
     assert kernel == numpy_
     assert kernel == [codec._choose(j.data, lay, j.refs) for j in jobs]
+    many = jobs * (40 // len(jobs) + 1)  # more than one share: handed to the pool
+    assert codec.choose_many(many, lay) == kernel * (40 // len(jobs) + 1)
 
 
 @needs_kernel
