@@ -49,22 +49,33 @@ def _helpers(n: int) -> ThreadPoolExecutor:
 
 
 class Started(Generic[R]):
-    """Work that ``start`` handed to the pool, one task an item."""
+    """Work that ``start`` handed to the pool, one task an item.
 
-    def __init__(self, fn: Callable[[T], R], items: Sequence[T], futures: list[Future]) -> None:
-        self._fn, self._items, self._futures = fn, items, futures
+    The pool's queue keeps a task it was told to drop until one of its threads takes it
+    off; so tasks reach their items through this object, which lets go of them once they
+    are done or dropped (an item may hold views of memory its owner wants to unmap)."""
+
+    def __init__(self, fn: Callable[[T], R], items: Sequence[T], pool: ThreadPoolExecutor) -> None:
+        self._fn: Callable[[T], R] | None = fn
+        self._items: list | None = list(items)
+        self._futures = [pool.submit(self._run, i) for i in range(len(self._items))]
+
+    def _run(self, i: int) -> R:
+        fn, item = self._fn, self._items[i]  # type: ignore[index]
+        self._items[i] = None  # type: ignore[index]
+        return fn(item)  # type: ignore[misc]
 
     def results(self) -> list[R]:
         """``fn`` of each item, in the items' order: items no pool thread has begun run
         here first, then the rest are waited for. Raises the first exception in the items'
         order, once every item is done."""
-        done: list = [None] * len(self._items)
+        done: list = [None] * len(self._futures)
         ran = []
         for i, f in enumerate(self._futures):  # one at a time: pool threads take the others meanwhile
             ran.append(f.cancel())
             if ran[-1]:
                 try:
-                    done[i] = self._fn(self._items[i])
+                    done[i] = self._run(i)
                 except Exception as exc:  # noqa: BLE001 - raised below, in the items' order
                     done[i] = exc
         for i, here in enumerate(ran):
@@ -73,6 +84,7 @@ class Started(Generic[R]):
                     done[i] = self._futures[i].result()
                 except Exception as exc:  # noqa: BLE001
                     done[i] = exc
+        self._fn = self._items = None
         for result in done:
             if isinstance(result, BaseException):
                 raise result
@@ -80,16 +92,16 @@ class Started(Generic[R]):
 
     def cancel(self) -> None:
         """Drop the items no pool thread has begun (after an error: their results are not wanted)."""
-        for f in self._futures:
-            f.cancel()
+        for i, f in enumerate(self._futures):
+            if f.cancel():
+                self._items[i] = None  # type: ignore[index]
 
 
 def start(fn: Callable[[T], R], items: Sequence[T]) -> Started[R]:
     """Hand ``fn`` of each item to the process's pool (``default_threads() - 1`` threads, at
     least one) and return at once; ``Started.results()`` collects them. For work that lets go
     of the GIL for most of its time, with the caller busy meanwhile: an item is a whole share."""
-    pool = _helpers(max(1, default_threads() - 1))
-    return Started(fn, items, [pool.submit(fn, item) for item in items])
+    return Started(fn, items, _helpers(max(1, default_threads() - 1)))
 
 
 def spread(fn: Callable[[T], R], items: Sequence[T], threads: int | None = None, least: int = 4) -> list[R | BaseException]:

@@ -290,3 +290,26 @@ def test_block_digests_are_the_index_digests(blocks, classes):
     assert block_digests(blocks, seeds) == [block_digest(b, c) for b, c in zip(blocks, seeds)]
     big = [bytes(range(256)) * 256 + b for b in blocks[:3]]  # 64 KiB and more
     assert block_digests(big, seeds[:3]) == [block_digest(b, c) for b, c in zip(big, seeds[:3])]
+
+
+def test_started_work_lets_go_of_its_items_while_the_pool_still_queues_them():
+    """Items ran in the caller because every pool thread was busy stay in the pool's queue
+    as dropped tasks; they must not keep the items alive (an item may be a view of a
+    mapping its owner is about to close)."""
+    import gc
+    import weakref
+
+    class Item:
+        pass
+
+    gate, held = _hold_the_pool()
+    items = [Item() for _ in range(3)]
+    refs = [weakref.ref(i) for i in items]
+    started = threads.start(lambda item: 1, items)
+    del items
+    assert started.results() == [1, 1, 1]
+    gc.collect()
+    assert [r() for r in refs] == [None] * 3
+    gate.set()
+    for h in held:
+        h.results()
