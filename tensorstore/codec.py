@@ -34,7 +34,7 @@ payload is::
 Blocks are small (64 KiB) and many, so the fixed cost of each is kept down: a few bytes of
 header, frames without the 4-byte magic, nothing for a plane a delta left all zero. On
 the sparse-embedding family this keeps a block-wise delta within about 2% of one delta of
-the whole tensor (``docs/benchmarks.md``, Encodings).
+the whole tensor (``docs/benchmarks.md``, Encoded blocks, per-block against per-tensor).
 
 This module knows bytes and dtypes' widths; it knows nothing of pages, blocks or models.
 Its numpy code below is the specification. Where the package was built with a C compiler,
@@ -80,8 +80,6 @@ _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 # enough that the caller, once free, finds shares left to take over, large enough that a
 # pool thread seldom waits for the GIL (up to 5 ms each time while the caller runs Python).
 _SHARE = 32
-# Blocks a share of a ``Decoder`` decodes in one kernel call: about 2.5 ms of work.
-_DECODE_SHARE = 32
 
 
 def _varint(n: int) -> bytes:
@@ -489,56 +487,31 @@ class DecodeJob:
 def decode_many(jobs: list[DecodeJob]) -> None:
     """Decode each job into its ``out``. Raises ``ValueError`` naming the first job that
     does not decode."""
-    decoder = Decoder()
-    decoder.add(jobs)
-    decoder.finish()
-
-
-class Decoder:
-    """Blocks decoded as the caller comes to know them: with the kernel, each batch ``add``
-    is given goes to the pool at once, in shares that are one kernel call each (no GIL
-    between blocks), so the pool decodes while the caller gathers the next batch;
-    ``finish`` waits for all (taking over shares no thread has begun). Without the kernel,
-    ``add`` decodes in the caller."""
-
-    def __init__(self) -> None:
-        self._jobs: list[DecodeJob] = []
-        self._started: list[tuple[list[int], threads.Started]] = []  # (index of each share's first job, shares)
-
-    def add(self, jobs: list[DecodeJob]) -> None:
-        """Decode ``jobs`` (raises ``ValueError`` for a job that cannot be; without the
-        kernel, also for one that does not decode)."""
-        if KERNEL is None:
-            for job in jobs:
-                try:
-                    _decode_job(job)
-                except ValueError as exc:
-                    raise ValueError(f"{job.what}: {exc}") from None
-            return
+    if KERNEL is None:
         for job in jobs:
-            if len(job.out) != job.out.nbytes:
-                raise ValueError(f"{job.what}: the output must be a uint8 array")
-        if not jobs:
-            return
-        args = [(j.payload, j.out, j.layout.width, j.layout.is_float, None if j.ref is None else j.ref[0],
-                 j.ref is not None and j.ref[1] == PACKED) for j in jobs]
-        step = max(1, min(_DECODE_SHARE, -(-len(args) // threads.default_threads())))
-        at = range(0, len(args), step)
-        started = threads.start(lambda part: KERNEL.decode_all(part, zstdframes.contexts()[1]),
-                                [args[i : i + step] for i in at])
-        self._started.append(([len(self._jobs) + i for i in at], started))
-        self._jobs += jobs
-
-    def finish(self) -> None:
-        """Wait for every block ``add`` was given; raise ``ValueError`` naming the first, in
-        the order given, that does not decode."""
-        failures = []
-        for firsts, started in self._started:  # each share stops at its first failure: (index in it, message)
-            failures += [(first + r[0], r[1]) for first, r in zip(firsts, started.results()) if r is not None]
-        self._started = []
-        if failures:
-            at, message = min(failures)
-            raise ValueError(f"{self._jobs[at].what}: {message}")
+            try:
+                _decode_job(job)
+            except ValueError as exc:
+                raise ValueError(f"{job.what}: {exc}") from None
+        return
+    for job in jobs:
+        if len(job.out) != job.out.nbytes:
+            raise ValueError(f"{job.what}: the output must be a uint8 array")
+    # Each thread decodes its share in one kernel call: no GIL between blocks.
+    args = [(j.payload, j.out, j.layout.width, j.layout.is_float, None if j.ref is None else j.ref[0],
+             j.ref is not None and j.ref[1] == PACKED) for j in jobs]
+    k = max(1, min(threads.default_threads(), len(jobs) // 4))
+    shares = threads.spread(lambda i: KERNEL.decode_all(args[i::k], zstdframes.contexts()[1]), list(range(k)),
+                            threads=k, least=1)
+    failures = []
+    for i, result in enumerate(shares):
+        if isinstance(result, BaseException):
+            raise result
+        if result is not None:
+            failures.append((i + k * result[0], result[1]))
+    if failures:
+        at, message = min(failures)
+        raise ValueError(f"{jobs[at].what}: {message}")
 
 
 def _decode_job(job: DecodeJob) -> None:

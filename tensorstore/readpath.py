@@ -39,8 +39,6 @@ from .errors import CorruptionError, InvalidArgumentError
 
 FIRST, ALWAYS, NEVER = "first", "always", "never"
 _POLICIES = {True: FIRST, False: NEVER, FIRST: FIRST, ALWAYS: ALWAYS, NEVER: NEVER}
-# Encoded blocks of a load handed to the pool at a time, while this thread gathers the next.
-_DECODE_BATCH = 128
 
 
 def verify_policy(verify: bool | str) -> str:
@@ -178,18 +176,14 @@ class ReadPath:
     def _decode(self, todo: list[tuple]) -> None:
         """Decode ``(block, ref, out, tensor)`` items into their ``out`` (a raw block is
         copied)."""
-        decoder, jobs = codec.Decoder(), []
-        try:
-            for b, ref, out, t in todo:
-                if b.encoding == codec.RAW:
-                    out[:] = self.stored(b)
-                    continue
+        jobs = []
+        for b, ref, out, t in todo:
+            if b.encoding == codec.RAW:
+                out[:] = self.stored(b)
+            else:
                 jobs.append(self._job(b, ref, dtypes.layout(t.dtype), out, f"tensor {t.name!r}"))
-                if len(jobs) == _DECODE_BATCH:  # the pool decodes these while the rest are gathered
-                    decoder.add(jobs)
-                    jobs = []
-            decoder.add(jobs)
-            decoder.finish()
+        try:
+            codec.decode_many(jobs)
         except ValueError as exc:
             raise CorruptionError(f"an encoded block does not decode: {exc}") from None
 

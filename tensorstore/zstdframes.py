@@ -16,13 +16,13 @@ import threading
 import numpy as np
 import zstandard
 
-# zstd level 1: levels 3 and 6 keep 0.1-0.4% fewer bytes of MiniLM weights and deltas
-# and encode 1.6-2.8x slower (docs/benchmarks.md, Encodings).
+# zstd level 1, its hash table cut from 2^14 entries to zstd's least, 2^6: weight planes
+# have few long matches to find, and a small table stays in the L1 cache. On MiniLM blocks
+# that packs 0.7% smaller and about a third faster than level 1 as zstd sets it, and
+# level 3 packs 1.4% larger and about half as fast again; deltas come out the same within
+# 0.6% (`python -m tensorstore.bench.codec_speed`; docs/benchmarks.md, Encoded blocks,
+# zstd parameters). Whole tensors gain too (the ZipLLM-style baseline of the benchmarks).
 LEVEL = 1
-# Level 1's hash table cut from 2^14 entries to zstd's least, 2^6: weight planes have few
-# long matches to find, and the small table stays in the L1 cache. Packed MiniLM planes
-# compress 23-28% faster and 0.6% smaller, deltas the same or smaller, in 16 KiB planes
-# and in whole tensors alike (docs/benchmarks.md, Encodings).
 HASH_LOG = 6
 
 try:  # python-zstandard's own cffi module: the same libzstd, built with the package
