@@ -18,10 +18,10 @@ import zstandard
 
 # zstd level 1, its hash table cut from 2^14 entries to zstd's least, 2^6: weight planes
 # have few long matches to find, and a small table stays in the L1 cache. On MiniLM blocks
-# that packs 0.7% smaller and about a third faster than level 1 as zstd sets it, and
-# level 3 packs 1.4% larger and about half as fast again; deltas come out the same within
-# 0.6% (`python -m tensorstore.bench.codec_speed`; docs/benchmarks.md, Encoded blocks,
-# zstd parameters). Whole tensors gain too (the ZipLLM-style baseline of the benchmarks).
+# that packs 0.7% smaller, in three quarters of the time, than level 1 as zstd sets it;
+# level 3 packs 2.2% larger and takes nearly twice as long; deltas come out within 0.6%
+# (`python -m tensorstore.bench.codec_speed`; docs/benchmarks.md, Encoded blocks, zstd
+# parameters). Whole tensors gain too (the ZipLLM-style baseline of the benchmarks).
 LEVEL = 1
 HASH_LOG = 6
 
