@@ -66,9 +66,9 @@ CODECS = ("auto", "raw")
 # A tensor's blocks are looked up, encoded and placed in runs of this many, and this many
 # runs are encoded ahead on the pool's threads while this thread places the run before
 # them: the adding thread's own work (lookups, placing, LMDB puts) then overlaps the
-# encoding, and the memory held by copies of references and payloads stays bounded. The
-# MiniLM base (new data) ingests at 0.29-0.35 GB/s with runs of 64, 4 ahead, against
-# 0.26-0.31 with runs of 256 and none ahead (docs/benchmarks.md, Encoded blocks, Speed).
+# encoding, and the memory held by copies of references and payloads stays bounded. Runs
+# of 32-256 with 0-16 ahead gave the MiniLM base (new data) 0.26-0.35 GB/s, within one
+# another's noise; 64 and 4 were among the best (docs/benchmarks.md, Encoded blocks, Speed).
 _ENCODE_BATCH = 64
 _RUNS_AHEAD = 4
 

@@ -91,10 +91,13 @@ class Started(Generic[R]):
         return done
 
     def cancel(self) -> None:
-        """Drop the items no pool thread has begun (after an error: their results are not wanted)."""
+        """Drop the items no pool thread has begun (after an error: their results are not
+        wanted). Nothing to do once ``results()`` has returned or raised."""
+        if self._items is None:
+            return
         for i, f in enumerate(self._futures):
             if f.cancel():
-                self._items[i] = None  # type: ignore[index]
+                self._items[i] = None
 
 
 def start(fn: Callable[[T], R], items: Sequence[T]) -> Started[R]:

@@ -313,3 +313,19 @@ def test_started_work_lets_go_of_its_items_while_the_pool_still_queues_them():
     gate.set()
     for h in held:
         h.results()
+
+
+def test_cancelling_started_work_after_its_results_raised_does_nothing():
+    """An add that fails while collecting a run's encodings cancels every run still
+    listed, that one included: cancel after results must be harmless."""
+    def fn(x: int) -> int:
+        raise KeyError(x)
+
+    gate, held = _hold_the_pool()  # the caller runs both: their tasks are dropped ones
+    started = threads.start(fn, [1, 2])
+    with pytest.raises(KeyError):
+        started.results()
+    started.cancel()
+    gate.set()
+    for h in held:
+        h.results()
