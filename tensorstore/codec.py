@@ -429,7 +429,7 @@ def choose_jobs(jobs: list[Job], layout: Layout) -> list[tuple[int, bytes | None
     if KERNEL is None:
         return [_choose(j.data, layout, j.refs) for j in jobs]
     if len(jobs) <= _SHARE:  # one share: handing it to a pool thread and back only adds the handoff
-        return KERNEL.choose_all(_kernel_args(jobs), layout.width, layout.is_float, MIN_SAVING, *zstdframes.contexts())
+        return [r[:3] for r in _share(_kernel_args(jobs), layout, None)]
     return [r[:3] for r in Chosen(_start(jobs, layout, None)).results()]
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
-from .digests import block_digests
 
 from . import catalog as cat
 from . import codec, dtypes, modelfiles, sharedcache
@@ -30,6 +29,7 @@ from .blockwriter import BlockRun, BlockWriter
 from .catalog import ModelRecord, StoreState, TensorRecord, id_key
 from .chunking import as_bytes, block_spans, block_step, canonical
 from .dedup import DEFAULT_TOLERANCE, drop_audit, run_dedup
+from .digests import block_digests
 from .dtypes import DTYPE_CODES, dtype_from_name, dtype_name
 from .environment import DATA_FILE, Environment, acquire, is_open, opening, other_users
 from .errors import (
@@ -528,11 +528,10 @@ class Store:
                 queries += [Query((t, i), b, code, d) for i, (b, d) in enumerate(zip(blocks, digests))
                             if (moved or i >= len(theirs)) and writer._lookup(cat.hash_key(writer.domain, d)) is None]
         near = contentrefs.find(writer, queries) if queries else {}
-        found = writer.strongs_of_stored(every_block, [d for c in chunked for d in c[5]])
-        strongs = iter(found)
+        strongs = iter(writer.strongs_of_stored(every_block, [d for c in chunked for d in c[5]]))
         ids: list[list[int]] = [[] for _ in chunked]
-        # A run's new blocks are encoded on the pool's threads while this thread places the
-        # run before: one run is in flight besides the one being placed.
+        # Runs' new blocks are encoded on the pool's threads while this thread places the
+        # oldest: up to _RUNS_AHEAD runs are in flight besides the one being placed.
         runs: list[tuple[int, BlockRun]] = []
 
         def finish() -> None:
