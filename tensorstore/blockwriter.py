@@ -102,6 +102,9 @@ class BlockWriter:
         self.pages = pages
         self.state = state
         self._blocks: dict[int, BlockRecord] = {}  # every block touched, as it now is
+        # Records read and not (yet) changed: an add reads a found block's record to pick
+        # its BLAKE3 check, then again to count the reference. Written at flush: none.
+        self._read: dict[int, BlockRecord] = {}
         self._new_digests: dict[bytes, int] = {}
         self._indexed: dict[bytes, int | None] = {}  # what the committed index says of keys looked up
         self._removed: dict[int, BlockRecord] = {}
@@ -374,12 +377,13 @@ class BlockWriter:
         self.state.encodings[b.encoding] += sign
 
     def block(self, block_id: int) -> BlockRecord:
-        b = self._blocks.get(block_id)
+        """The block's record as this transaction sees it."""
+        b = self._blocks.get(block_id) or self._read.get(block_id)
         if b is None:
             value = self.txn.get(id_key(block_id), db=self.dbs["blocks"])
             if value is None:
                 raise CorruptionError(f"block {block_id} is referenced but missing from the catalog")
-            b = decode_block(block_id, value)
+            b = self._read[block_id] = decode_block(block_id, value)
         return b
 
     # -- placement ------------------------------------------------------------------
